@@ -1,0 +1,3 @@
+from revtal.cli import main
+
+raise SystemExit(main())

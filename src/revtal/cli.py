@@ -1,0 +1,62 @@
+"""The `revtal` command line.
+
+Each sub-command lives in the module that owns the feature; this file only maps names to modules, so importing
+the CLI stays cheap (torch is imported only by the command that runs). A command module defines
+``add_arguments(parser)`` and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("revtal.engine.demo", "the main job: synthetic data -> pretrain -> Dr2Net finetune for TAL -> evaluate"),
+    "train": ("revtal.engine.commands", "train a localizer (and backbone) from a YAML config"),
+    "eval": ("revtal.engine.commands", "evaluate a checkpoint"),
+    "extract": ("revtal.engine.commands", "extract backbone features for frozen mode"),
+    "detect": ("revtal.engine.commands", "detect actions in videos with a trained checkpoint"),
+    "synth": ("revtal.data.synthetic", "write a synthetic untrimmed-video dataset (mp4 + ActivityNet JSON)"),
+    "evaluate": ("revtal.evaluation.cli", "score predictions against ground truth (ActivityNet detection mAP)"),
+    "errmap": ("revtal.reversible.errmap", "map the gradient error of memory-free backprop over (alpha, beta)"),
+    "selfcheck": ("revtal.reversible.selfcheck", "verify the reversible engine on a tiny model and print what was checked"),
+    "bench": ("revtal.bench.cli", "memory and speed benchmarks"),
+    "study": ("revtal.bench.study", "the papers' tables in miniature on the synthetic dataset"),
+}
+
+
+def _load(name: str):
+    module_name, _ = COMMANDS[name]
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name and module_name.startswith(err.name):
+            raise SystemExit(f"revtal {name}: this command is not available in this build ({module_name} missing)")
+        raise
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="revtal", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, (_, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            _load(name).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    module = _load(args.command)
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
