@@ -1,0 +1,148 @@
+"""Coupling maths of a reversible stage (Dr²Net, with Re²TAL as a special case).
+
+A stage has residual branches F_1..F_n and two streams, x (the original residual stream) and y (the new
+reversible residual). With coefficients α (original residual) and β (reversible residual)::
+
+    y_0 = β·x_0                                  (or y_0 = x_0 with ``input="duplicate"``, Re²TAL's convention)
+    for i = 1..n:
+        y_i = β·x_{i-1}
+        x_i = G_i(x_{i-1}) + y_{i-1},   G_i(x) = F_i(x) + α·x
+    output = x_n                                  (or (x_n + y_n) / 2 with ``output="mean"``, Re²TAL's convention)
+
+Each step is invertible whenever β ≠ 0::
+
+    x_{i-1} = y_i / β
+    y_{i-1} = x_i − G_i(x_{i-1})
+
+so the backward pass needs only (x_n, y_n): it walks the stage in reverse, recomputing each block input.
+
+Special points:
+* α=1, β=0: y ≡ 0 and x_i = F_i(x_{i-1}) + x_{i-1} — exactly the pretrained residual network (not invertible).
+* α=0, β=1: x_i = F_i(x_{i-1}) + x_{i-2} — Re²TAL's rewiring, each residual skipping one more block.
+
+Gradients (the adjoint of one step, shared by every arithmetic)::
+
+    ∂L/∂y_{i-1} = ∂L/∂x_i
+    ∂L/∂x_{i-1} = (∂G_i/∂x)ᵀ ∂L/∂x_i + β·∂L/∂y_i
+
+This module holds the coefficients and the plain floating-point arithmetic. The arithmetic is a pluggable piece
+(:class:`StreamArithmetic`): :mod:`revtal.reversible.exact` supplies a fixed-point one whose inverse is bitwise
+exact at every (α, β).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+INPUT_MODES = ("scaled", "duplicate")
+OUTPUT_MODES = ("last", "mean")
+
+
+@dataclass
+class Coupling:
+    """The coefficients and stream conventions of one reversible stage.
+
+    ``alpha`` and ``beta`` are plain floats rather than buffers: they are set by a schedule (never learned), must
+    not add keys to the model's state_dict (so original checkpoints load with ``strict=True``), and reading them
+    must not synchronise with an accelerator. Checkpoints store them through the schedule.
+    """
+
+    alpha: float = 1.0
+    beta: float = 0.0
+    input: str = "scaled"
+    output: str = "last"
+
+    def __post_init__(self):
+        self.alpha = float(self.alpha)
+        self.beta = float(self.beta)
+        if self.input not in INPUT_MODES:
+            raise ValueError(f"Coupling.input must be one of {INPUT_MODES}, got {self.input!r}")
+        if self.output not in OUTPUT_MODES:
+            raise ValueError(f"Coupling.output must be one of {OUTPUT_MODES}, got {self.output!r}")
+
+    def g(self, f_out: Tensor, x: Tensor) -> Tensor:
+        """G(x) = F(x) + α·x, written so that α=1 and α=0 involve no multiplication (bitwise identity at α=1)."""
+        if self.alpha == 1.0:
+            return f_out + x
+        if self.alpha == 0.0:
+            return f_out
+        return f_out + self.alpha * x
+
+    def input_gradient(self, grad_x0: Tensor, grad_y0: Tensor) -> Tensor:
+        """∂L/∂(stage input) from the gradients of both initial streams."""
+        weight = 1.0 if self.input == "duplicate" else self.beta
+        return grad_x0 + weight * grad_y0
+
+    def combine_output(self, x: Tensor, y: Tensor) -> Tensor:
+        return x if self.output == "last" else 0.5 * (x + y)
+
+
+class StreamArithmetic(Protocol):
+    """How the two streams are represented and stepped. Streams may live in any representation (floats, integers);
+    ``view`` turns the x stream into the floating-point tensor the residual branches consume."""
+
+    exact: bool
+
+    def begin(self, x0: Tensor, c: Coupling) -> tuple[Any, Any]: ...
+
+    def view(self, x: Any, like: Tensor) -> Tensor: ...
+
+    def advance(self, x: Any, y: Any, g: Tensor, c: Coupling) -> tuple[Any, Any, Tensor | None]:
+        """(x_{i-1}, y_{i-1}, G_i(x_{i-1})) → (x_i, y_i, residue the inverse needs, or None)."""
+        ...
+
+    def recover_input(self, x: Any, y: Any, residue: Tensor | None, c: Coupling) -> Any:
+        """(x_i, y_i, residue) → x_{i-1}."""
+        ...
+
+    def recover_y(self, x: Any, g: Tensor) -> Any:
+        """(x_i, G_i(x_{i-1})) → y_{i-1}."""
+        ...
+
+    def check(self, c: Coupling) -> None: ...
+
+
+class FloatArithmetic:
+    """Streams in the compute dtype. The inverse divides by β and subtracts a recomputed G, so reconstruction
+    error is amplified by roughly (α + ‖∂F‖)/β per step: fine near (0, 1), useless near (1, 0.1)."""
+
+    exact = False
+    name = "float"
+
+    def begin(self, x0: Tensor, c: Coupling) -> tuple[Tensor, Tensor]:
+        y0 = x0 if c.input == "duplicate" else c.beta * x0
+        return x0, y0
+
+    def view(self, x: Tensor, like: Tensor) -> Tensor:
+        return x
+
+    def advance(self, x: Tensor, y: Tensor, g: Tensor, c: Coupling) -> tuple[Tensor, Tensor, None]:
+        return g + y, c.beta * x, None
+
+    def recover_input(self, x: Tensor, y: Tensor, residue: None, c: Coupling) -> Tensor:
+        return y if c.beta == 1.0 else y / c.beta
+
+    def recover_y(self, x: Tensor, g: Tensor) -> Tensor:
+        return x - g
+
+    def check(self, c: Coupling) -> None:
+        if not c.beta > 0:
+            raise ValueError(
+                f"reversible backprop needs beta > 0 (the inverse divides by beta), got beta={c.beta}; "
+                "use backprop='vanilla' for beta=0 (the original network)"
+            )
+
+
+def relative_error(estimate: Tensor, truth: Tensor) -> float:
+    """‖estimate − truth‖ / ‖truth‖ in float64 (inf if the estimate is not finite)."""
+    estimate = estimate.detach().double()
+    truth = truth.detach().double()
+    if not torch.isfinite(estimate).all():
+        return float("inf")
+    denom = truth.norm().item()
+    diff = (estimate - truth).norm().item()
+    return diff / denom if denom > 0 else diff

@@ -1,0 +1,86 @@
+"""Making the backward recompute of a residual branch see exactly what its forward saw.
+
+A reversible backward re-runs each branch F_i. For the recomputed activations (and so the gradients) to be those of
+the forward pass, three pieces of ambient state must be replayed:
+
+* random numbers — dropout and drop-path must draw the same masks: the CPU (and CUDA) generator state is captured
+  before each branch runs forward and restored inside a forked RNG scope for the recompute, so the global stream
+  is left untouched (masks still differ between iterations, and a fixed seed still reproduces a run);
+* autocast — the recompute runs under the autocast state of the forward;
+* BatchNorm running statistics — a training-mode recompute would update them a second time; they are snapshotted
+  and restored around the recompute so each training step updates them exactly once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+
+@dataclass(frozen=True)
+class AutocastState:
+    device_type: str
+    enabled: bool
+    dtype: torch.dtype | None
+
+    @classmethod
+    def capture(cls, device_type: str) -> "AutocastState":
+        enabled = torch.is_autocast_enabled(device_type)
+        return cls(device_type, enabled, torch.get_autocast_dtype(device_type) if enabled else None)
+
+    def scope(self):
+        if not self.enabled:
+            return torch.autocast(self.device_type, enabled=False)
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+
+@dataclass
+class RngState:
+    cpu: Tensor
+    cuda_device: int | None
+    cuda: Tensor | None
+
+    @classmethod
+    def capture(cls, device: torch.device) -> "RngState":
+        if device.type == "cuda":
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            return cls(torch.get_rng_state(), index, torch.cuda.get_rng_state(index))
+        return cls(torch.get_rng_state(), None, None)
+
+    @contextlib.contextmanager
+    def restored(self):
+        devices = [] if self.cuda_device is None else [self.cuda_device]
+        with torch.random.fork_rng(devices=devices, enabled=True, device_type="cuda"):
+            torch.set_rng_state(self.cpu)
+            if self.cuda is not None:
+                torch.cuda.set_rng_state(self.cuda, self.cuda_device)
+            yield
+
+
+def batchnorm_modules(module: nn.Module) -> list[_BatchNorm]:
+    return [m for m in module.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+
+
+@contextlib.contextmanager
+def frozen_running_stats(norms: list[_BatchNorm]):
+    """Run the body, then put every BatchNorm's running statistics back as they were."""
+    saved = [
+        (m.running_mean.clone() if m.running_mean is not None else None,
+         m.running_var.clone() if m.running_var is not None else None,
+         m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
+        for m in norms if m.training
+    ]
+    try:
+        yield
+    finally:
+        for m, (mean, var, count) in zip([m for m in norms if m.training], saved):
+            if mean is not None:
+                m.running_mean.copy_(mean)
+            if var is not None:
+                m.running_var.copy_(var)
+            if count is not None:
+                m.num_batches_tracked.copy_(count)

@@ -1,0 +1,196 @@
+"""A reversible stage: the original residual blocks of a network, run through the coupling of
+:mod:`revtal.reversible.coupling` with a chosen backprop mode.
+
+The stage *is* the container that held the blocks (same child names), so a converted model's state_dict has the
+original keys and the original checkpoint loads with ``strict=True``. Which part of a block is the residual branch
+F_i is family knowledge, supplied by a converter as ``branches_of(block, context) -> [Branch, ...]`` (a block may
+hold several residual branches, e.g. attention and MLP in a transformer block). ``context`` is a fresh dict per
+forward call, for values a family computes once per stage and reuses in the recompute (e.g. Swin's shifted-window
+masks).
+
+Backprop modes:
+
+* ``reversible`` — memory-free, float arithmetic; reconstruction error grows as β shrinks;
+* ``exact`` — memory-free, fixed-point arithmetic with dyadic β; bitwise reconstruction at every (α, β);
+* ``vanilla`` — plain autograd through the same coupled architecture: stores everything; the correctness reference.
+
+Under ``torch.no_grad()`` (or when nothing needs a gradient) every mode runs the plain loop: no custom Function and
+no overhead.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from revtal.reversible.coupling import Coupling, FloatArithmetic
+from revtal.reversible.exact import ExactArithmetic, nearest_dyadic
+from revtal.reversible.function import Branch, NonFiniteGradientError, ReconstructionCheck, ReversibleStageFunction, StageRun, run_plain
+
+BACKPROP_MODES = ("reversible", "exact", "vanilla")
+
+BranchesOf = Callable[[nn.Module, dict], list[Branch]]
+
+
+class ReversibleStage(nn.Module):
+    def __init__(
+        self,
+        blocks: Mapping[str, nn.Module] | Iterable[nn.Module],
+        branches_of: BranchesOf,
+        coupling: Coupling | None = None,
+        *,
+        backprop: str = "reversible",
+        plain_prefix: int = 0,
+        preserve_rng: bool = True,
+        frac_bits: int = 32,
+        beta_bits: int = 8,
+        check_finite: bool = True,
+        name: str = "",
+    ):
+        super().__init__()
+        items = blocks.items() if isinstance(blocks, Mapping) else enumerate(blocks)
+        for child_name, block in items:
+            self.add_module(str(child_name), block)
+        if not 0 <= plain_prefix <= len(self._modules):
+            raise ValueError(f"plain_prefix={plain_prefix} exceeds the {len(self._modules)} blocks of stage {name!r}")
+        self.branches_of = branches_of
+        self.plain_prefix = plain_prefix
+        self.preserve_rng = preserve_rng
+        self.check_finite = check_finite
+        self.stage_name = name
+        self.exact_arithmetic = ExactArithmetic(frac_bits=frac_bits, beta_bits=beta_bits)
+        self.float_arithmetic = FloatArithmetic()
+        self.coupling = coupling or Coupling()
+        self.backprop = "vanilla"
+        self.last_check: ReconstructionCheck | None = None
+        self.on_verified: Callable[["ReversibleStage", ReconstructionCheck], None] | None = None
+        self._verify_next = False
+        self.set_backprop(backprop)
+
+    # ----------------------------------------------------------------------------------------------- configuration
+    @property
+    def alpha(self) -> float:
+        return self.coupling.alpha
+
+    @property
+    def beta(self) -> float:
+        return self.coupling.beta
+
+    @property
+    def arithmetic(self):
+        return self.exact_arithmetic if self.backprop == "exact" else self.float_arithmetic
+
+    def set_backprop(self, mode: str) -> None:
+        if mode not in BACKPROP_MODES:
+            raise ValueError(f"backprop must be one of {BACKPROP_MODES}, got {mode!r}")
+        if mode == "exact":
+            c = self.coupling
+            self.coupling = Coupling(c.alpha, self._round_beta(c.beta), c.input, c.output)
+        if mode != "vanilla":
+            (self.exact_arithmetic if mode == "exact" else self.float_arithmetic).check(self.coupling)
+        self.backprop = mode
+
+    def set_coefficients(self, alpha: float, beta: float) -> tuple[float, float]:
+        """Set α and β (one call, at any time). Exact stages round β to the nearest dyadic p/2^k; the values in
+        use are returned."""
+        beta = float(beta)
+        if self.backprop == "exact":
+            beta = self._round_beta(beta)
+        candidate = Coupling(alpha, beta, self.coupling.input, self.coupling.output)
+        if self.backprop != "vanilla":
+            self.arithmetic.check(candidate)
+        self.coupling = candidate
+        return candidate.alpha, candidate.beta
+
+    def _round_beta(self, beta: float) -> float:
+        if not beta > 0:
+            raise ValueError(
+                f"stage {self.stage_name!r}: exact reversible backprop needs beta > 0 (the inverse divides by beta), "
+                f"got beta={beta}; use backprop='vanilla' for beta=0"
+            )
+        return nearest_dyadic(beta, self.exact_arithmetic.beta_bits).value
+
+    def verify_next_backward(self) -> None:
+        """Keep the true stage input of the next forward and compare it with the reconstruction in backward; the
+        result lands in ``last_check`` (and is passed to ``on_verified`` if set). Costs one activation, once."""
+        self._verify_next = True
+
+    # ---------------------------------------------------------------------------------------------------- running
+    def blocks(self) -> list[nn.Module]:
+        return list(self._modules.values())
+
+    def reversible_blocks(self) -> list[nn.Module]:
+        return self.blocks()[self.plain_prefix:]
+
+    def branches(self, context: dict | None = None) -> list[Branch]:
+        context = {} if context is None else context
+        return [branch for block in self.reversible_blocks() for branch in self.branches_of(block, context)]
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block in self.blocks()[: self.plain_prefix]:
+            x = block(x)
+        branches = self.branches()
+        c = self.coupling
+        if self.backprop == "vanilla" or not self._needs_grad(x):
+            out_x, out_y = run_plain(x, branches, c)
+            if out_y is None:
+                out_y = torch.zeros_like(out_x) if c.output == "mean" else out_x
+        else:
+            out_x, out_y = self._memory_free(x, branches)
+        return c.combine_output(out_x, out_y)
+
+    def _needs_grad(self, x: Tensor) -> bool:
+        if not torch.is_grad_enabled():
+            return False
+        return x.requires_grad or any(p.requires_grad for p in self.parameters())
+
+    @torch.compiler.disable
+    def _memory_free(self, x: Tensor, branches: list[Branch]) -> tuple[Tensor, Tensor]:
+        params: list[Tensor] = []
+        index: dict[int, int] = {}
+        slots_of_owner: dict[int, list[int]] = {}
+        slots: list[list[int]] = []
+        for branch in branches:
+            key = id(branch.owner)
+            if key not in slots_of_owner:
+                owner_slots = []
+                for p in branch.owner.parameters():
+                    if p.requires_grad:
+                        if id(p) not in index:
+                            index[id(p)] = len(params)
+                            params.append(p)
+                        owner_slots.append(index[id(p)])
+                slots_of_owner[key] = owner_slots
+            slots.append(slots_of_owner[key])
+        verify, self._verify_next = self._verify_next, False
+        run = StageRun(
+            branches=branches,
+            coupling=self.coupling,
+            arithmetic=self.arithmetic,
+            params=params,
+            param_slots=slots,
+            preserve_rng=self.preserve_rng and self.training,
+            verify=verify,
+            on_verified=self._record_check,
+            name=self.stage_name,
+            check_finite=self.check_finite,
+        )
+        return ReversibleStageFunction.apply(run, x, *params)
+
+    def _record_check(self, check: ReconstructionCheck) -> None:
+        self.last_check = check
+        if self.on_verified is not None:
+            self.on_verified(self, check)
+
+    def extra_repr(self) -> str:
+        c = self.coupling
+        return (
+            f"name={self.stage_name!r}, alpha={c.alpha}, beta={c.beta}, backprop={self.backprop}, "
+            f"input={c.input}, output={c.output}, plain_prefix={self.plain_prefix}"
+        )
+
+
+def reversible_stages(model: nn.Module) -> list[ReversibleStage]:
+    return [m for m in model.modules() if isinstance(m, ReversibleStage)]
