@@ -132,11 +132,13 @@ class ReversibleStageFunction(torch.autograd.Function):
             rng = run.rng_states[i].restored() if run.preserve_rng else contextlib.nullcontext()
             owner = run.branches[i].owner
             norms = run.norms.setdefault(i, batchnorm_modules(owner))
-            with torch.enable_grad(), rng, run.autocast.scope(), frozen_running_stats(norms):
-                g = run.branch_output(i, v)
             slots = run.param_slots[i]
             inputs = [v] + [run.params[j] for j in slots]
-            grads = torch.autograd.grad(g, inputs, grad_x, allow_unused=True)
+            # running stats are put back only after autograd.grad: BatchNorm's backward checks they are unmodified
+            with frozen_running_stats(norms):
+                with torch.enable_grad(), rng, run.autocast.scope():
+                    g = run.branch_output(i, v)
+                grads = torch.autograd.grad(g, inputs, grad_x, allow_unused=True)
             y_prev = arith.recover_y(x, g.detach())
             del g
             grad_v = grads[0] if grads[0] is not None else torch.zeros_like(v)

@@ -117,6 +117,19 @@ class ReversibleStage(nn.Module):
         result lands in ``last_check`` (and is passed to ``on_verified`` if set). Costs one activation, once."""
         self._verify_next = True
 
+    # Sequence access like the nn.Sequential the stage replaces. Note that calling blocks one by one runs the
+    # *original* residual blocks (α=1, β=0), not the coupled stage.
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __getitem__(self, index: int | str) -> nn.Module:
+        if isinstance(index, str):
+            return self._modules[index]
+        return list(self._modules.values())[index]
+
     # ---------------------------------------------------------------------------------------------------- running
     def blocks(self) -> list[nn.Module]:
         return list(self._modules.values())
