@@ -1,10 +1,18 @@
 """revtal: finetune large pretrained video backbones end to end for temporal action localization.
 
-The public entry points are re-exported here; see README.md for the tour.
+The public entry points are re-exported here lazily (``import revtal`` stays cheap for the CLI); see README.md.
 """
 
 __version__ = "0.1.0"
 
-from revtal.reversible import convert, reversible_stages, set_backprop, set_coefficients  # noqa: E402
+_REVERSIBLE_API = ("convert", "reversible_stages", "set_backprop", "set_coefficients")
 
-__all__ = ["convert", "reversible_stages", "set_backprop", "set_coefficients", "__version__"]
+__all__ = [*_REVERSIBLE_API, "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _REVERSIBLE_API:
+        import revtal.reversible as reversible
+
+        return getattr(reversible, name)
+    raise AttributeError(f"module 'revtal' has no attribute {name!r}")
