@@ -260,3 +260,21 @@ def test_torch_compile_runs_the_stage_eagerly_with_correct_gradients():
         _loss(runner, x).backward()
         g.append(grads(model))
     assert max_relative_gap(g[0], g[1]) < 1e-10
+
+
+def test_checkpoint_mode_matches_vanilla_and_stores_one_input_per_block():
+    ref = tiny_vit(depth=4).double()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    g = []
+    for mode in ("checkpoint", "vanilla"):
+        model = revtal.convert(copy.deepcopy(ref), "original", backprop=mode)
+        _loss(model, x).backward()
+        g.append(grads(model))
+    assert max_relative_gap(g[0], g[1]) < 1e-12
+    x32 = torch.randn(2, 3, 16, 16)
+    per_depth = {}
+    for depth in (4, 8):
+        model = revtal.convert(tiny_vit(depth=depth), "original", backprop="checkpoint")
+        per_depth[depth] = _saved(model, x32)
+    tokens_bytes = 2 * 5 * 32 * 4
+    assert per_depth[8] - per_depth[4] == 4 * tokens_bytes  # one stored block input per extra block

@@ -87,7 +87,9 @@ def convert(
     published convention: input duplicated into both streams, output the mean of the two), or ``"original"``
     (α=1, β=0: the pretrained network itself, vanilla backprop only). ``alpha``/``beta``/``input``/``output``
     override the method's values; ``backprop`` is ``"reversible"`` (memory-free, float), ``"exact"`` (memory-free,
-    lossless fixed point; β rounded to a dyadic p/2^k with k ≤ ``beta_bits``) or ``"vanilla"``.
+    lossless fixed point; β rounded to a dyadic p/2^k with k ≤ ``beta_bits``), ``"vanilla"`` (plain autograd) or
+    ``"checkpoint"`` (plain autograd, each block under ``torch.utils.checkpoint``: with ``method="original"`` this
+    is the conventional checkpointing baseline).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
@@ -101,7 +103,7 @@ def convert(
         input=input or m_input,
         output=output or m_output,
     )
-    if backprop != "vanilla" and not coupling.beta > 0:
+    if backprop in ("reversible", "exact") and not coupling.beta > 0:
         raise ValueError(
             f"backprop={backprop!r} needs beta > 0: the inverse x_(i-1) = y_i / beta divides by beta, and at "
             f"beta={coupling.beta} the y stream carries no information. Use backprop='vanilla' (stores activations) "

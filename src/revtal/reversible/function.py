@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from revtal.reversible.coupling import Coupling, StreamArithmetic, relative_error
@@ -37,18 +38,40 @@ class Branch:
     fn: Callable[[Tensor], Tensor]
 
 
-def run_plain(x0: Tensor, branches: list[Branch], c: Coupling) -> tuple[Tensor, Tensor | None]:
+def run_plain(
+    x0: Tensor, branches: list[Branch], c: Coupling, checkpoint_blocks: bool = False
+) -> tuple[Tensor, Tensor | None]:
     """The stage with ordinary autograd (or none): the reference ``vanilla`` mode, and every no-grad forward.
 
     y is carried as ``None`` while it is identically zero (β = 0), so α=1, β=0 computes x + F(x) exactly as the
-    original residual network does.
+    original residual network does. With ``checkpoint_blocks`` each block (the consecutive branches sharing an
+    owner) runs under non-reentrant ``torch.utils.checkpoint``: the conventional memory-saving baseline, which
+    stores one block input per block instead of nothing.
     """
     x = x0
     y = x0 if c.input == "duplicate" else (None if c.beta == 0.0 else c.beta * x0)
+    if not checkpoint_blocks:
+        return _run_branches(x, y, branches, c)
+    for group in _group_by_owner(branches):
+        x, y = torch.utils.checkpoint.checkpoint(_run_branches, x, y, group, c, use_reentrant=False)
+    return x, y
+
+
+def _run_branches(x: Tensor, y: Tensor | None, branches: list[Branch], c: Coupling) -> tuple[Tensor, Tensor | None]:
     for branch in branches:
         g = c.g(branch.fn(x), x)
         x, y = (g if y is None else g + y), (None if c.beta == 0.0 else c.beta * x)
     return x, y
+
+
+def _group_by_owner(branches: list[Branch]) -> list[list[Branch]]:
+    groups: list[list[Branch]] = []
+    for branch in branches:
+        if groups and groups[-1][-1].owner is branch.owner:
+            groups[-1].append(branch)
+        else:
+            groups.append([branch])
+    return groups
 
 
 @dataclass

@@ -13,6 +13,8 @@ Backprop modes:
 * ``reversible`` — memory-free, float arithmetic; reconstruction error grows as β shrinks;
 * ``exact`` — memory-free, fixed-point arithmetic with dyadic β; bitwise reconstruction at every (α, β);
 * ``vanilla`` — plain autograd through the same coupled architecture: stores everything; the correctness reference.
+* ``checkpoint`` — plain autograd with each block under ``torch.utils.checkpoint`` (non-reentrant): the usual
+  memory-saving baseline (one stored block input per block, one extra forward per block).
 
 Under ``torch.no_grad()`` (or when nothing needs a gradient) every mode runs the plain loop: no custom Function and
 no overhead.
@@ -29,7 +31,7 @@ from revtal.reversible.coupling import Coupling, FloatArithmetic
 from revtal.reversible.exact import ExactArithmetic, nearest_dyadic
 from revtal.reversible.function import Branch, NonFiniteGradientError, ReconstructionCheck, ReversibleStageFunction, StageRun, run_plain
 
-BACKPROP_MODES = ("reversible", "exact", "vanilla")
+BACKPROP_MODES = ("reversible", "exact", "vanilla", "checkpoint")
 
 BranchesOf = Callable[[nn.Module, dict], list[Branch]]
 
@@ -88,7 +90,7 @@ class ReversibleStage(nn.Module):
         if mode == "exact":
             c = self.coupling
             self.coupling = Coupling(c.alpha, self._round_beta(c.beta), c.input, c.output)
-        if mode != "vanilla":
+        if mode in ("reversible", "exact"):
             (self.exact_arithmetic if mode == "exact" else self.float_arithmetic).check(self.coupling)
         self.backprop = mode
 
@@ -99,7 +101,7 @@ class ReversibleStage(nn.Module):
         if self.backprop == "exact":
             beta = self._round_beta(beta)
         candidate = Coupling(alpha, beta, self.coupling.input, self.coupling.output)
-        if self.backprop != "vanilla":
+        if self.backprop in ("reversible", "exact"):
             self.arithmetic.check(candidate)
         self.coupling = candidate
         return candidate.alpha, candidate.beta
@@ -146,8 +148,9 @@ class ReversibleStage(nn.Module):
             x = block(x)
         branches = self.branches()
         c = self.coupling
-        if self.backprop == "vanilla" or not self._needs_grad(x):
-            out_x, out_y = run_plain(x, branches, c)
+        if self.backprop in ("vanilla", "checkpoint") or not self._needs_grad(x):
+            checkpointed = self.backprop == "checkpoint" and self._needs_grad(x)
+            out_x, out_y = run_plain(x, branches, c, checkpoint_blocks=checkpointed)
             if out_y is None:
                 out_y = torch.zeros_like(out_x) if c.output == "mean" else out_x
         else:
