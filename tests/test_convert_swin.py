@@ -1,0 +1,211 @@
+"""Swin converters (timm image Swin, torchvision Video Swin): the original point is bitwise the pretrained network,
+reversible gradients match vanilla, memory is constant in depth, checkpoints load strictly, exact arithmetic
+reconstructs bitwise, shifted-window masks are built once per stage forward, unsupported blocks are named."""
+
+import copy
+import io
+
+import pytest
+import torch
+import torchvision.models.swin_transformer as tv_swin
+from timm.models import swin_transformer as timm_swin
+from timm.models.swin_transformer import SwinTransformer
+from torch import nn
+from torchvision.models.video import swin3d_t
+from torchvision.models.video.swin_transformer import SwinTransformer3d
+
+import revtal
+from revtal.reversible import reversible_stages, swin
+from revtal.utils.memory import saved_bytes
+from tests.helpers import grads, max_relative_gap
+
+
+def tiny_timm_swin(depths=(2, 2), seed=0, **kw):
+    # 10x10 tokens with 4x4 windows: exercises padding as well as the shift (mask) path
+    torch.manual_seed(seed)
+    kw = {"img_size": 20, "patch_size": 2, "embed_dim": 8, "num_heads": (2,) * len(depths), "window_size": 4,
+          "num_classes": 3, "drop_path_rate": 0.2, **kw}
+    return SwinTransformer(depths=depths, **kw)
+
+
+def tiny_video_swin(depths=(2, 2), seed=0, **kw):
+    torch.manual_seed(seed)
+    kw = {"patch_size": [2, 4, 4], "embed_dim": 8, "num_heads": [2] * len(depths), "window_size": [2, 4, 4],
+          "num_classes": 3, "stochastic_depth_prob": 0.2, **kw}
+    return SwinTransformer3d(depths=list(depths), **kw)
+
+
+IMAGE = torch.randn(2, 3, 20, 20, generator=torch.Generator().manual_seed(1))
+VIDEO = torch.randn(1, 3, 4, 40, 40, generator=torch.Generator().manual_seed(2))  # tokens 2x10x10
+BUILDERS = {
+    "timm": (tiny_timm_swin, IMAGE),
+    "timm_dynamic": (lambda **kw: tiny_timm_swin(dynamic_img_size=True, **kw), IMAGE),
+    "torchvision_3d": (tiny_video_swin, VIDEO),
+}
+
+
+def _loss(model, x):
+    return (model(x) ** 2).sum()
+
+
+@pytest.mark.parametrize("family", sorted(BUILDERS))
+def test_original_point_is_bitwise_the_pretrained_network(family):
+    build, x = BUILDERS[family]
+    ref = build()
+    model = revtal.convert(copy.deepcopy(ref), "original")
+    assert len(reversible_stages(model)) == 2
+    for train in (False, True):  # train: drop-path draws the same masks in the same order
+        ref.train(train), model.train(train)
+        torch.manual_seed(7)
+        out_ref = ref(x)
+        torch.manual_seed(7)
+        out = model(x)
+        assert torch.equal(out_ref, out)
+    for net in (ref, model):
+        torch.manual_seed(7)
+        _loss(net, x).backward()
+    for (name, a), b in zip(ref.named_parameters(), model.parameters()):
+        assert torch.equal(a.grad, b.grad), name
+
+
+@pytest.mark.parametrize("family", sorted(BUILDERS))
+def test_reversible_gradients_match_vanilla_float64_at_re2_point(family):
+    build, x = BUILDERS[family]
+    ref = build().double().train()  # train: drop-path masks must be replayed in the recompute
+    x = x.double().requires_grad_(True)
+    results = []
+    for mode in ("reversible", "vanilla"):
+        model = revtal.convert(copy.deepcopy(ref), "dr2net", alpha=0.0, beta=1.0, backprop=mode)
+        x.grad = None
+        torch.manual_seed(3)
+        _loss(model, x).backward()
+        results.append((grads(model), x.grad.clone()))
+    (g_rev, gx_rev), (g_van, gx_van) = results
+    assert len(g_rev) == len(list(ref.parameters()))
+    assert max_relative_gap(g_rev, g_van) < 1e-10
+    assert max_relative_gap([gx_rev], [gx_van]) < 1e-10
+
+
+def test_saved_bytes_constant_in_depth_within_a_stage():
+    x = IMAGE[:1]
+    for build, inp in ((tiny_timm_swin, x), (tiny_video_swin, VIDEO)):
+        saved = {}
+        for depth in (2, 4, 6):
+            model = revtal.convert(build(depths=(depth,)), "dr2net", alpha=0.5, beta=0.5)
+            saved[depth] = saved_bytes(lambda: _loss(model, inp), model)
+        assert max(saved.values()) <= 1.05 * min(saved.values()), saved
+        # vanilla mode stores every block: it must grow (the meter does see the stage's tensors)
+        vanilla = {
+            depth: saved_bytes(lambda: _loss(m, inp), m)
+            for depth in (2, 6)
+            for m in [revtal.convert(build(depths=(depth,)), "dr2net", alpha=0.5, beta=0.5, backprop="vanilla")]
+        }
+        assert vanilla[6] > 2 * vanilla[2], vanilla
+
+
+@pytest.mark.parametrize("family", ["timm", "torchvision_3d"])
+def test_original_checkpoint_loads_strictly_into_converted_model(family):
+    build, x = BUILDERS[family]
+    ref = build().eval()
+    buffer = io.BytesIO()
+    torch.save(ref.state_dict(), buffer)
+    model = revtal.convert(build(seed=1), "dr2net").eval()
+    assert list(model.state_dict()) == list(ref.state_dict())
+    buffer.seek(0)
+    model.load_state_dict(torch.load(buffer), strict=True)
+    revtal.set_backprop(model, "vanilla")
+    revtal.set_coefficients(model, 1.0, 0.0)
+    assert torch.equal(model(x), ref(x))
+
+
+@pytest.mark.parametrize("family", sorted(BUILDERS))
+def test_exact_backprop_reconstructs_every_stage_input_bitwise(family):
+    build, x = BUILDERS[family]
+    model = revtal.convert(build(), "dr2net", alpha=1.0, beta=1 / 8, backprop="exact").train()
+    stages = reversible_stages(model)
+    for stage in stages:
+        assert stage.beta == 0.125
+        stage.verify_next_backward()
+    _loss(model, x).backward()
+    for stage in stages:
+        assert stage.last_check is not None and stage.last_check.bitwise, (stage.stage_name, stage.last_check)
+
+
+def _count_calls(monkeypatch, owner, name):
+    calls = []
+    original = getattr(owner, name)
+
+    def counted(*args, **kwargs):
+        mask = original(*args, **kwargs)
+        if mask is not None:  # timm's builder also runs (and returns None) in unshifted blocks
+            calls.append(mask)
+        return mask
+
+    monkeypatch.setattr(owner, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize("family", ["timm_dynamic", "torchvision_3d"])
+def test_shifted_window_mask_built_once_per_stage_and_reused_in_recompute(family, monkeypatch):
+    build, x = BUILDERS[family]
+    if family == "timm_dynamic":
+        calls = _count_calls(monkeypatch, timm_swin.SwinTransformerBlock, "get_attn_mask")
+    else:
+        calls = _count_calls(monkeypatch, swin, "_library_mask_3d")
+    ref = build(depths=(4,))  # one stage, two shifted blocks
+    model = revtal.convert(copy.deepcopy(ref), "dr2net", alpha=0.5, beta=0.5)
+    calls.clear()
+    ref(x)
+    assert len(calls) == 2  # the library builds the mask in every shifted block
+    calls.clear()
+    _loss(model, x).backward()  # forward (4 attention branches) + recompute (4 more)
+    assert len(calls) == 1
+    calls.clear()
+    model(x)
+    model(x)
+    assert len(calls) == 2, "each stage forward builds its own mask (input sizes may change between calls)"
+
+
+class _CustomBlock(nn.Module):
+    def forward(self, x):
+        return x
+
+
+def test_unsupported_blocks_are_named_with_the_supported_types():
+    model = tiny_timm_swin()
+    model.layers[1].blocks[1] = _CustomBlock()
+    with pytest.raises(TypeError, match=r"layers\.1\.blocks\.1 is a .*_CustomBlock.*timm\.models\.swin_transformer"):
+        revtal.convert(model)
+    model = tiny_video_swin()
+    model.features[2][0] = _CustomBlock()
+    with pytest.raises(TypeError, match=r"features\.2\.0 is a .*_CustomBlock.*ShiftedWindowAttention3d"):
+        revtal.convert(model)
+    # torchvision's 2D Swin builds its mask inline, so it cannot share it: refused, not silently slow
+    image_swin = tv_swin.SwinTransformer(patch_size=[4, 4], embed_dim=8, depths=[2], num_heads=[2], window_size=[4, 4])
+    with pytest.raises(TypeError, match=r"features\.1\.0 is a .*SwinTransformerBlock with attention .*"
+                                        r"ShiftedWindowAttention\b"):
+        revtal.convert(image_swin)
+
+
+def test_grad_checkpointing_is_refused():
+    model = tiny_timm_swin()
+    model.set_grad_checkpointing(True)
+    with pytest.raises(ValueError, match="grad_checkpointing"):
+        revtal.convert(model)
+
+
+def test_swin3d_t_small_clip_trains_in_reversible_mode_like_vanilla():
+    torch.manual_seed(0)
+    ref = swin3d_t(weights=None, num_classes=4).train()
+    x = torch.randn(1, 3, 4, 64, 64)
+    results = []
+    for mode in ("reversible", "vanilla"):
+        model = revtal.convert(copy.deepcopy(ref), "re2", backprop=mode)
+        torch.manual_seed(11)  # same stochastic-depth masks in both runs
+        _loss(model, x).backward()
+        results.append(grads(model))
+    assert len(reversible_stages(model)) == 4
+    assert len(results[0]) == len(list(ref.parameters()))
+    assert all(torch.isfinite(g).all() for g in results[0])
+    # float32 at the Re² point: reconstruction error ~1e-6, gradients agree to ~1e-5 relative
+    assert max_relative_gap(results[0], results[1]) < 1e-4
