@@ -44,6 +44,13 @@ class TemporalGrid:
         """A duration measured in features → seconds (no offset)."""
         return np.asarray(length, dtype=np.float64) * self.step_s
 
+    def coarsened(self, factor: int) -> "TemporalGrid":
+        """The grid after a temporal stride of ``factor``: new position i covers old positions
+        [i·factor, i·factor + factor) and sits at their centre."""
+        if factor < 1:
+            raise ValueError(f"TemporalGrid.coarsened needs a factor >= 1, got {factor}")
+        return TemporalGrid(step_s=self.step_s * factor, offset_s=self.offset_s + 0.5 * (factor - 1) * self.step_s)
+
 
 def grid_for_frames(duration_s: float, num_frames: int, temporal_stride: int = 1) -> TemporalGrid:
     """Grid of a backbone with temporal stride ``temporal_stride`` fed ``num_frames`` frames spread over the video."""
