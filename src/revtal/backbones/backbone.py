@@ -1,0 +1,177 @@
+"""One interface over every video backbone family: clip in, temporal feature sequence out.
+
+A :class:`VideoBackbone` wraps a network (kept unchanged under ``.net``, so ``revtal.convert(backbone, ...)``
+converts it in place and a checkpoint of the raw network loads into ``backbone.net``) and gives
+
+* ``forward(video (B, C, T, H, W)) -> (B, out_channels, T')`` — spatially mean-pooled features, what a localizer
+  consumes; ``T' = T / temporal_stride`` (rounded up where a network pads);
+* ``forward_features(video, return_intermediates=False)`` — the final feature map (B, C, T', H', W'), and with
+  ``return_intermediates=True`` also a list of intermediate feature maps (B, C_i, T_i, H_i, W_i), shallow to deep,
+  for LoSA-style adapters: per transformer block for a ViT, per stage for Swin and ResNet;
+* ``load_checkpoint(path, strict=True)`` — a local checkpoint into ``.net``, unwrapped, prefix-stripped and
+  key-mapped per family; classification heads and decoders are dropped (and reported), anything else that does not
+  fit raises :class:`~revtal.backbones.checkpoint.CheckpointMismatchError`.
+
+The classification heads of the wrapped torchvision networks are replaced by ``nn.Identity``: a backbone has no
+head (use :class:`~revtal.backbones.classifier.ClipClassifier` to train one on clips).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import Tensor, nn
+from torchvision.models.swin_transformer import PatchMerging as PatchMerging2d
+from torchvision.models.video.swin_transformer import PatchMerging as PatchMerging3d
+
+from revtal.backbones.checkpoint import LoadReport, StateDict, drop_matching, load_checked, read_state_dict, select_prefixed
+from revtal.backbones.video_vit import VIDEOMAE_DROPPED, VIDEOMAE_PREFIXES, VideoViT, hf_videomae_to_timm, videomae_to_timm
+
+Features = Tensor | tuple[Tensor, list[Tensor]]
+
+
+class VideoBackbone(nn.Module):
+    """Base class; subclasses implement :meth:`forward_features` (and :meth:`pool` if mean pooling is not all)."""
+
+    # checkpoint prefixes that wrap the network, and keys (regular expressions) that belong to no backbone
+    checkpoint_prefixes: tuple[str, ...] = ("module.", "backbone.", "net.")
+    dropped_keys: tuple[str, ...] = ()
+
+    def __init__(self, net: nn.Module, out_channels: int, temporal_stride: int, name: str = ""):
+        super().__init__()
+        self.net = net
+        self.out_channels = out_channels
+        self.temporal_stride = temporal_stride
+        self.name = name
+        self.load_report: LoadReport | None = None
+
+    def forward(self, video: Tensor) -> Tensor:
+        return self.pool(self.forward_features(video))
+
+    def forward_features(self, video: Tensor, return_intermediates: bool = False) -> Features:
+        raise NotImplementedError
+
+    def pool(self, feature_map: Tensor) -> Tensor:
+        """(B, C, T', H', W') → (B, C, T')."""
+        return feature_map.mean((-2, -1))
+
+    # ------------------------------------------------------------------------------------------------ checkpoints
+    @classmethod
+    def remap_keys(cls, state_dict: StateDict) -> StateDict:
+        """Family-specific key mapping applied after prefix selection (identity by default)."""
+        return state_dict
+
+    @classmethod
+    def prepare_state_dict(cls, state_dict: StateDict) -> tuple[StateDict, list[str]]:
+        """Raw checkpoint → keys of ``.net``; returns (state dict, keys dropped on purpose)."""
+        state_dict, dropped_prefix = select_prefixed(state_dict, cls.checkpoint_prefixes)
+        state_dict, dropped_head = drop_matching(state_dict, cls.dropped_keys)
+        return cls.remap_keys(state_dict), dropped_prefix + dropped_head
+
+    def load_checkpoint(
+        self, checkpoint: str | Path | StateDict, strict: bool = True, source: str | None = None
+    ) -> LoadReport:
+        """Load a local checkpoint file (or an in-memory state dict, named ``source`` in errors) into ``.net``."""
+        if isinstance(checkpoint, dict):
+            raw = checkpoint
+            source = source or "<state dict>"
+        else:
+            raw = read_state_dict(checkpoint)
+            source = source or str(checkpoint)
+        state_dict, dropped = self.prepare_state_dict(raw)
+        self.load_report = load_checked(self.net, state_dict, strict=strict, source=source, dropped=dropped)
+        return self.load_report
+
+    @staticmethod
+    def _check_video(video: Tensor) -> None:
+        if video.ndim != 5:
+            raise ValueError(f"a video backbone expects clips of shape (B, C, T, H, W), got {tuple(video.shape)}")
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, out_channels={self.out_channels}, temporal_stride={self.temporal_stride}"
+
+
+class VideoViTBackbone(VideoBackbone):
+    """:class:`~revtal.backbones.video_vit.VideoViT`; intermediates: every block's output."""
+
+    checkpoint_prefixes = VIDEOMAE_PREFIXES
+    dropped_keys = VIDEOMAE_DROPPED
+
+    def __init__(self, net: VideoViT, name: str = ""):
+        super().__init__(net, net.embed_dim, net.temporal_stride, name)
+
+    @classmethod
+    def remap_keys(cls, state_dict: StateDict) -> StateDict:
+        return videomae_to_timm(state_dict)
+
+    @classmethod
+    def prepare_state_dict(cls, state_dict: StateDict) -> tuple[StateDict, list[str]]:
+        # HuggingFace checkpoints nest the encoder as "videomae.encoder.layer": "encoder." is no wrapper there
+        if any(k.startswith(("videomae.", "encoder.layer.")) for k in state_dict):
+            state_dict, dropped = drop_matching(state_dict, (r"decoder\.", r"encoder_to_decoder\.", r"mask_token$"))
+            mapped = hf_videomae_to_timm(state_dict)
+            mapped, dropped_head = drop_matching(mapped, cls.dropped_keys)
+            return mapped, dropped + dropped_head
+        return super().prepare_state_dict(state_dict)
+
+    def forward(self, video: Tensor) -> Tensor:
+        self._check_video(video)
+        return self.net.temporal_features(video)
+
+    def forward_features(self, video: Tensor, return_intermediates: bool = False) -> Features:
+        self._check_video(video)
+        out = self.net.forward_features(video, return_intermediates)
+        if return_intermediates:
+            tokens, intermediates = out
+            return self.net.tokens_to_map(tokens), intermediates
+        return self.net.tokens_to_map(out)
+
+    def pool(self, feature_map: Tensor) -> Tensor:
+        return self.net.fc_norm(feature_map.mean((-2, -1)).transpose(1, 2)).transpose(1, 2)
+
+
+class Swin3dBackbone(VideoBackbone):
+    """torchvision ``SwinTransformer3d`` (Video Swin); intermediates: every stage's output (before the final norm).
+
+    Patch merging only halves space, so the temporal stride is the patch embedding's temporal size (2)."""
+
+    dropped_keys = (r"head\.",)
+
+    def __init__(self, net: nn.Module, name: str = ""):
+        out_channels = net.num_features
+        net.head = nn.Identity()
+        super().__init__(net, out_channels, net.patch_embed.tuple_patch_size[0], name)
+
+    def forward_features(self, video: Tensor, return_intermediates: bool = False) -> Features:
+        self._check_video(video)
+        net = self.net
+        x = net.pos_drop(net.patch_embed(video))  # channels last: (B, T', H', W', C)
+        intermediates = []
+        for layer in net.features:
+            x = layer(x)
+            if return_intermediates and not isinstance(layer, (PatchMerging2d, PatchMerging3d)):
+                intermediates.append(x.permute(0, 4, 1, 2, 3))
+        final = net.norm(x).permute(0, 4, 1, 2, 3)
+        return (final, intermediates) if return_intermediates else final
+
+
+class ResNet3dBackbone(VideoBackbone):
+    """torchvision ``VideoResNet`` (r3d_18, mc3_18, r2plus1d_18); intermediates: outputs of layer1..layer4."""
+
+    dropped_keys = (r"fc\.",)
+    stages = ("layer1", "layer2", "layer3", "layer4")
+
+    def __init__(self, net: nn.Module, temporal_stride: int, name: str = ""):
+        out_channels = net.fc.in_features
+        net.fc = nn.Identity()
+        super().__init__(net, out_channels, temporal_stride, name)
+
+    def forward_features(self, video: Tensor, return_intermediates: bool = False) -> Features:
+        self._check_video(video)
+        x = self.net.stem(video)
+        intermediates = []
+        for stage in self.stages:
+            x = getattr(self.net, stage)(x)
+            if return_intermediates:
+                intermediates.append(x)
+        return (x, intermediates) if return_intermediates else x
