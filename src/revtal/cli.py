@@ -1,8 +1,8 @@
 """The `revtal` command line.
 
 Each sub-command lives in the module that owns the feature; this file only maps names to modules, so importing
-the CLI stays cheap (torch is imported only by the command that runs). A command module defines
-``add_arguments(parser)`` and ``run(args) -> int``.
+the CLI stays cheap (torch is imported only by the command that runs). A command module (or the object named
+after ``module:``) defines ``add_arguments(parser)`` and ``run(args) -> int``.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("revtal.engine.demo", "the main job: synthetic data -> pretrain -> Dr2Net finetune for TAL -> evaluate"),
-    "train": ("revtal.engine.commands", "train a localizer (and backbone) from a YAML config"),
-    "eval": ("revtal.engine.commands", "evaluate a checkpoint"),
-    "extract": ("revtal.engine.commands", "extract backbone features for frozen mode"),
-    "detect": ("revtal.engine.commands", "detect actions in videos with a trained checkpoint"),
+    "train": ("revtal.engine.commands:train", "train a localizer (and backbone) from a YAML config"),
+    "eval": ("revtal.engine.commands:evaluate", "evaluate a checkpoint on the validation subset"),
+    "extract": ("revtal.engine.commands:extract", "extract backbone features for frozen mode"),
+    "detect": ("revtal.engine.commands:detect", "detect actions in videos with a trained checkpoint"),
     "synth": ("revtal.data.synthetic", "write a synthetic untrimmed-video dataset (mp4 + ActivityNet JSON)"),
     "evaluate": ("revtal.evaluation.cli", "score predictions against ground truth (ActivityNet detection mAP)"),
     "errmap": ("revtal.reversible.errmap", "map the gradient error of memory-free backprop over (alpha, beta)"),
@@ -27,13 +27,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _load(name: str):
-    module_name, _ = COMMANDS[name]
+    target, _ = COMMANDS[name]
+    module_name, _, attribute = target.partition(":")
     try:
-        return importlib.import_module(module_name)
+        module = importlib.import_module(module_name)
     except ModuleNotFoundError as err:
         if err.name and module_name.startswith(err.name):
             raise SystemExit(f"revtal {name}: this command is not available in this build ({module_name} missing)")
         raise
+    return getattr(module, attribute) if attribute else module
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:

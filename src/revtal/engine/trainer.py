@@ -1,0 +1,344 @@
+"""One trainer for every backbone mode: same data, localizer, optimiser, evaluation and checkpoints.
+
+``Trainer(config).fit()`` trains, evaluates every ``eval.every`` epochs, keeps ``last.pt`` and ``best.pt``
+(atomic writes; ``resume=`` continues bit-for-bit on CPU), and logs losses, learning rates, α/β, step time and
+backbone memory to a CSV, TensorBoard event files and progress bars. Under ``torchrun`` it trains with DDP (gloo on
+CPU, nccl on CUDA): rank 0 logs and writes checkpoints, every rank applies the same α/β (a pure function of the
+step), and evaluation predictions are gathered from all ranks.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from revtal.data.annotations import AnnotationSet, load_annotations, write_predictions
+from revtal.engine import distributed as dist_utils
+from revtal.engine.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
+from revtal.engine.config import Config, dump_config
+from revtal.engine.data import build_datasets, make_loader, prepare_annotations
+from revtal.engine.model import TALModel, build_model, build_schedule
+from revtal.engine.optim import ModelEMA, build_optimizer, warmup_cosine
+from revtal.evaluation.detection import evaluate_detection
+from revtal.localizers.postprocess import PostprocessConfig, detections_to_seconds
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    loss: float
+    step_time_s: float
+    backbone_memory_bytes: int
+    memory_kind: str
+    alpha: float | None
+    beta: float | None
+    metrics: dict = field(default_factory=dict)
+
+
+class MetricLog:
+    """CSV + TensorBoard on rank 0; no-ops elsewhere."""
+
+    def __init__(self, out_dir: Path, enabled: bool):
+        self.enabled = enabled
+        self.path = out_dir / "metrics.csv"
+        self.writer = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(out_dir / "tensorboard"))
+            except ImportError:  # tensorboard is an optional extra
+                self.writer = None
+
+    def log(self, step: int, values: dict) -> None:
+        if not self.enabled:
+            return
+        new = not self.path.exists()
+        with open(self.path, "a", newline="") as fh:
+            writer = csv.writer(fh)
+            if new:
+                writer.writerow(["step", "key", "value"])
+            for key, value in values.items():
+                writer.writerow([step, key, value])
+        if self.writer is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    self.writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class Trainer:
+    def __init__(self, config: Config, *, resume: str | Path | None = None, progress: bool = True):
+        self.config = config
+        self.device = resolve_device(config.train.device)
+        self.rank, self.world = dist_utils.init_from_env(self.device.type)
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.out_dir = Path(config.train.out_dir)
+        self.main = dist_utils.is_main()
+        self.progress = progress and self.main
+        if self.main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            dump_config(config, self.out_dir / "config.yaml")
+        seed_everything(config.train.seed)
+        if config.train.deterministic:
+            torch.use_deterministic_algorithms(True)
+
+        self.annotations: AnnotationSet = prepare_annotations(config, self.out_dir)
+        self.classes = self.annotations.classes
+        self.train_set, self.val_set = build_datasets(config, self.annotations)
+        self.train_loader = make_loader(self.train_set, config, train=True, rank=self.rank, world=self.world)
+
+        torch.manual_seed(config.train.seed)  # model init independent of data preparation
+        self.model: TALModel = build_model(config, len(self.classes)).to(self.device)
+        self.net: nn.Module = self.model
+        if self.world > 1:
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        ocfg = config.optim
+        self.optimizer = build_optimizer(
+            self.model.trainable_backbone(), self.model.localizer, ocfg.backbone_lr, ocfg.head_lr, ocfg.weight_decay
+        )
+        self.iters_per_epoch = max(1, len(self.train_loader) // ocfg.accumulate)
+        self.lr_schedule = warmup_cosine(
+            self.optimizer,
+            warmup_steps=int(round(ocfg.warmup_epochs * self.iters_per_epoch)),
+            total_steps=ocfg.epochs * self.iters_per_epoch,
+            min_ratio=ocfg.min_lr_ratio,
+        )
+        self.coefficients = (
+            build_schedule(config, len(self.train_loader)) if config.backbone.mode == "dr2net" else None
+        )
+        self.ema = ModelEMA(self.model, ocfg.ema_decay) if ocfg.ema else None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=ocfg.amp == "fp16" and self.device.type == "cuda")
+        if ocfg.amp == "fp16" and self.device.type != "cuda":
+            raise ValueError("optim.amp=fp16 needs CUDA; use bf16 on CPU")
+        self.postprocess = PostprocessConfig(**config.localizer.postprocess)
+        self.start_epoch = 0
+        self.step = 0
+        self.best_metric = -1.0
+        self.history: list[EpochStats] = []
+        self.log = MetricLog(self.out_dir, self.main)
+        if resume:
+            self._resume(resume)
+
+    # --------------------------------------------------------------------------------------------- checkpoints
+    def state(self, epoch: int) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_schedule": self.lr_schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None,
+            "coefficients": self.coefficients.state_dict() if self.coefficients else None,
+            "rng": rng_state(),
+            "epoch": epoch,
+            "step": self.step,
+            "best_metric": self.best_metric,
+            "classes": self.classes,
+            "config": self.config.to_dict(),
+        }
+
+    def _resume(self, path: str | Path) -> None:
+        state = load_checkpoint(path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_schedule.load_state_dict(state["lr_schedule"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema and state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
+        if self.coefficients and state.get("coefficients"):
+            self.coefficients.load_state_dict(state["coefficients"])
+        set_rng_state(state["rng"])
+        self.start_epoch = state["epoch"] + 1
+        self.step = state["step"]
+        self.best_metric = state["best_metric"]
+
+    # --------------------------------------------------------------------------------------------------- train
+    def autocast(self):
+        amp = self.config.optim.amp
+        if amp == "none":
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+    def _targets(self, batch: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Segments from seconds to feature-grid units, through each video's grid (the one mapping)."""
+        stride = self.model.temporal_stride
+        segments = []
+        for seconds, grid in zip(batch["segments"], batch["grid"]):
+            positions = grid.coarsened(stride).to_position(np.asarray(seconds, dtype=np.float64).reshape(-1, 2))
+            segments.append(torch.as_tensor(positions, dtype=torch.float32, device=self.device))
+        labels = [torch.as_tensor(lab, dtype=torch.long, device=self.device) for lab in batch["labels"]]
+        return segments, labels
+
+    def train_epoch(self, epoch: int) -> EpochStats:
+        cfg = self.config
+        self.net.train()
+        sampler = getattr(self.train_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        losses, times = [], []
+        memory, memory_kind = 0, "saved_bytes"
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            memory_kind = "cuda_max_allocated"
+        bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{cfg.optim.epochs} [{cfg.backbone.mode}]",
+                   disable=not self.progress, leave=False, dynamic_ncols=True)
+        accumulate = cfg.optim.accumulate
+        self.optimizer.zero_grad(set_to_none=True)
+        alpha = beta = None
+        for it, batch in enumerate(bar):
+            start = time.perf_counter()
+            if self.coefficients is not None:
+                alpha, beta = self.coefficients.apply(self.model, epoch, it)
+            video = batch["video"].to(self.device, non_blocking=True)
+            frame_mask = batch["frame_mask"].to(self.device)
+            segments, labels = self._targets(batch)
+            if it == 0 and self.device.type == "cpu":
+                self.model.measure_next_features = True
+            with self.autocast():
+                output = self.net(video, frame_mask)
+                loss_dict = self.model.localizer.loss(output, segments, labels)
+            loss = loss_dict["total"]
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"non-finite loss at epoch {epoch + 1} step {it} (alpha={alpha}, beta={beta}): {loss_dict}"
+                )
+            self.scaler.scale(loss / accumulate).backward()
+            if (it + 1) % accumulate == 0 or it + 1 == len(self.train_loader):
+                if cfg.optim.clip_grad > 0:
+                    self.scaler.unscale_(self.optimizer)
+                    torch.nn.utils.clip_grad_norm_(
+                        [p for p in self.model.parameters() if p.requires_grad], cfg.optim.clip_grad
+                    )
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.lr_schedule.step()
+                if self.ema is not None:
+                    self.ema.update(self.model)
+                self.step += 1
+            if it == 0 and self.model.last_saved_bytes is not None:
+                memory = self.model.last_saved_bytes
+            times.append(time.perf_counter() - start)
+            losses.append(float(loss))
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", **({"a": f"{alpha:.2f}", "b": f"{beta:.3f}"} if alpha is not None else {}))
+            if self.step % cfg.train.log_every == 0:
+                values = {"train/loss": float(loss), "train/cls": float(loss_dict["cls"]), "train/reg": float(loss_dict["reg"])}
+                values.update({f"lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(self.optimizer.param_groups)})
+                if alpha is not None:
+                    values.update({"dr2net/alpha": alpha, "dr2net/beta": beta})
+                self.log.log(self.step, values)
+        if self.device.type == "cuda":
+            memory = torch.cuda.max_memory_allocated(self.device)
+        return EpochStats(epoch, float(np.mean(losses)), float(np.median(times)), int(memory), memory_kind, alpha, beta)
+
+    def fit(self) -> list[EpochStats]:
+        cfg = self.config
+        for epoch in range(self.start_epoch, cfg.optim.epochs):
+            stats = self.train_epoch(epoch)
+            last = epoch + 1 == cfg.optim.epochs
+            if last or (epoch + 1) % cfg.eval.every == 0:
+                stats.metrics = self.evaluate()
+            self.history.append(stats)
+            self._end_epoch(stats)
+        self.log.close()
+        return self.history
+
+    def _end_epoch(self, stats: EpochStats) -> None:
+        values = {"epoch/loss": stats.loss, "epoch/step_time_s": stats.step_time_s,
+                  f"epoch/backbone_{stats.memory_kind}": stats.backbone_memory_bytes}
+        if stats.alpha is not None:
+            values.update({"dr2net/alpha": stats.alpha, "dr2net/beta": stats.beta})
+        if stats.metrics:
+            values["eval/average_mAP"] = stats.metrics["average_mAP"]
+        self.log.log(self.step, values)
+        if self.main:
+            metric = stats.metrics.get("average_mAP") if stats.metrics else None
+            state = self.state(stats.epoch)
+            if metric is not None and metric > self.best_metric:
+                self.best_metric = metric
+                state["best_metric"] = metric
+                atomic_save(state, self.out_dir / "best.pt")
+            atomic_save(state, self.out_dir / "last.pt")
+            line = f"epoch {stats.epoch + 1}: loss {stats.loss:.4f}, step {stats.step_time_s * 1000:.0f} ms"
+            if stats.alpha is not None:
+                line += f", alpha {stats.alpha:.3f} beta {stats.beta:.4f}"
+            if metric is not None:
+                line += f", average mAP {100 * metric:.2f}"
+            if self.progress:
+                tqdm.write(line)
+        dist_utils.barrier()
+
+    # ------------------------------------------------------------------------------------------------ evaluate
+    @torch.no_grad()
+    def predict(self, dataset, model: TALModel | None = None) -> dict[str, list[dict]]:
+        """ActivityNet results for this rank's share of ``dataset`` gathered from every rank."""
+        model = model or self.model
+        model.eval()
+        results: dict[str, list[dict]] = {}
+        indices = list(range(self.rank, len(dataset), self.world))
+        loader = make_loader(torch.utils.data.Subset(dataset, indices), self.config, train=False)
+        for batch in tqdm(loader, desc="evaluate", disable=not self.progress, leave=False):
+            video = batch["video"].to(self.device)
+            with self.autocast():
+                output = model(video, batch["frame_mask"].to(self.device))
+            for det, vid, grid, duration in zip(
+                model.localizer.predict(output, self.postprocess), batch["video_id"], batch["grid"], batch["duration"]
+            ):
+                det = detections_to_seconds(det, grid.coarsened(model.temporal_stride), duration)
+                results[vid] = [
+                    {"label": self.classes[int(c)], "score": float(s), "segment": [float(a), float(b)]}
+                    for (a, b), s, c in zip(det["segments"].tolist(), det["scores"].tolist(), det["labels"].tolist())
+                ]
+        merged: dict[str, list[dict]] = {}
+        for part in dist_utils.gather_objects(results):
+            merged.update(part)
+        return merged
+
+    def evaluation_model(self) -> TALModel:
+        if self.ema is None:
+            return self.model
+        import copy
+
+        model = copy.deepcopy(self.model)
+        model.load_state_dict(self.ema.shadow)
+        return model
+
+    def evaluate(self, write: bool = True) -> dict:
+        predictions = self.predict(self.val_set, self.evaluation_model())
+        result = evaluate_detection(self.annotations, {"results": predictions}, self.config.eval.tiou,
+                                    subset=self.config.data.val_subset)
+        metrics = result.to_json()
+        if write and self.main:
+            write_predictions(self.out_dir / "predictions.json", predictions)
+            (self.out_dir / "eval.json").write_text(json.dumps(metrics, indent=2))
+        return metrics
