@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from torchvision.models import video as tv_video
+from torchvision.ops import StochasticDepth
 
 from revtal.backbones.backbone import ResNet3dBackbone, Swin3dBackbone, VideoBackbone, VideoViTBackbone
 from revtal.backbones.checkpoint import StateDict, load_checked, read_state_dict
@@ -143,19 +144,31 @@ def _torchvision(constructor: Callable, opts: dict):
     return constructor(weights=None, **opts)
 
 
+def _swin3d(constructor: Callable, opts: dict) -> Swin3dBackbone:
+    # torchvision fixes stochastic_depth_prob inside swin3d_t/s/b; apply a requested value afterwards with the same
+    # linear rule (block i of n drops with probability p * i / (n - 1))
+    drop_path = opts.pop("stochastic_depth_prob", None)
+    net = _torchvision(constructor, opts)
+    if drop_path is not None:
+        layers = [m for m in net.modules() if isinstance(m, StochasticDepth)]
+        for i, layer in enumerate(layers):
+            layer.p = drop_path * i / max(len(layers) - 1, 1)
+    return Swin3dBackbone(net)
+
+
 @register_backbone
 def swin3d_t(**opts) -> VideoBackbone:
-    return Swin3dBackbone(_torchvision(tv_video.swin3d_t, opts))
+    return _swin3d(tv_video.swin3d_t, opts)
 
 
 @register_backbone
 def swin3d_s(**opts) -> VideoBackbone:
-    return Swin3dBackbone(_torchvision(tv_video.swin3d_s, opts))
+    return _swin3d(tv_video.swin3d_s, opts)
 
 
 @register_backbone
 def swin3d_b(**opts) -> VideoBackbone:
-    return Swin3dBackbone(_torchvision(tv_video.swin3d_b, opts))
+    return _swin3d(tv_video.swin3d_b, opts)
 
 
 # temporal strides: r3d and r2plus1d halve time in layer2..layer4; mc3 convolves time only in its first layers
