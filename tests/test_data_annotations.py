@@ -50,6 +50,7 @@ def test_activitynet_layout_classes_sorted_and_indexed(tmp_path):
     val = load_annotations(path, subset="validation")
     assert list(val.videos) == ["v2"] and val.classes == ann.classes
     assert list(ann.subset(["training", "validation"]).videos) == ["v1", "v2"]
+    assert list(ann.subset("train").videos) == ["v1"] and list(ann.subset("Val").videos) == ["v2"]
 
 
 def test_thumos_style_fps_ambiguous_duplicates_blocked_and_fixed_classes(tmp_path):
@@ -73,6 +74,7 @@ def test_thumos_style_fps_ambiguous_duplicates_blocked_and_fixed_classes(tmp_pat
     # the duplicate Diving instance and the Ambiguous one are gone
     np.testing.assert_array_equal(v.segments, [[2.0, 4.0], [7.0, 9.0]])
     np.testing.assert_array_equal(v.labels, [1, 0])
+    assert ann.videos["video_test_1"].subset == "testing"
     assert list(ann.subset("test").videos) == ["video_test_1"]
 
 

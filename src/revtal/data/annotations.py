@@ -9,7 +9,7 @@ An optional top-level ``"classes"`` list (written by :mod:`revtal.data.synthetic
 the order is the sorted set of label names, or the ``classes`` argument when given. Loading validates everything a
 training run would otherwise trip over later, and every error names the video id and the field:
 
-* unknown subset name, missing or non-positive duration, non-numeric fields → error;
+* unknown subset name (names are canonicalised: "Test" / "test" → "testing", "train" → "training"), missing or non-positive duration, non-numeric fields → error;
 * negative start or end before start ("inverted") → error; a label outside a fixed class list → error;
 * a segment reaching past the video's duration is clipped to it (warning); one that starts at or after the end, or
   has zero length, carries no frames and is dropped (warning);
@@ -39,9 +39,22 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-# Subset names used by ActivityNet ("training", "validation", "testing") and by the THUMOS-14 JSON files that TAL
-# code bases distribute ("Validation", "Test"); compared lower-case.
-KNOWN_SUBSETS = ("training", "validation", "testing", "train", "val", "test")
+# Subset names are canonicalised to ActivityNet's ("training", "validation", "testing"): the THUMOS-14 JSON files
+# that TAL code bases distribute say "Validation" and "Test", configs often say "train" / "val".
+SUBSET_ALIASES = {
+    "training": "training", "train": "training",
+    "validation": "validation", "val": "validation",
+    "testing": "testing", "test": "testing",
+}
+KNOWN_SUBSETS = tuple(SUBSET_ALIASES)
+
+
+def canonical_subset(name: str) -> str:
+    """"Train", "train", "training" → "training" (and likewise validation / testing); other names raise."""
+    canonical = SUBSET_ALIASES.get(str(name).lower())
+    if canonical is None:
+        raise AnnotationError(f"unknown subset {name!r}; known subset names: {', '.join(KNOWN_SUBSETS)}")
+    return canonical
 
 RESULTS_VERSION = "VERSION 1.3"
 
@@ -118,10 +131,7 @@ class AnnotationSet:
 
 def _normalise_subset_request(name: str | Sequence[str], available: Iterable[str]) -> set[str]:
     names = [name] if isinstance(name, str) else list(name)
-    wanted = {n.lower() for n in names}
-    unknown = sorted(wanted - set(KNOWN_SUBSETS))
-    if unknown:
-        raise AnnotationError(f"unknown subset {unknown[0]!r}; known subset names: {', '.join(KNOWN_SUBSETS)}")
+    wanted = {canonical_subset(n) for n in names}
     available = set(available)
     if available and not wanted & available:
         raise AnnotationError(f"subset {sorted(wanted)} has no videos; present subsets: {sorted(available)}")
@@ -217,8 +227,8 @@ def load_annotations(
             raise AnnotationError(f"{where}: expected an object, got {type(entry).__name__}")
         if "subset" not in entry:
             raise AnnotationError(f"{where}: missing field 'subset'")
-        video_subset = str(entry["subset"]).lower()
-        if video_subset not in KNOWN_SUBSETS:
+        video_subset = SUBSET_ALIASES.get(str(entry["subset"]).lower())
+        if video_subset is None:
             raise AnnotationError(
                 f"{where}: field 'subset' has unknown value {entry['subset']!r} (known: {', '.join(KNOWN_SUBSETS)})"
             )
