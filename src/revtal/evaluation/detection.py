@@ -81,7 +81,9 @@ def match_video(gt_segments: np.ndarray, pred_segments: np.ndarray, tiou_thresho
     overlaps = pairwise_tiou(torch.as_tensor(pred_segments), torch.as_tensor(gt_segments)).numpy()  # (M, N)
     matched = np.zeros((thresholds.size, len(gt_segments)), dtype=bool)
     rows = np.arange(thresholds.size)
-    for k, overlap in enumerate(overlaps):
+    # a prediction below the loosest threshold with every instance is a false positive everywhere and locks nothing
+    for k in np.flatnonzero(overlaps.max(axis=1) >= thresholds.min()):
+        overlap = overlaps[k]
         by_overlap = np.argsort(-overlap, kind="stable")
         free = ~matched[:, by_overlap]
         first_free = free.argmax(axis=1)  # the best not-yet-matched instance, per threshold
