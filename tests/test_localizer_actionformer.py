@@ -95,6 +95,8 @@ def test_predict_decodes_offsets_in_strides_and_ignores_padding():
     assert detections["segments"].tolist() == [[3.0, 10.0]]
     assert detections["labels"].tolist() == [2]
     assert detections["scores"].tolist() == [pytest.approx(torch.sigmoid(torch.tensor(5.0)).item())]
+    (nothing,) = model.predict(output, PostprocessConfig(pre_nms_threshold=0.999))
+    assert nothing["segments"].shape == (0, 2) and nothing["scores"].numel() == 0 and nothing["labels"].numel() == 0
 
 
 def test_loss_terms_normaliser_and_gradients():

@@ -136,7 +136,7 @@ def average_precision(
 
 @dataclass
 class DetectionResult:
-    tiou: list[float]
+    tiou: list[float]  # rounded for display (np.linspace leaves 0.8999999999999999); matching used the exact values
     mAP: list[float]
     average_mAP: float
     per_class_ap: np.ndarray  # (num_thresholds, num_classes), columns in the order of ``classes``
@@ -214,7 +214,7 @@ def evaluate_detection(ground_truth, predictions, tiou_thresholds=ANET_TIOU, sub
                                                     np.asarray(scores, dtype=np.float64), thresholds)
     mean_ap = per_class_ap.mean(axis=1)
     return DetectionResult(
-        tiou=[float(t) for t in thresholds],
+        tiou=[round(float(t), 10) for t in thresholds],
         mAP=[float(m) for m in mean_ap],
         average_mAP=float(mean_ap.mean()),
         per_class_ap=per_class_ap,
@@ -307,5 +307,5 @@ def average_recall_vs_proposals(
     average_recall = recall.mean(axis=0)
     average_proposals = fractions * total / len(videos)
     auc = float(np.trapezoid(average_recall, average_proposals) / average_proposals[-1])
-    return ProposalResult(tiou=[float(t) for t in thresholds], average_proposals=average_proposals,
+    return ProposalResult(tiou=[round(float(t), 10) for t in thresholds], average_proposals=average_proposals,
                           recall=recall, average_recall=average_recall, auc=auc)
