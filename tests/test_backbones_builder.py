@@ -144,3 +144,14 @@ def test_clip_classifier_trains_the_backbone():
     assert losses[-1] < 0.5 * losses[0], losses
     with pytest.raises(ValueError, match="num_classes"):
         ClipClassifier(model.backbone, 0)
+
+
+def test_converted_resnet_backbone_keeps_per_stage_intermediates():
+    pytest.importorskip("revtal.reversible.resnet")  # the ResNet family is written alongside this module
+    backbone = revtal.convert(build("mc3_18"), "dr2net", alpha=0.5, beta=0.5)
+    assert [s.stage_name for s in reversible_stages(backbone)] == [f"net.layer{i}" for i in range(1, 5)]
+    video = torch.randn(1, 3, 4, 32, 32)
+    final, intermediates = backbone.forward_features(video, return_intermediates=True)
+    assert [t.shape[1] for t in intermediates] == [64, 128, 256, 512] and torch.equal(final, intermediates[-1])
+    backbone(video).square().sum().backward()
+    assert backbone.net.stem[0].weight.grad is not None

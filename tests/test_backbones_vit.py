@@ -8,7 +8,7 @@ import torch
 
 import revtal
 from revtal.backbones import CheckpointMismatchError, VideoViT, VideoViTBackbone
-from revtal.backbones.video_vit import hf_videomae_to_timm, sinusoid_table
+from revtal.backbones.video_vit import from_hf_videomae, hf_videomae_to_timm, sinusoid_table
 from revtal.reversible import ReversibleStage
 from revtal.utils.memory import saved_bytes
 from tests.helpers import grads, max_relative_gap
@@ -205,3 +205,16 @@ def test_intermediate_features_per_block_and_refused_after_conversion():
     revtal.convert(backbone, "dr2net")
     with pytest.raises(ValueError, match="ReversibleStage"):
         backbone.forward_features(x, return_intermediates=True)
+
+
+def test_huggingface_videomae_model_gives_the_same_tokens():
+    transformers = pytest.importorskip("transformers")  # optional extra, not installed in CI
+    config = transformers.VideoMAEConfig(image_size=16, patch_size=8, num_frames=4, tubelet_size=2, hidden_size=32,
+                                         num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                                         use_mean_pooling=False)
+    hf_model = transformers.VideoMAEModel(config).eval()
+    ours = from_hf_videomae(hf_model).eval()
+    x = clip()
+    with torch.no_grad():
+        expected = hf_model(x.transpose(1, 2)).last_hidden_state  # HF takes (B, T, C, H, W)
+        assert torch.allclose(ours.forward_features(x), expected, atol=1e-5)

@@ -24,8 +24,12 @@ from torch import Tensor, nn
 from torchvision.models.swin_transformer import PatchMerging as PatchMerging2d
 from torchvision.models.video.swin_transformer import PatchMerging as PatchMerging3d
 
-from revtal.backbones.checkpoint import LoadReport, StateDict, drop_matching, load_checked, read_state_dict, select_prefixed
-from revtal.backbones.video_vit import VIDEOMAE_DROPPED, VIDEOMAE_PREFIXES, VideoViT, hf_videomae_to_timm, videomae_to_timm
+from revtal.backbones.checkpoint import (
+    LoadReport, StateDict, drop_matching, load_checked, read_state_dict, select_prefixed,
+)
+from revtal.backbones.video_vit import (
+    VIDEOMAE_DROPPED, VIDEOMAE_PREFIXES, VideoViT, hf_videomae_to_timm, videomae_to_timm,
+)
 
 Features = Tensor | tuple[Tensor, list[Tensor]]
 

@@ -24,7 +24,7 @@ from torchvision.ops import StochasticDepth
 from revtal.backbones.backbone import ResNet3dBackbone, Swin3dBackbone, VideoBackbone, VideoViTBackbone
 from revtal.backbones.checkpoint import StateDict, load_checked, read_state_dict
 from revtal.backbones.inflate import inflate_state_dict
-from revtal.backbones.video_vit import VIT_SIZES, VideoViT, infer_layout
+from revtal.backbones.video_vit import infer_layout, video_vit
 
 BackboneFactory = Callable[..., VideoBackbone]
 
@@ -83,11 +83,6 @@ def _video_vit_backbone(
     **opts,
 ) -> VideoViTBackbone:
     config: dict[str, object] = {}
-    if size in VIT_SIZES:
-        dim, depth, heads, mlp_ratio = VIT_SIZES[size]
-        config.update(embed_dim=dim, depth=depth, num_heads=heads, mlp_ratio=mlp_ratio)
-    else:  # tiny: for tests and demos
-        config.update(embed_dim=64, depth=4, num_heads=4, mlp_ratio=4.0)
     if image_checkpoint is not None and checkpoint is not None:
         raise ValueError("give either pretrained= (a video checkpoint) or image_checkpoint= (to inflate), not both")
     inflated, dropped = None, []
@@ -103,7 +98,7 @@ def _video_vit_backbone(
     elif checkpoint is not None:
         config.update(infer_layout(VideoViTBackbone.prepare_state_dict(checkpoint)[0]))
     config.update(opts)
-    backbone = VideoViTBackbone(VideoViT(num_frames=num_frames, img_size=img_size, **config))
+    backbone = VideoViTBackbone(video_vit(size, num_frames=num_frames, img_size=img_size, **config))
     if inflated is not None:
         backbone.load_report = load_checked(
             backbone.net, inflated, strict=strict, source=f"{image_checkpoint} (inflated)", dropped=dropped

@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -38,7 +37,9 @@ IMAGE_DROPPED = (r"cls_token$", r"reg_token$", r"head\.", r"head_drop\.")
 def inflate_patch_kernel(weight_2d: Tensor, tubelet_size: int) -> Tensor:
     """(D, C, p, p) → (D, C, τ, p, p), each temporal slice weight / τ."""
     if weight_2d.ndim != 4:
-        raise ValueError(f"patch_embed.proj.weight of an image ViT must be 4-D (D, C, p, p), got {tuple(weight_2d.shape)}")
+        raise ValueError(
+            f"patch_embed.proj.weight of an image ViT must be 4-D (D, C, p, p), got {tuple(weight_2d.shape)}"
+        )
     return weight_2d.unsqueeze(2).repeat(1, 1, tubelet_size, 1, 1) / tubelet_size
 
 
@@ -175,7 +176,9 @@ def inflate_image_vit(
         raise ValueError("inflating from a state dict needs num_heads and img_size (a checkpoint does not store them)")
     options = video_vit_options_from_image(state_dict)
     options.update(video_vit_kwargs)
-    model = VideoViT(num_frames=num_frames, img_size=img_size, tubelet_size=tubelet_size, num_heads=num_heads, **options)
+    model = VideoViT(
+        num_frames=num_frames, img_size=img_size, tubelet_size=tubelet_size, num_heads=num_heads, **options
+    )
     video_sd, dropped = inflate_state_dict(
         state_dict, num_frames=num_frames, img_size=img_size, tubelet_size=tubelet_size, image_grid=image_grid
     )

@@ -34,8 +34,9 @@ from revtal.backbones.checkpoint import StateDict
 
 POS_EMBED_TYPES = ("sincos", "learned")
 
-# size name: (embed_dim, depth, num_heads, mlp_ratio) — VideoMAE S/B/L and VideoMAEv2 giant
+# size name: (embed_dim, depth, num_heads, mlp_ratio) — VideoMAE S/B/L, VideoMAEv2 giant, and a tiny one for tests
 VIT_SIZES: dict[str, tuple[int, int, int, float]] = {
+    "tiny": (64, 4, 4, 4.0),
     "s": (384, 12, 6, 4.0),
     "b": (768, 12, 12, 4.0),
     "l": (1024, 24, 16, 4.0),
@@ -213,7 +214,7 @@ def _init_weights(module: nn.Module) -> None:
 
 
 def video_vit(size: str, **kwargs) -> VideoViT:
-    """A VideoMAE-sized video ViT: ``size`` in ``VIT_SIZES`` (s, b, l, g); keyword arguments override any field,
+    """A VideoMAE-sized video ViT: ``size`` in ``VIT_SIZES`` (tiny, s, b, l, g); keyword arguments override any field,
     e.g. ``depth=2`` for a cheap model of the same width."""
     if size not in VIT_SIZES:
         raise ValueError(f"unknown video ViT size {size!r}; known sizes: {sorted(VIT_SIZES)}")
@@ -287,7 +288,8 @@ def hf_videomae_to_timm(state_dict: StateDict) -> StateDict:
             if rest.startswith("attention.attention."):
                 name = rest[len("attention.attention."):]
                 if name == "query.weight":
-                    qkv = [sd[f"encoder.layer.{index}.attention.attention.{p}.weight"] for p in ("query", "key", "value")]
+                    attention = f"encoder.layer.{index}.attention.attention."
+                    qkv = [sd[f"{attention}{p}.weight"] for p in ("query", "key", "value")]
                     out[block + "attn.qkv.weight"] = torch.cat(qkv)
                 elif name in ("q_bias", "v_bias"):
                     out[block + "attn." + name] = value
@@ -323,6 +325,9 @@ def from_hf_videomae(model: nn.Module, **video_vit_kwargs) -> VideoViT:
         **video_vit_kwargs,
     )
     state_dict = {k: v for k, v in hf_videomae_to_timm(model.state_dict()).items() if not k.startswith("head.")}
+    if config.use_mean_pooling and "fc_norm.weight" not in state_dict:
+        # VideoMAEModel has no fc_norm (only its classification wrapper does): keep ours identity-initialised
+        state_dict.update({f"fc_norm.{k}": v for k, v in built.fc_norm.state_dict().items()})
     built.load_state_dict(state_dict, strict=True)
     return built
 
