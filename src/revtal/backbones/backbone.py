@@ -7,7 +7,9 @@ converts it in place and a checkpoint of the raw network loads into ``backbone.n
   consumes; ``T' = T / temporal_stride`` (rounded up where a network pads);
 * ``forward_features(video, return_intermediates=False)`` — the final feature map (B, C, T', H', W'), and with
   ``return_intermediates=True`` also a list of intermediate feature maps (B, C_i, T_i, H_i, W_i), shallow to deep,
-  for LoSA-style adapters: per transformer block for a ViT, per stage for Swin and ResNet;
+  for LoSA-style adapters: per transformer block for a ViT, per stage for Swin and ResNet. Per-stage maps survive
+  ``revtal.convert`` (a reversible stage replaces a stage in place); per-block ViT maps do not (the blocks are fused
+  into one reversible stage), so a converted ViT refuses ``return_intermediates``;
 * ``load_checkpoint(path, strict=True)`` — a local checkpoint into ``.net``, unwrapped, prefix-stripped and
   key-mapped per family; classification heads and decoders are dropped (and reported), anything else that does not
   fit raises :class:`~revtal.backbones.checkpoint.CheckpointMismatchError`.

@@ -87,14 +87,11 @@ def _video_vit_backbone(
         raise ValueError("give either pretrained= (a video checkpoint) or image_checkpoint= (to inflate), not both")
     inflated, dropped = None, []
     if image_checkpoint is not None:
-        image_sd = read_state_dict(image_checkpoint)
-        patch = image_sd.get("patch_embed.proj.weight")
-        config["patch_size"] = opts.get("patch_size", patch.shape[-1] if patch is not None else 16)
         inflated, dropped = inflate_state_dict(
-            image_sd, num_frames=num_frames, img_size=img_size, tubelet_size=opts.get("tubelet_size", 2),
-            image_grid=opts.pop("image_grid", None),
+            read_state_dict(image_checkpoint), num_frames=num_frames, img_size=img_size,
+            tubelet_size=opts.get("tubelet_size", 2), image_grid=opts.pop("image_grid", None),
         )
-        config.update(infer_layout(inflated))
+        config.update(infer_layout(inflated), patch_size=inflated["patch_embed.proj.weight"].shape[-1])
     elif checkpoint is not None:
         config.update(infer_layout(VideoViTBackbone.prepare_state_dict(checkpoint)[0]))
     config.update(opts)
