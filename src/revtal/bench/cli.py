@@ -1,0 +1,135 @@
+"""``revtal bench memory|speed``: memory and step time of each training mode, one fresh process per configuration.
+
+``memory`` takes one warm-up and one measured step per configuration (bytes saved for backward, process peak, CUDA
+peak on a GPU; the step time of that single step is recorded too). ``speed`` takes more warm-up steps and times
+``--repeats`` steps, reporting the median (memory is measured on the first timed step as well). Both print a
+Markdown table; ``--json OUT`` writes ``{"machine": ..., "records": [...], "skipped": [...]}`` and ``--plot DIR``
+the memory-vs-depth and memory-vs-frames figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from revtal.bench.configs import DR2NET_EXACT_COEFFICIENTS, DR2NET_FLOAT_COEFFICIENTS, MODE_DESCRIPTIONS, MODES, Grid
+
+KINDS = {
+    # kind: (warmup, repeats) defaults
+    "memory": (1, 1),
+    "speed": (2, 10),
+}
+# small enough for a test: a 2-block tiny ViT on 8×96² clips
+QUICK = {
+    "models": ["vit_tiny_video"], "modes": ["conventional", "checkpoint", "re2"], "depths": [2], "frames": [8],
+    "img_sizes": [96], "batches": [2], "repeats": 2,
+}
+DEFAULTS = {
+    "models": ["vit_s_video"], "modes": [m for m in MODES], "depths": [12], "frames": [16], "img_sizes": [112],
+    "batches": [1],
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("kind", choices=sorted(KINDS), help="memory: one measured step; speed: median of --repeats")
+    parser.add_argument("--models", nargs="+", help=f"backbone names (default {DEFAULTS['models']})")
+    parser.add_argument(
+        "--modes", nargs="+", choices=MODES, metavar="MODE",
+        help="training modes (default all): " + "; ".join(f"{k}: {v}" for k, v in MODE_DESCRIPTIONS.items()),
+    )
+    parser.add_argument("--depths", nargs="+", type=int, help="ViT depths (default 12; other models keep their own)")
+    parser.add_argument("--frames", nargs="+", type=int, help="frames per clip (default 16)")
+    parser.add_argument("--img-sizes", nargs="+", type=int, help="square frame sizes in pixels (default 112)")
+    parser.add_argument("--batches", nargs="+", type=int, help="clips per batch (default 1)")
+    parser.add_argument("--warmup", type=int, help="untimed steps before measuring (default: memory 1, speed 2)")
+    parser.add_argument("--repeats", type=int, help="timed steps (default: memory 1, speed 10)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads in each worker")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per configuration")
+    parser.add_argument(
+        "--dr2net-float", nargs=2, type=float, default=list(DR2NET_FLOAT_COEFFICIENTS), metavar=("ALPHA", "BETA"),
+        help="(α, β) of dr2net_float (default 0.5 0.5: float reversible backprop is useless at Dr²Net's start (1, 0.1))",
+    )
+    parser.add_argument(
+        "--dr2net-exact", nargs=2, type=float, default=list(DR2NET_EXACT_COEFFICIENTS), metavar=("ALPHA", "BETA"),
+        help="(α, β) of dr2net_exact (default 1 0.1; β is rounded to a dyadic, 13/128)",
+    )
+    parser.add_argument("--quick", action="store_true", help="a tiny preset (seconds); explicit options override it")
+    parser.add_argument("--json", metavar="OUT", help="write machine info and records as JSON")
+    parser.add_argument("--plot", metavar="DIR", help="write memory_vs_depth.png and memory_vs_frames.png")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _choice(args: argparse.Namespace, name: str):
+    value = getattr(args, name, None)
+    if value is not None:
+        return value
+    if args.quick and name in QUICK:
+        return QUICK[name]
+    return DEFAULTS.get(name)
+
+
+def build_grid(args: argparse.Namespace) -> Grid:
+    default_warmup, default_repeats = KINDS[args.kind]
+    device = args.device or _default_device()
+    repeats = args.repeats if args.repeats is not None else (QUICK["repeats"] if args.quick else default_repeats)
+    options = {
+        "device": device,
+        "warmup": args.warmup if args.warmup is not None else default_warmup,
+        "repeats": repeats,
+        "threads": args.threads,
+        "float_coefficients": tuple(args.dr2net_float),
+        "exact_coefficients": tuple(args.dr2net_exact),
+    }
+    return Grid(
+        models=_choice(args, "models"),
+        modes=_choice(args, "modes"),
+        depths=_choice(args, "depths"),
+        frames=_choice(args, "frames"),
+        img_sizes=_choice(args, "img_sizes"),
+        batches=_choice(args, "batches"),
+        options=options,
+    )
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run(args: argparse.Namespace) -> int:
+    from revtal.backbones import list_backbones
+    from revtal.bench.report import markdown_table, write_plots
+    from revtal.bench.runner import machine_info, run_configs, write_json
+
+    grid = build_grid(args)
+    unknown = [m for m in grid.models if m not in list_backbones()]
+    if unknown:
+        print(f"revtal bench: unknown models {unknown}; registered: {', '.join(list_backbones())}", file=sys.stderr)
+        return 2
+    try:
+        configs, notes = grid.configs()
+    except ValueError as err:
+        print(f"revtal bench: {err}", file=sys.stderr)
+        return 2
+    for note in notes:
+        print(f"note: {note}")
+    machine = machine_info(grid.options["device"])
+    print(f"revtal bench {args.kind}: {len(configs)} configurations on {machine['cpu_model']} "
+          f"({machine['cpu_cores_available']} cores), device {machine['device']}, torch {machine['torch']}")
+    result = run_configs(configs, timeout_s=args.timeout, progress=not args.no_progress)
+    machine["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    if result.records:
+        print(markdown_table(result.records))
+    for entry in result.skipped:
+        print(f"{entry['status']}: {entry['mode']} ({entry['model']}): {entry['reason']}")
+    if args.json:
+        write_json(args.json, machine, result)
+        print(f"wrote {args.json}")
+    if args.plot:
+        for path in write_plots(result.records, args.plot):
+            print(f"wrote {path}")
+    failed = [e for e in result.skipped if e["status"] == "error"]
+    return 1 if failed else 0

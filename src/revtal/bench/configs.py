@@ -1,0 +1,122 @@
+"""What one benchmark configuration is, and the grid of them a ``revtal bench`` run measures.
+
+A configuration fixes everything a measurement depends on (backbone, training mode, depth, clip size, batch, device,
+warm-up and timed steps), so that it can be sent as JSON to a fresh process (:mod:`revtal.bench.worker`) and
+recorded beside its result. This module imports no torch: the parent process only plans and collects.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+# name: what the mode trains and how it backpropagates
+MODE_DESCRIPTIONS: dict[str, str] = {
+    "conventional": "unconverted backbone, plain autograd (stores every activation)",
+    "frozen": "backbone under no_grad, only the head trains",
+    "checkpoint": "original network, each block under torch.utils.checkpoint",
+    "re2": "Re²TAL rewiring (α=0, β=1), memory-free float backprop",
+    "dr2net_float": "Dr²Net at a mid-schedule point, memory-free float backprop",
+    "dr2net_exact": "Dr²Net at its start point, memory-free exact (fixed-point) backprop",
+    "losa": "LoSA adapters on a frozen backbone",
+    "revlib": "RevLib ReversibleSequential over the same ViT branches (peer)",
+    "memcnn": "MemCNN InvertibleModuleWrapper(AdditiveCoupling) over the same ViT branches (peer)",
+}
+MODES = tuple(MODE_DESCRIPTIONS)
+PEER_MODES = ("revlib", "memcnn")
+
+# Dr²Net's float reversible backprop is numerically useless at its start point (1, 0.1): the inverse divides by β at
+# every branch. The float mode is therefore benchmarked at a point a schedule passes through; the exact mode, which
+# reconstructs bitwise at any β > 0, at the start point itself (β rounded to a dyadic, 13/128 for 0.1).
+DR2NET_FLOAT_COEFFICIENTS = (0.5, 0.5)
+DR2NET_EXACT_COEFFICIENTS = (1.0, 0.1)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    model: str
+    mode: str
+    depth: int | None  # transformer blocks of a ViT; None keeps a model's own depth (non-ViT models)
+    frames: int
+    img_size: int
+    batch: int
+    device: str = "cpu"
+    warmup: int = 1
+    repeats: int = 1
+    threads: int | None = None
+    seed: int = 0
+    float_coefficients: tuple[float, float] = DR2NET_FLOAT_COEFFICIENTS
+    exact_coefficients: tuple[float, float] = DR2NET_EXACT_COEFFICIENTS
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODE_DESCRIPTIONS:
+            raise ValueError(f"unknown benchmark mode {self.mode!r}; modes: {', '.join(MODES)}")
+        for name in ("frames", "img_size", "batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"benchmark config field {name!r} must be ≥ 1, got {getattr(self, name)}")
+        if self.depth is not None and self.depth < 1:
+            raise ValueError(f"benchmark config field 'depth' must be ≥ 1, got {self.depth}")
+        if self.warmup < 1:
+            # the first step allocates gradients and optimizer state; it must not be the measured one
+            raise ValueError(f"benchmark config field 'warmup' must be ≥ 1, got {self.warmup}")
+        if self.repeats < 1:
+            raise ValueError(f"benchmark config field 'repeats' must be ≥ 1, got {self.repeats}")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "BenchConfig":
+        data = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"benchmark config has unknown fields {unknown}")
+        for key in ("float_coefficients", "exact_coefficients"):
+            if key in data:
+                data[key] = tuple(data[key])
+        return cls(**data)
+
+    @property
+    def shape_key(self) -> tuple:
+        """Everything but the mode: configurations with equal keys are compared with each other."""
+        return (self.model, self.depth, self.frames, self.img_size, self.batch, self.device)
+
+
+def is_vit(model: str) -> bool:
+    """Video ViTs are the models whose depth is a free option (``depth=`` of the builder)."""
+    return model.startswith("vit_")
+
+
+@dataclass
+class Grid:
+    models: list[str]
+    modes: list[str]
+    depths: list[int]
+    frames: list[int]
+    img_sizes: list[int]
+    batches: list[int]
+    options: dict = field(default_factory=dict)  # remaining BenchConfig fields, the same for every configuration
+
+    def configs(self) -> tuple[list[BenchConfig], list[str]]:
+        """The cross product, models outermost, and notes on what was left out: non-ViT models are measured once at
+        their own depth, and the peers (which wrap transformer blocks) only on ViTs."""
+        seen: set[BenchConfig] = set()
+        out: list[BenchConfig] = []
+        notes: list[str] = []
+        for model, frames, img, batch, depth, mode in itertools.product(
+            self.models, self.frames, self.img_sizes, self.batches, self.depths, self.modes
+        ):
+            if mode in PEER_MODES and not is_vit(model):
+                note = f"{mode} skipped for {model}: the peer stacks are built from ViT blocks only"
+                if note not in notes:
+                    notes.append(note)
+                continue
+            config = BenchConfig(
+                model, mode, depth if is_vit(model) else None, frames, img, batch, **self.options
+            )
+            if config not in seen:
+                seen.add(config)
+                out.append(config)
+        return out, notes

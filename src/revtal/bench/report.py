@@ -1,0 +1,128 @@
+"""Benchmark records as a Markdown table and as memory-vs-depth / memory-vs-frames plots (the analogue of Re²TAL's
+Fig. 7: memory of each training mode as the network deepens or the clip lengthens)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+MIB = 2**20
+MODE_ORDER = (
+    "conventional", "frozen", "checkpoint", "re2", "dr2net_float", "dr2net_exact", "losa", "revlib", "memcnn",
+)
+
+
+def _mode_rank(mode: str) -> int:
+    return MODE_ORDER.index(mode) if mode in MODE_ORDER else len(MODE_ORDER)
+
+
+def _sort_key(record: dict) -> tuple:
+    return (
+        record["model"], record["frames"], record["img_size"], record["batch"], record["depth"] or 0,
+        _mode_rank(record["mode"]),
+    )
+
+
+def _mib(value) -> str:
+    return "–" if value is None else f"{value / MIB:.1f}"
+
+
+def _ratio(value) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def _mode_label(record: dict) -> str:
+    if "alpha" in record and record["mode"].startswith("dr2net"):
+        return f"{record['mode']} ({record['alpha']:g}, {record['beta']:g})"
+    return record["mode"]
+
+
+def markdown_table(records: list[dict]) -> str:
+    """One row per record; ratios are to conventional (×conv) and to checkpointing (×ckpt) at the same shape."""
+    cuda = any(r.get("cuda_max_allocated_bytes") is not None for r in records)
+    head = ["model", "mode", "depth", "clip", "batch", "saved MiB", "×conv", "×ckpt", "peak MiB", "×conv", "×ckpt"]
+    if cuda:
+        head += ["CUDA max MiB", "×conv", "×ckpt"]
+    head += ["step s", "×conv", "×ckpt"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in sorted(records, key=_sort_key):
+        row = [
+            r["model"], _mode_label(r), "–" if r["depth"] is None else str(r["depth"]),
+            f"{r['frames']}×{r['img_size']}²", str(r["batch"]),
+            _mib(r["saved_bytes"]), _ratio(r.get("saved_vs_conventional")), _ratio(r.get("saved_vs_checkpoint")),
+            _mib(r["peak_bytes"]), _ratio(r.get("peak_vs_conventional")), _ratio(r.get("peak_vs_checkpoint")),
+        ]
+        if cuda:
+            row += [
+                _mib(r.get("cuda_max_allocated_bytes")), _ratio(r.get("cuda_vs_conventional")),
+                _ratio(r.get("cuda_vs_checkpoint")),
+            ]
+        row += [f"{r['step_time_s']:.3f}", _ratio(r.get("time_vs_conventional")), _ratio(r.get("time_vs_checkpoint"))]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _panels(records: list[dict]) -> list[tuple[str, str]]:
+    panels = [("saved_bytes", "saved for backward (MiB)"), ("peak_bytes", "process peak − baseline (MiB)")]
+    if any(r.get("cuda_max_allocated_bytes") is not None for r in records):
+        panels.append(("cuda_max_allocated_bytes", "CUDA max allocated (MiB)"))
+    return panels
+
+
+def _plot(records: list[dict], x_field: str, fixed: tuple[str, ...], x_label: str, path: Path) -> Path | None:
+    """One row of panels per (model, fixed values) series group, one line per mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        if r.get(x_field) is not None:
+            groups[(r["model"], *(r[f] for f in fixed))].append(r)
+    if not groups:
+        return None
+    # the group with the most distinct x values per model: a sweep, not a single point
+    best: dict[str, tuple] = {}
+    for key, group in groups.items():
+        count = len({r[x_field] for r in group})
+        if key[0] not in best or count > len({r[x_field] for r in groups[best[key[0]]]}):
+            best[key[0]] = key
+    panels = _panels(records)
+    rows = sorted(best.values())
+    fig, axes = plt.subplots(len(rows), len(panels), figsize=(5 * len(panels), 3.8 * len(rows)), squeeze=False)
+    for row, key in enumerate(rows):
+        group = groups[key]
+        by_mode: dict[str, list[dict]] = defaultdict(list)
+        for r in group:
+            by_mode[_mode_label(r)].append(r)
+        fixed_text = ", ".join(f"{f}={v}" for f, v in zip(fixed, key[1:]))
+        for col, (quantity, label) in enumerate(panels):
+            ax = axes[row][col]
+            for mode, series in sorted(by_mode.items(), key=lambda item: _mode_rank(item[1][0]["mode"])):
+                series = sorted((r for r in series if r.get(quantity) is not None), key=lambda r: r[x_field])
+                if series:
+                    ax.plot([r[x_field] for r in series], [r[quantity] / MIB for r in series], marker="o", label=mode)
+            ax.set_xlabel(x_label)
+            ax.set_ylabel(label)
+            ax.set_title(f"{key[0]} ({fixed_text})", fontsize=9)
+            ax.set_ylim(bottom=0)
+            ax.grid(alpha=0.3)
+            if col == 0:
+                ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_plots(records: list[dict], out_dir: str | Path) -> list[Path]:
+    """``memory_vs_depth.png`` (ViT depth sweep at one clip size) and ``memory_vs_frames.png`` (clip-length sweep at
+    one depth); returns the files written."""
+    out_dir = Path(out_dir)
+    written = [
+        _plot(records, "depth", ("frames", "img_size", "batch"), "transformer blocks", out_dir / "memory_vs_depth.png"),
+        _plot(records, "frames", ("depth", "img_size", "batch"), "frames per clip", out_dir / "memory_vs_frames.png"),
+    ]
+    return [p for p in written if p is not None]

@@ -1,0 +1,152 @@
+"""The parent side of a benchmark run: one subprocess per configuration, results collected, compared, described.
+
+Each configuration runs in ``python -m revtal.bench.worker`` with ``MALLOC_MMAP_THRESHOLD_=65536`` (see
+:mod:`revtal.bench.worker` for why and for what is measured). Ratios are taken between configurations that differ
+only in the mode: to ``conventional`` (plain autograd on the unconverted backbone) and to ``checkpoint`` (per-block
+activation checkpointing of the same network).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from revtal.bench.configs import BenchConfig
+
+MMAP_THRESHOLD = "65536"
+# measured quantities that get ratios, and the prefix of their ratio fields
+RATIO_FIELDS = {"saved_bytes": "saved", "peak_bytes": "peak", "cuda_max_allocated_bytes": "cuda", "step_time_s": "time"}
+REFERENCE_MODES = ("conventional", "checkpoint")
+
+
+@dataclass
+class RunResult:
+    records: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)  # {config..., status, reason}: unavailable or failed
+
+
+def run_in_subprocess(config: BenchConfig, timeout_s: float | None = None) -> dict:
+    """Measure one configuration in a fresh process; returns its record, or a status/reason entry."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=MMAP_THRESHOLD)
+    command = [sys.executable, "-m", "revtal.bench.worker", config.to_json()]
+    entry = json.loads(config.to_json())
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {**entry, "status": "error", "reason": f"timed out after {timeout_s:.0f} s"}
+    from revtal.bench.worker import RESULT_PREFIX
+
+    results = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if not results:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
+        why = "killed (out of memory?)" if done.returncode in (-9, 137) else f"exit code {done.returncode}"
+        return {**entry, "status": "error", "reason": f"worker gave no result, {why}: " + " | ".join(tail)}
+    result = json.loads(results[-1][len(RESULT_PREFIX):])
+    return {**entry, **result}
+
+
+def run_configs(
+    configs: list[BenchConfig],
+    timeout_s: float | None = None,
+    progress: bool = True,
+    measure: Callable[[BenchConfig, float | None], dict] = run_in_subprocess,
+) -> RunResult:
+    from tqdm import tqdm
+
+    result = RunResult()
+    bar = tqdm(configs, desc="bench", unit="config", disable=not progress)
+    for config in bar:
+        bar.set_postfix_str(f"{config.model} {config.mode} d={config.depth} {config.frames}x{config.img_size}²")
+        record = measure(config, timeout_s)
+        if record.get("status") == "ok":
+            result.records.append(record)
+        else:
+            result.skipped.append(record)
+            bar.write(f"  {config.mode} ({config.model}, depth {config.depth}): {record['status']}: {record['reason']}")
+    add_ratios(result.records)
+    return result
+
+
+def _shape_key(record: dict) -> tuple:
+    return tuple(record.get(k) for k in ("model", "depth", "frames", "img_size", "batch", "device"))
+
+
+def add_ratios(records: Iterable[dict]) -> None:
+    """Add ``<quantity>_vs_<reference>`` fields (e.g. ``saved_vs_conventional``) to every record that has a record
+    of the reference mode at the same model, depth, clip size, batch and device; ``None`` where there is none (or the
+    reference value is zero or missing)."""
+    records = list(records)
+    by_key = {(_shape_key(r), r["mode"]): r for r in records}
+    for record in records:
+        for reference in REFERENCE_MODES:
+            ref = by_key.get((_shape_key(record), reference))
+            for quantity, prefix in RATIO_FIELDS.items():
+                value = record.get(quantity)
+                base = None if ref is None else ref.get(quantity)
+                record[f"{prefix}_vs_{reference}"] = value / base if value is not None and base else None
+
+
+def machine_info(device: str) -> dict:
+    """What the numbers were measured on."""
+    import torch
+
+    info = {
+        "cpu_model": _cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "cpu_cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "memory_bytes": _total_memory(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "malloc_mmap_threshold": MMAP_THRESHOLD,
+    }
+    for package in ("timm", "revlib", "memcnn"):
+        info[f"{package}_version"] = _version(package)
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _total_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _version(package: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def write_json(path: str, machine: dict, result: RunResult) -> None:
+    with open(path, "w") as handle:
+        json.dump({"machine": machine, "records": result.records, "skipped": result.skipped}, handle, indent=1)

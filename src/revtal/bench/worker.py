@@ -1,0 +1,183 @@
+"""One benchmark configuration, measured inside its own process: ``python -m revtal.bench.worker CONFIG_JSON``.
+
+A fresh process per configuration keeps the measurements of one mode free of what another left behind (allocator
+caches, pages the C library never returned). The parent (:mod:`revtal.bench.runner`) starts it with
+``MALLOC_MMAP_THRESHOLD_=65536``, so every allocation of 64 KiB or more is its own mapping, returned to the system
+when freed: the resident set then follows the tensors that are alive.
+
+Measured, in this order:
+
+1. **bytes saved for backward** during the first training forward
+   (:class:`revtal.utils.memory.SavedTensorMeter`; parameters, buffers and the input clip are not counted: they are
+   resident whatever the mode). That first step, and ``warmup - 1`` more, also allocate gradients, optimizer state,
+   thread pools and lazily initialised kernels;
+2. **process peak**: the resident set just before the next step is the baseline; the kernel's high-water mark
+   (``VmHWM``, reset through ``/proc/self/clear_refs``) after it, minus the baseline, is what the step itself needs
+   (activations and temporaries; gradients are kept allocated between steps, ``zero_grad(set_to_none=False)``);
+3. **CUDA** (on a GPU): ``torch.cuda.max_memory_allocated`` over that step, absolute and above the baseline;
+4. **step time**: forward + backward + optimizer step, each of ``repeats`` steps timed (the first is the one
+   measured above); the median is reported.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+import traceback
+
+import torch
+
+from revtal.bench.configs import BenchConfig
+from revtal.bench.modes import ModeUnavailable, build_target
+from revtal.bench.peers import PeerUnavailable
+from revtal.utils.memory import SavedTensorMeter
+
+RESULT_PREFIX = "REVTAL-BENCH-RESULT "
+_CLEAR_REFS = "/proc/self/clear_refs"
+_STATUS = "/proc/self/status"
+
+
+def _status_bytes(field: str) -> int | None:
+    try:
+        with open(_STATUS) as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024  # reported in kB
+    except OSError:
+        return None
+    return None
+
+
+class PeakRss:
+    """Peak resident set of this process over a stretch of code, above the resident set at its start."""
+
+    def __init__(self) -> None:
+        self.baseline = 0
+        self.method = ""
+
+    def start(self) -> None:
+        gc.collect()
+        resettable = True
+        try:
+            with open(_CLEAR_REFS, "w") as handle:
+                handle.write("5")  # "5": reset the peak-RSS high-water mark (Linux ≥ 4.0)
+        except OSError:
+            resettable = False
+        rss = _status_bytes("VmRSS")
+        if resettable and rss is not None:
+            self.method = "VmHWM after clear_refs reset"
+            self.baseline = rss
+        else:
+            # no resettable high-water mark: ru_maxrss counts from process start, so construction may hide the step
+            self.method = "ru_maxrss since process start (not resettable here)"
+            self.baseline = rss if rss is not None else _maxrss_bytes()
+
+    def peak(self) -> int:
+        if self.method.startswith("VmHWM"):
+            hwm = _status_bytes("VmHWM")
+            if hwm is not None:
+                return hwm - self.baseline
+        return _maxrss_bytes() - self.baseline
+
+
+def _maxrss_bytes() -> int:
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss if sys.platform == "darwin" else maxrss * 1024  # bytes on macOS, KiB on Linux
+
+
+def measure(config: BenchConfig) -> dict:
+    """Measure ``config`` in this process and return its record (see the module docstring)."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = torch.device(config.device)
+    cuda = device.type == "cuda"
+    built = build_target(config)
+    target = built.target.to(device).train()
+    torch.manual_seed(config.seed + 1)
+    video = torch.randn(config.batch, 3, config.frames, config.img_size, config.img_size, device=device)
+    trainable = [p for p in target.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-6)
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    def finish_step(loss: torch.Tensor) -> None:
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=False)
+
+    with SavedTensorMeter(target, exclude=[video]) as meter:
+        loss = target(video)
+    saved = meter.bytes
+    finish_step(loss)
+    del loss
+    for _ in range(config.warmup - 1):
+        finish_step(target(video))
+
+    rss = PeakRss()
+    times: list[float] = []
+    peak = cuda_max = cuda_peak = None
+    for index in range(config.repeats):
+        if index == 0:
+            sync()
+            rss.start()
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(device)
+                cuda_base = torch.cuda.memory_allocated(device)
+        start = time.perf_counter()
+        finish_step(target(video))
+        sync()
+        times.append(time.perf_counter() - start)
+        if index == 0:
+            peak = rss.peak()
+            if cuda:
+                cuda_max = torch.cuda.max_memory_allocated(device)
+                cuda_peak = cuda_max - cuda_base
+
+    record = json.loads(config.to_json())
+    record.update(
+        status="ok",
+        depth=built.depth,
+        saved_bytes=saved,
+        peak_bytes=peak,
+        baseline_rss_bytes=rss.baseline,
+        peak_method=rss.method,
+        cuda_max_allocated_bytes=cuda_max,
+        cuda_peak_bytes=cuda_peak,
+        step_time_s=statistics.median(times),
+        step_times_s=times,
+        trainable_params=sum(p.numel() for p in trainable),
+        threads=torch.get_num_threads(),
+        malloc_mmap_threshold=os.environ.get("MALLOC_MMAP_THRESHOLD_"),  # read by the C library at process start
+        **built.info,
+    )
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m revtal.bench.worker CONFIG_JSON", file=sys.stderr)
+        return 2
+    config = BenchConfig.from_json(argv[0])
+    try:
+        record = measure(config)
+        code = 0
+    except (ModeUnavailable, PeerUnavailable) as err:
+        record, code = {"status": "unavailable", "reason": str(err)}, 0
+    except Exception as err:  # reported to the parent, which records it and goes on with the next configuration
+        traceback.print_exc()
+        record, code = {"status": "error", "reason": f"{type(err).__name__}: {err}"}, 1
+    sys.stdout.flush()
+    print(RESULT_PREFIX + json.dumps(record), flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

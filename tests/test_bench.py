@@ -1,0 +1,101 @@
+"""revtal bench: configuration grid, in-process measurements, ratios, peers absent, and one end-to-end CLI run."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from revtal.bench.configs import BenchConfig, Grid
+from revtal.bench.runner import add_ratios
+
+# a 2-block tiny ViT (width 64) on 8×96² clips: 4×6×6 = 144 tokens per clip
+TINY = dict(model="vit_tiny_video", depth=2, frames=8, img_size=96, batch=2)
+TOKEN_MAP_BYTES = 2 * 144 * 64 * 4  # batch × tokens × width × float32
+
+
+def test_grid_crosses_options_keeps_non_vit_depth_and_skips_peers_there():
+    grid = Grid(
+        models=["vit_tiny_video", "r3d_18"], modes=["conventional", "revlib"], depths=[2, 4], frames=[8],
+        img_sizes=[32], batches=[1], options={"repeats": 3},
+    )
+    configs, notes = grid.configs()
+    vit = [(c.mode, c.depth) for c in configs if c.model == "vit_tiny_video"]
+    assert vit == [("conventional", 2), ("revlib", 2), ("conventional", 4), ("revlib", 4)]
+    resnet = [c for c in configs if c.model == "r3d_18"]
+    assert [(c.mode, c.depth) for c in resnet] == [("conventional", None)]  # depths do not apply, measured once
+    assert all(c.repeats == 3 for c in configs)
+    assert notes == ["revlib skipped for r3d_18: the peer stacks are built from ViT blocks only"]
+
+
+def test_config_validation_names_the_field_and_round_trips_json():
+    with pytest.raises(ValueError, match="'warmup'"):
+        BenchConfig(**TINY, mode="re2", warmup=0)
+    with pytest.raises(ValueError, match="unknown benchmark mode 'fast'"):
+        BenchConfig(**TINY, mode="fast")
+    config = BenchConfig(**TINY, mode="dr2net_exact", exact_coefficients=(1.0, 0.25))
+    assert BenchConfig.from_json(config.to_json()) == config
+
+
+def test_ratios_pair_records_of_the_same_shape_only():
+    def record(mode, saved, time, depth=12):
+        return dict(model="m", depth=depth, frames=8, img_size=32, batch=1, device="cpu", mode=mode,
+                    saved_bytes=saved, peak_bytes=None, cuda_max_allocated_bytes=None, step_time_s=time)
+
+    records = [record("conventional", 200, 1.0), record("checkpoint", 40, 1.5), record("re2", 10, 1.8),
+               record("re2", 10, 3.0, depth=24)]
+    add_ratios(records)
+    conventional, checkpoint, re2, deeper = records
+    assert conventional["saved_vs_conventional"] == 1.0
+    assert re2["saved_vs_conventional"] == 10 / 200 and re2["saved_vs_checkpoint"] == 10 / 40
+    assert re2["time_vs_conventional"] == 1.8 and re2["time_vs_checkpoint"] == pytest.approx(1.2)
+    assert checkpoint["time_vs_conventional"] == 1.5
+    assert re2["peak_vs_conventional"] is None  # not measured
+    assert deeper["saved_vs_conventional"] is None  # no conventional record at depth 24
+
+
+def test_reversible_mode_saves_its_two_streams_and_conventional_saves_far_more():
+    from revtal.bench.worker import measure
+
+    saved = {mode: measure(BenchConfig(**TINY, mode=mode))["saved_bytes"] for mode in ("conventional", "re2")}
+    # re2 keeps only the stage output streams (x_n, y_n) plus the small pooled features of the head
+    assert 2 * TOKEN_MAP_BYTES <= saved["re2"] < 3 * TOKEN_MAP_BYTES
+    # conventional keeps, per block, at least the two LayerNorm inputs, q/k/v, the MLP hidden (4 widths) and its GELU
+    assert saved["conventional"] > 2 * (2 + 3 + 4 + 4) * TOKEN_MAP_BYTES * 0.9
+
+
+def test_missing_peer_library_is_reported_not_raised(monkeypatch, capsys):
+    from revtal.bench import worker
+
+    monkeypatch.setitem(sys.modules, "revlib", None)  # import now fails even where revlib is installed
+    code = worker.main([BenchConfig(**TINY, mode="revlib").to_json()])
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert code == 0 and line.startswith(worker.RESULT_PREFIX)
+    result = json.loads(line[len(worker.RESULT_PREFIX):])
+    assert result == {"status": "unavailable", "reason": "revlib is not installed (pip install 'revtal[bench]')"}
+
+
+def test_cli_quick_run_in_a_subprocess_writes_json_and_plots(tmp_path):
+    from revtal.cli import main
+
+    out, plots = tmp_path / "bench.json", tmp_path / "figures"
+    # one configuration (one worker process: starting one costs seconds on a loaded machine)
+    code = main(["bench", "memory", "--quick", "--modes", "conventional", "--json", str(out), "--plot", str(plots),
+                 "--no-progress"])
+    assert code == 0
+    data = json.loads(out.read_text())
+    assert {"cpu_model", "cpu_cores", "torch", "device"} <= set(data["machine"])
+    assert data["skipped"] == [] and len(data["records"]) == 1
+    record = data["records"][0]
+    assert {"model", "mode", "depth", "frames", "img_size", "batch", "saved_bytes", "peak_bytes",
+            "step_time_s"} <= set(record)
+    assert (record["model"], record["mode"], record["depth"], record["frames"], record["img_size"],
+            record["batch"]) == ("vit_tiny_video", "conventional", 2, 8, 96, 2)
+    assert record["malloc_mmap_threshold"] == "65536"  # measured in a worker process started with the setting
+    # the step's activations (tens of token maps of 72 KiB, each its own mapping) raise the resident set
+    assert record["peak_bytes"] > 4 * TOKEN_MAP_BYTES
+    assert record["saved_bytes"] > 0 and record["step_time_s"] > 0
+    assert record["saved_vs_conventional"] == 1.0
+    for name in ("memory_vs_depth.png", "memory_vs_frames.png"):
+        assert (plots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
