@@ -32,7 +32,8 @@ def projected(model, last: torch.Tensor) -> torch.Tensor:
 
 
 def reference_last(backbone, video: torch.Tensor, clip_frames: int) -> torch.Tensor:
-    """F_N as the frozen backbone alone gives it: pooled final map per clip, clips concatenated in time (B, C, n·T_N)."""
+    """F_N as the frozen backbone alone gives it: pooled final map per clip, clips concatenated in time,
+    (B, C, n·T_N)."""
     with torch.no_grad():
         pooled = backbone.pool(backbone.forward_features(clips_of(video, clip_frames)))
     b = video.shape[0]
@@ -192,7 +193,7 @@ def test_single_branch_keeps_identity_and_drops_the_other(vit):
     for use_short, use_long in ((True, False), (False, True)):
         model = LoSA(vit, LoSAConfig(clip_frames=CLIP, use_short=use_short, use_long=use_long))
         out = model.features(video)
-        assert len(model.short_adapters) == (4 if use_short else 0) and len(model.long_adapters) == (4 if use_long else 0)
+        assert len(model.short_adapters) == 4 * use_short and len(model.long_adapters) == 4 * use_long
         assert (len(out.short), len(out.long)) == (len(model.short_adapters), len(model.long_adapters))
         assert torch.equal(out.fused, out.last)
 

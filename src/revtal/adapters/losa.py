@@ -426,7 +426,9 @@ class GatedFusion(nn.Module):
             return torch.stack([F.cosine_similarity(out, last, dim=-1).mean(-1) for out in outputs], -1)
         return gates
 
-    def forward(self, last: Tensor, short: list[Tensor], long: list[Tensor]) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    def forward(
+        self, last: Tensor, short: list[Tensor], long: list[Tensor]
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         short_in, long_in = last, last
         w_short = w_long = None
         if self.use_short:
