@@ -265,13 +265,16 @@ def build_transforms(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     *,
-    scale: tuple[float, float] = (0.4, 1.0),
+    scale: tuple[float, float] = (0.6, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
     flip_p: float = 0.5,
     color_jitter: tuple[float, float, float, float] | None = (0.3, 0.3, 0.3, 0.0),
 ) -> Compose:
     """Training: random resized crop, horizontal flip, colour jitter, normalise. Evaluation: resize the shorter
-    side to ``img_size``, centre crop, normalise. Output (C, T, img_size, img_size)."""
+    side to ``img_size``, centre crop, normalise. Output (C, T, img_size, img_size).
+
+    The default crop keeps at least 60 % of the frame area: a TAL label says the action happens somewhere in the
+    frame for the whole segment, and an aggressive crop can cut the actor out while the label stays."""
     if train:
         steps: list[VideoTransform] = [RandomResizedCrop(img_size, scale=scale, ratio=ratio)]
         if flip_p > 0:
