@@ -33,6 +33,24 @@ def test_default_config_is_the_thumos_recipe():
     torch.testing.assert_close(torch.sigmoid(bias), torch.full_like(bias, 0.01))
 
 
+def regression_alive_fraction(bias_init: float, seeds=range(4)) -> float:
+    """Smallest fraction of positions where a boundary's offset is > 0 at initialisation, over channels and seeds."""
+    fractions = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        model = small_model(regression_bias_init=bias_init).eval()
+        out = model(torch.randn(4, 6, 64), torch.ones(4, 64, dtype=torch.bool))
+        fractions.append(float((torch.cat(out.offsets, dim=1) > 0).float().mean(dim=(0, 1)).min()))
+    return min(fractions)
+
+
+def test_regression_outputs_start_alive():
+    # behind the ReLU an output negative at (almost) every position gets (almost) no gradient and never learns;
+    # a zero bias lets that happen on some seeds, the default one-stride bias does not
+    assert regression_alive_fraction(0.0) < 0.5
+    assert regression_alive_fraction(ActionFormerConfig().regression_bias_init) > 0.9
+
+
 def test_any_length_is_padded_to_the_coarsest_stride():
     model = small_model().eval()
     features, mask = torch.randn(2, 6, 37), torch.ones(2, 37, dtype=torch.bool)

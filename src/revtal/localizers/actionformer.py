@@ -64,6 +64,10 @@ class ActionFormerConfig:
     head_kernel_size: int = 3
     head_num_layers: int = 3  # including the output layer
     prior_prob: float = 0.01
+    # Bias of the regression output, i.e. the initial offsets in strides. The release starts it at 0; behind the
+    # ReLU that can leave one boundary's output negative at every position from the first step (we saw it on one
+    # seed in eight with 32-channel heads), and a dead ReLU never learns. Starting at one stride keeps both alive.
+    regression_bias_init: float = 1.0
     # targets and losses
     regression_ranges: tuple[tuple[float, float], ...] = THUMOS_REGRESSION_RANGES
     center_radius: float | None = 1.5  # in strides; None: every point inside the action
@@ -188,6 +192,7 @@ class ActionFormer(nn.Module):
                 nn.init.zeros_(module.bias)
         # every class starts at the prior probability, so the (mostly background) focal loss is small at step 0
         nn.init.constant_(self.cls_head.output.conv.bias, -math.log((1 - cfg.prior_prob) / cfg.prior_prob))
+        nn.init.constant_(self.reg_head.output.conv.bias, cfg.regression_bias_init)
         self.register_buffer("loss_normalizer", torch.tensor(float(cfg.loss_normalizer_init)))
 
     @property
