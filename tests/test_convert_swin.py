@@ -207,5 +207,5 @@ def test_swin3d_t_small_clip_trains_in_reversible_mode_like_vanilla():
     assert len(reversible_stages(model)) == 4
     assert len(results[0]) == len(list(ref.parameters()))
     assert all(torch.isfinite(g).all() for g in results[0])
-    # float32 at the Re² point: reconstruction error ~1e-6, gradients agree to ~1e-5 relative
-    assert max_relative_gap(results[0], results[1]) < 1e-4
+    # float32 at the Re² point: measured 7.6e-7 relative (docs/CONVERTERS.md)
+    assert max_relative_gap(results[0], results[1]) < 1e-5
