@@ -22,10 +22,11 @@ def test_atol_level_is_the_smallest_allclose_atol():
     assert all(torch.allclose(x, y, rtol=1e-5, atol=level) for x, y in zip(a, b))
     assert not torch.allclose(a[0], b[0], rtol=1e-5, atol=level * 0.999)
     assert atol_level([torch.tensor([1.0])], [torch.tensor([1.0])]) == 0.0
-    level, rel = gradient_errors(a, b)
-    assert rel == pytest.approx(0.1 / math.sqrt(1 + 2.1**2 + 9))
-    assert gradient_errors([torch.tensor([float("nan")])], [torch.tensor([1.0])]) == (math.inf, math.inf)
-    assert gradient_errors([torch.tensor([float("inf")])], [torch.tensor([1.0])]) == (math.inf, math.inf)
+    errors = gradient_errors(a, b)
+    assert errors.atol_level == level and errors.reference_max_abs == 3.0
+    assert errors.max_rel_err == pytest.approx(0.1 / math.sqrt(1 + 2.1**2 + 9))
+    assert gradient_errors([torch.tensor([float("nan")])], [torch.tensor([1.0])])[:2] == (math.inf, math.inf)
+    assert gradient_errors([torch.tensor([float("inf")])], [torch.tensor([1.0])])[:2] == (math.inf, math.inf)
 
 
 def test_grid_holds_the_corners_and_excludes_beta_zero():
@@ -82,6 +83,8 @@ def test_non_finite_reconstruction_is_recorded_as_inf(tmp_path):
     assert blown.atol_level == math.inf and blown.max_rel_err == math.inf
     assert "non-finite gradient" in blown.failure and "beta=1e-10" in blown.failure
     assert math.isfinite(fine.atol_level) and fine.failure == ""
+    assert 0 < blown.grad_scale < math.inf  # the vanilla reference is still measured
+
     paths = write_outputs(points, tmp_path, {"model": "m", "backprop": "reversible", "dtype": "float32"})
     document = json.loads(paths["json"].read_text())
     assert document["points"][0]["atol_level"] == "inf"

@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -38,10 +38,16 @@ ALLCLOSE_RTOL = 1e-5
 LossFn = Callable[[object], Tensor]
 
 
+class GradientErrors(NamedTuple):
+    atol_level: float
+    max_rel_err: float
+    reference_max_abs: float  # the largest |reference gradient| element: the scale atol_level is measured against
+
+
 def gradient_errors(
     estimate: Iterable[Tensor], reference: Iterable[Tensor], rtol: float = ALLCLOSE_RTOL
-) -> tuple[float, float]:
-    """(atol level, max relative error) of ``estimate`` against ``reference``, in one pass over the tensors.
+) -> GradientErrors:
+    """Errors of ``estimate`` against ``reference`` (lists of gradients), in one pass over the tensors.
 
     atol level: the smallest atol with ``torch.allclose(a, b, rtol=rtol, atol=atol)`` true for every pair — allclose
     tests ``|a − b| ≤ atol + rtol·|b|`` element-wise, so it is the largest ``|a − b| − rtol·|b|``, never below 0.
@@ -49,7 +55,7 @@ def gradient_errors(
     ``inf`` for both. Differences are taken in the gradients' own dtype (exact for nearby floats, by Sterbenz's
     lemma); norms accumulate in float64.
     """
-    level, worst = 0.0, 0.0
+    level, worst, scale = 0.0, 0.0, 0.0
     for a, b in zip(estimate, reference, strict=True):
         if not a.numel():
             continue
@@ -57,18 +63,20 @@ def gradient_errors(
         gap = (a - b).abs_()
         diff = float(torch.linalg.vector_norm(gap, dtype=torch.float64))
         norm = float(torch.linalg.vector_norm(b, dtype=torch.float64))
+        magnitude = b.abs()
+        scale = max(scale, float(magnitude.max()))
         # max() propagates NaN and |inf − b| = inf, so one scalar tells whether the estimate was finite
-        tensor_level = float(gap.sub_(b.abs(), alpha=rtol).max())
+        tensor_level = float(gap.sub_(magnitude, alpha=rtol).max())
         if not (math.isfinite(tensor_level) and math.isfinite(diff)):
-            return math.inf, math.inf
+            return GradientErrors(math.inf, math.inf, scale)
         level = max(level, tensor_level)
         worst = max(worst, diff / norm if norm > 0 else diff)
-    return max(level, 0.0), worst
+    return GradientErrors(max(level, 0.0), worst, scale)
 
 
 def atol_level(estimate: Iterable[Tensor], reference: Iterable[Tensor], rtol: float = ALLCLOSE_RTOL) -> float:
     """The smallest atol with ``torch.allclose(a, b, rtol=rtol, atol=atol)`` true for every pair (a, b)."""
-    return gradient_errors(estimate, reference, rtol)[0]
+    return gradient_errors(estimate, reference, rtol).atol_level
 
 
 def output_tensors(output: object) -> list[Tensor]:
@@ -148,6 +156,7 @@ class GradientComparison:
     atol_level: float
     max_rel_err: float
     recon_rel_err: float
+    grad_scale: float = 0.0  # max |vanilla gradient|: atol_level is absolute, this is its yardstick
     stage_recon_errors: dict[str, float] = field(default_factory=dict)
     failure: str | None = None  # message of a NonFiniteGradientError, if the memory-free backward raised one
 
@@ -195,14 +204,18 @@ def compare_gradients(
         for stage, (mode, coupling) in zip(stages, saved):
             stage.coupling = coupling  # undo the dyadic rounding of β that switching to exact applies
             stage.set_backprop(mode)
-    atol, rel = (math.inf, math.inf) if memory_free is None else gradient_errors(memory_free, reference)
+    if memory_free is None:
+        errors = GradientErrors(math.inf, math.inf, max(float(g.detach().abs().max()) for g in reference if g.numel()))
+    else:
+        errors = gradient_errors(memory_free, reference)
     known = [e for e in stage_errors.values() if e is not None]
     return GradientComparison(
         alpha=alpha_used,
         beta=beta_used,
         backprop=backprop,
-        atol_level=atol,
-        max_rel_err=rel,
+        atol_level=errors.atol_level,
+        max_rel_err=errors.max_rel_err,
+        grad_scale=errors.reference_max_abs,
         # a backward aborted by a non-finite gradient leaves the stages below it unchecked
         recon_rel_err=max(known) if known else math.inf,
         stage_recon_errors={k: (math.inf if e is None else e) for k, e in stage_errors.items()},

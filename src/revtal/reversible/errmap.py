@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
 MEMORY_FREE_MODES = ("reversible", "exact")
-CSV_FIELDS = ("alpha", "beta", "beta_used", "atol_level", "max_rel_err", "recon_rel_err", "failure")
+CSV_FIELDS = ("alpha", "beta", "beta_used", "atol_level", "max_rel_err", "recon_rel_err", "grad_scale", "failure")
 
 
 @dataclass
@@ -45,6 +45,7 @@ class ErrorPoint:
     atol_level: float
     max_rel_err: float
     recon_rel_err: float
+    grad_scale: float  # max |vanilla gradient| element, the yardstick of the absolute atol_level
     failure: str = ""
 
     def as_dict(self) -> dict:
@@ -100,7 +101,7 @@ def gradient_error_map(
         del model
         points.append(
             ErrorPoint(alpha, beta, result.beta, result.atol_level, result.max_rel_err, result.recon_rel_err,
-                       (result.failure or "").splitlines()[0] if result.failure else "")
+                       result.grad_scale, result.failure.splitlines()[0] if result.failure else "")
         )
         bar.set_postfix(alpha=f"{alpha:.2f}", beta=f"{beta:.2f}", atol=f"{result.atol_level:.1e}")
     return points
