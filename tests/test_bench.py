@@ -99,3 +99,31 @@ def test_cli_quick_run_in_a_subprocess_writes_json_and_plots(tmp_path):
     assert record["saved_vs_conventional"] == 1.0
     for name in ("memory_vs_depth.png", "memory_vs_frames.png"):
         assert (plots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_merges_runs_recomputing_ratios_and_keeping_the_last_measurement(tmp_path, capsys):
+    from revtal.cli import main
+
+    def record(mode, saved, depth):
+        return dict(model="m", depth=depth, frames=8, img_size=32, batch=1, device="cpu", mode=mode,
+                    saved_bytes=saved, peak_bytes=2 * saved, cuda_max_allocated_bytes=None, step_time_s=1.0)
+
+    first = {"machine": {"cpu_model": "A"}, "records": [record("conventional", 100, 12), record("re2", 50, 12)]}
+    second = {"machine": {"cpu_model": "B"}, "records": [record("re2", 5, 12), record("re2", 6, 24)],
+              "skipped": [{"mode": "memcnn", "model": "m", "status": "unavailable", "reason": "not installed"}]}
+    paths = []
+    for name, data in (("a.json", first), ("b.json", second)):
+        paths.append(tmp_path / name)
+        paths[-1].write_text(json.dumps(data))
+    merged = tmp_path / "merged.json"
+    assert main(["bench", "report", "--inputs", *map(str, paths), "--json", str(merged)]) == 0
+    data = json.loads(merged.read_text())
+    assert [m["cpu_model"] for m in data["machine"]["machines"]] == ["A", "B"]
+    by = {(r["mode"], r["depth"]): r for r in data["records"]}
+    assert len(by) == 3 and by[("re2", 12)]["saved_bytes"] == 5  # the later file's measurement wins
+    assert by[("re2", 12)]["saved_vs_conventional"] == 0.05 and by[("re2", 24)]["saved_vs_conventional"] is None
+    assert data["skipped"][0]["mode"] == "memcnn"
+    assert "| m | re2 | 12 | 8×32² | 1 |" in capsys.readouterr().out
+
+    (tmp_path / "bad.json").write_text("{}")
+    assert main(["bench", "report", "--inputs", str(tmp_path / "bad.json")]) == 2

@@ -4,7 +4,8 @@
 peak on a GPU; the step time of that single step is recorded too). ``speed`` takes more warm-up steps and times
 ``--repeats`` steps, reporting the median (memory is measured on the first timed step as well). Both print a
 Markdown table; ``--json OUT`` writes ``{"machine": ..., "records": [...], "skipped": [...]}`` and ``--plot DIR``
-the memory-vs-depth and memory-vs-frames figures.
+the memory-vs-depth and memory-vs-frames figures. ``report --inputs A.json B.json ...`` merges earlier runs (e.g. a
+depth sweep and a clip-length sweep) into one table, JSON and set of plots.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ KINDS = {
     "memory": (1, 1),
     "speed": (2, 10),
 }
-# small enough for a test: a 2-block tiny ViT on 8×96² clips
+# small enough for a test: a 2-block tiny ViT on 8×96² clips, one intra-op thread (see --threads)
 QUICK = {
     "models": ["vit_tiny_video"], "modes": ["conventional", "checkpoint", "re2"], "depths": [2], "frames": [8],
-    "img_sizes": [96], "batches": [2], "repeats": 2,
+    "img_sizes": [96], "batches": [2], "repeats": 2, "threads": 1,
 }
 DEFAULTS = {
     "models": ["vit_s_video"], "modes": [m for m in MODES], "depths": [12], "frames": [16], "img_sizes": [112],
@@ -32,7 +33,11 @@ DEFAULTS = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("kind", choices=sorted(KINDS), help="memory: one measured step; speed: median of --repeats")
+    parser.add_argument(
+        "kind", choices=[*KINDS, "report"],
+        help="memory: one measured step; speed: median of --repeats; report: merge --inputs of earlier runs",
+    )
+    parser.add_argument("--inputs", nargs="+", metavar="JSON", help="report: JSON files written by --json")
     parser.add_argument("--models", nargs="+", help=f"backbone names (default {DEFAULTS['models']})")
     parser.add_argument(
         "--modes", nargs="+", choices=MODES, metavar="MODE",
@@ -45,7 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, help="untimed steps before measuring (default: memory 1, speed 2)")
     parser.add_argument("--repeats", type=int, help="timed steps (default: memory 1, speed 10)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads in each worker")
+    parser.add_argument(
+        "--threads", type=int, default=None,
+        help="torch intra-op threads in each worker (default: torch's choice). On a CPU shared with other work, 1 "
+        "avoids OpenMP threads spinning on each other, which can slow a step by an order of magnitude",
+    )
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per configuration")
     parser.add_argument(
         "--dr2net-float", nargs=2, type=float, default=list(DR2NET_FLOAT_COEFFICIENTS), metavar=("ALPHA", "BETA"),
@@ -78,7 +87,7 @@ def build_grid(args: argparse.Namespace) -> Grid:
         "device": device,
         "warmup": args.warmup if args.warmup is not None else default_warmup,
         "repeats": repeats,
-        "threads": args.threads,
+        "threads": args.threads if args.threads is not None else (QUICK["threads"] if args.quick else None),
         "float_coefficients": tuple(args.dr2net_float),
         "exact_coefficients": tuple(args.dr2net_exact),
     }
@@ -100,9 +109,10 @@ def _default_device() -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.kind == "report":
+        return _report(args)
     from revtal.backbones import list_backbones
-    from revtal.bench.report import markdown_table, write_plots
-    from revtal.bench.runner import machine_info, run_configs, write_json
+    from revtal.bench.runner import machine_info, run_configs
 
     grid = build_grid(args)
     unknown = [m for m in grid.models if m not in list_backbones()]
@@ -121,6 +131,30 @@ def run(args: argparse.Namespace) -> int:
           f"({machine['cpu_cores_available']} cores), device {machine['device']}, torch {machine['torch']}")
     result = run_configs(configs, timeout_s=args.timeout, progress=not args.no_progress)
     machine["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    _output(args, machine, result)
+    failed = [e for e in result.skipped if e["status"] == "error"]
+    return 1 if failed else 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from revtal.bench.runner import merge_json
+
+    if not args.inputs:
+        print("revtal bench report: give the JSON files of earlier runs with --inputs", file=sys.stderr)
+        return 2
+    try:
+        machine, result = merge_json(args.inputs)
+    except ValueError as err:
+        print(f"revtal bench report: {err}", file=sys.stderr)
+        return 2
+    _output(args, machine, result)
+    return 0
+
+
+def _output(args: argparse.Namespace, machine: dict, result) -> None:
+    from revtal.bench.report import markdown_table, write_plots
+    from revtal.bench.runner import write_json
+
     if result.records:
         print(markdown_table(result.records))
     for entry in result.skipped:
@@ -131,5 +165,3 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         for path in write_plots(result.records, args.plot):
             print(f"wrote {path}")
-    failed = [e for e in result.skipped if e["status"] == "error"]
-    return 1 if failed else 0

@@ -8,6 +8,7 @@ activation checkpointing of the same network).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import platform
@@ -16,7 +17,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from revtal.bench.configs import BenchConfig
+from revtal.bench.configs import PEER_MODES, BenchConfig
 
 MMAP_THRESHOLD = "65536"
 # measured quantities that get ratios, and the prefix of their ratio fields
@@ -50,6 +51,15 @@ def run_in_subprocess(config: BenchConfig, timeout_s: float | None = None) -> di
     return {**entry, **result}
 
 
+def known_unavailable(config: BenchConfig) -> str | None:
+    """Why ``config`` cannot run, when that is known without starting a worker (a peer library not installed)."""
+    if config.mode in PEER_MODES and importlib.util.find_spec(config.mode) is None:
+        from revtal.bench.peers import INSTALL_HINT
+
+        return f"{config.mode} is not installed ({INSTALL_HINT})"
+    return None
+
+
 def run_configs(
     configs: list[BenchConfig],
     timeout_s: float | None = None,
@@ -62,7 +72,11 @@ def run_configs(
     bar = tqdm(configs, desc="bench", unit="config", disable=not progress)
     for config in bar:
         bar.set_postfix_str(f"{config.model} {config.mode} d={config.depth} {config.frames}x{config.img_size}²")
-        record = measure(config, timeout_s)
+        reason = known_unavailable(config)
+        if reason is not None:
+            record = {**json.loads(config.to_json()), "status": "unavailable", "reason": reason}
+        else:
+            record = measure(config, timeout_s)
         if record.get("status") == "ok":
             result.records.append(record)
         else:
@@ -147,6 +161,28 @@ def _version(package: str) -> str | None:
         return None
 
 
-def write_json(path: str, machine: dict, result: RunResult) -> None:
+def write_json(path: str, machine: dict, result: RunResult, **extra) -> None:
     with open(path, "w") as handle:
-        json.dump({"machine": machine, "records": result.records, "skipped": result.skipped}, handle, indent=1)
+        json.dump({"machine": machine, "records": result.records, "skipped": result.skipped, **extra}, handle, indent=1)
+
+
+def merge_json(paths: list[str]) -> tuple[dict, RunResult]:
+    """Several runs' JSON files as one result (ratios recomputed over all records). A configuration measured in more
+    than one file keeps its last measurement. The machine is the first file's, with every file's listed under
+    ``machines``."""
+    machines, merged = [], {}
+    skipped: list[dict] = []
+    for path in paths:
+        try:
+            with open(path) as handle:
+                data = json.load(handle)
+            machines.append(data["machine"])
+            records = data["records"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"{path}: not a revtal bench JSON file ({type(err).__name__}: {err})") from err
+        for record in records:
+            merged[(_shape_key(record), record["mode"])] = record
+        skipped.extend(data.get("skipped", []))
+    result = RunResult(records=list(merged.values()), skipped=skipped)
+    add_ratios(result.records)
+    return {**machines[0], "machines": machines}, result

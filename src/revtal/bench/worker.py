@@ -12,9 +12,12 @@ Measured, in this order:
    resident whatever the mode). That first step, and ``warmup - 1`` more, also allocate gradients, optimizer state,
    thread pools and lazily initialised kernels;
 2. **process peak**: the resident set just before the next step is the baseline; the kernel's high-water mark
-   (``VmHWM``, reset through ``/proc/self/clear_refs``) after it, minus the baseline, is what the step itself needs
-   (activations and temporaries; gradients are kept allocated between steps, ``zero_grad(set_to_none=False)``);
-3. **CUDA** (on a GPU): ``torch.cuda.max_memory_allocated`` over that step, absolute and above the baseline;
+   (``VmHWM``, reset through ``/proc/self/clear_refs``) after that step's forward and backward, minus the baseline,
+   is what they need: activations and temporaries. Gradients stay allocated between steps
+   (``zero_grad(set_to_none=False)``) and count in the baseline like parameters and optimizer state; the optimizer
+   update is left out of the peak (its temporaries scale with the parameters, not with the activations);
+3. **CUDA** (on a GPU): ``torch.cuda.max_memory_allocated`` over the same stretch, absolute (parameters, gradients
+   and optimizer state included, as papers report GPU memory) and above the baseline;
 4. **step time**: forward + backward + optimizer step, each of ``repeats`` steps timed (the first is the one
    measured above); the median is reported.
 """
@@ -107,38 +110,42 @@ def measure(config: BenchConfig) -> dict:
         if cuda:
             torch.cuda.synchronize(device)
 
-    def finish_step(loss: torch.Tensor) -> None:
-        loss.backward()
+    def optimizer_step() -> None:
         optimizer.step()
-        optimizer.zero_grad(set_to_none=False)
+        optimizer.zero_grad(set_to_none=False)  # gradients stay allocated: part of the baseline, like parameters
 
     with SavedTensorMeter(target, exclude=[video]) as meter:
         loss = target(video)
     saved = meter.bytes
-    finish_step(loss)
+    loss.backward()
     del loss
+    optimizer_step()
     for _ in range(config.warmup - 1):
-        finish_step(target(video))
+        target(video).backward()
+        optimizer_step()
 
     rss = PeakRss()
     times: list[float] = []
     peak = cuda_max = cuda_peak = None
     for index in range(config.repeats):
-        if index == 0:
+        measured = index == 0
+        if measured:
             sync()
             rss.start()
             if cuda:
                 torch.cuda.reset_peak_memory_stats(device)
                 cuda_base = torch.cuda.memory_allocated(device)
         start = time.perf_counter()
-        finish_step(target(video))
-        sync()
-        times.append(time.perf_counter() - start)
-        if index == 0:
+        target(video).backward()
+        if measured:
+            sync()
             peak = rss.peak()
             if cuda:
                 cuda_max = torch.cuda.max_memory_allocated(device)
                 cuda_peak = cuda_max - cuda_base
+        optimizer_step()
+        sync()
+        times.append(time.perf_counter() - start)
 
     record = json.loads(config.to_json())
     record.update(
