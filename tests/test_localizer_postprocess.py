@@ -121,3 +121,19 @@ def test_load_video_classifier_scores(tmp_path):
 def test_config_validation():
     with pytest.raises(ValueError, match="nms_method"):
         PostprocessConfig(nms_method="soft")
+
+
+@pytest.mark.parametrize("method", ["hard", "gaussian"])
+def test_the_per_video_cap_equals_truncating_the_uncapped_result(method):
+    # NMS stops early once a class cannot reach the top max_segments; that must not change the outcome
+    generator = torch.Generator().manual_seed(0)
+    starts = torch.rand(400, generator=generator) * 100
+    segments = torch.stack([starts, starts + 1 + torch.rand(400, generator=generator) * 10], dim=1)
+    scores = torch.rand(400, generator=generator)
+    labels = torch.randint(0, 5, (400,), generator=generator)
+    base = dict(nms_method=method, iou_threshold=0.5, voting_threshold=0.7)
+    capped = postprocess_detections(segments, scores, labels, PostprocessConfig(max_segments=25, **base))
+    full = postprocess_detections(segments, scores, labels, PostprocessConfig(max_segments=10_000, **base))
+    assert full["scores"].numel() > 100
+    for key in ("segments", "scores", "labels"):
+        torch.testing.assert_close(capped[key], full[key][:25])

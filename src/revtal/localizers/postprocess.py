@@ -73,16 +73,21 @@ def _check_candidates(segments: Tensor, scores: Tensor) -> None:
         raise ValueError(f"expected segments (N, 2) and scores (N,), got {tuple(segments.shape)} and {tuple(scores.shape)}")
 
 
-def nms(segments: Tensor, scores: Tensor, iou_threshold: float, max_keep: int | None = None) -> Tensor:
+def nms(
+    segments: Tensor, scores: Tensor, iou_threshold: float, max_keep: int | None = None, stop_below: float | None = None
+) -> Tensor:
     """Hard NMS. Returns indices of the kept segments, best first (ties: lower index first).
 
-    A candidate is suppressed by a kept one when their tIoU is strictly greater than ``iou_threshold``.
+    A candidate is suppressed by a kept one when their tIoU is strictly greater than ``iou_threshold``. Selection
+    stops after ``max_keep`` segments or at the first score below ``stop_below`` (a caller's top-k cut-off).
     """
     _check_candidates(segments, scores)
     order = torch.sort(scores, descending=True, stable=True).indices
     kept: list[Tensor] = []
     while order.numel() and (max_keep is None or len(kept) < max_keep):
         best = order[0]
+        if stop_below is not None and scores[best] < stop_below:
+            break
         kept.append(best)
         rest = order[1:]
         overlap = pairwise_tiou(segments[best][None], segments[rest])[0]
@@ -98,13 +103,14 @@ def soft_nms(
     method: str = "gaussian",
     min_score: float = 0.001,
     max_keep: int | None = None,
+    stop_below: float | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Soft-NMS (Bodla et al. 2017). Returns ``(indices, decayed_scores)`` of the kept segments, best first.
 
     Repeatedly takes the highest (decayed) score and decays the others by its overlap: ``linear`` multiplies by
     ``1 - tIoU`` when tIoU > ``iou_threshold``; ``gaussian`` by ``exp(-tIoU² / sigma)``. Candidates whose score
-    drops below ``min_score`` are discarded. Kept scores come out non-increasing, so stopping at ``max_keep``
-    loses nothing a later top-k would keep.
+    drops below ``min_score`` are discarded. Kept scores come out non-increasing, so stopping at ``max_keep`` or
+    at the first score below ``stop_below`` loses nothing a later top-k would keep.
     """
     _check_candidates(segments, scores)
     if method not in ("linear", "gaussian"):
@@ -116,6 +122,8 @@ def soft_nms(
     kept, kept_scores = [], []
     while remaining.numel() and (max_keep is None or len(kept) < max_keep):
         top = int(torch.argmax(current))  # first maximum: ties go to the lower index
+        if stop_below is not None and current[top] < stop_below:
+            break
         best = remaining[top]
         kept.append(best)
         kept_scores.append(current[top])
@@ -152,12 +160,12 @@ def segment_voting(
     return torch.where(total > 0, voted.to(kept_segments.dtype), kept_segments)
 
 
-def _suppress(segments: Tensor, scores: Tensor, config: PostprocessConfig) -> tuple[Tensor, Tensor]:
+def _suppress(segments: Tensor, scores: Tensor, config: PostprocessConfig, stop_below: float | None) -> tuple[Tensor, Tensor]:
     if config.nms_method == "hard":
-        keep = nms(segments, scores, config.iou_threshold, max_keep=config.max_segments)
+        keep = nms(segments, scores, config.iou_threshold, max_keep=config.max_segments, stop_below=stop_below)
         return keep, scores[keep]
     return soft_nms(segments, scores, config.iou_threshold, config.sigma, config.nms_method, config.min_score,
-                    max_keep=config.max_segments)
+                    max_keep=config.max_segments, stop_below=stop_below)
 
 
 def postprocess_detections(
@@ -170,16 +178,22 @@ def postprocess_detections(
         raise ValueError(f"expected one label per candidate, got labels {tuple(labels.shape)} for scores {tuple(scores.shape)}")
     groups = [labels == value for value in torch.unique(labels)] if config.class_aware else [torch.ones_like(labels, dtype=torch.bool)]
     out_segments, out_scores, out_labels = [], [], []
+    # once max_segments detections are kept, a later class's detection scoring below the max_segments-th best can
+    # never make the final cut: its NMS may stop there (classes keep their order, so ties resolve as without it)
+    cutoff = None
     for member in groups:
         index = torch.nonzero(member).flatten()
         group_segments, group_scores = segments[index], scores[index]
-        keep, kept_scores = _suppress(group_segments, group_scores, config)
+        keep, kept_scores = _suppress(group_segments, group_scores, config, stop_below=cutoff)
         kept_segments = group_segments[keep]
         if config.voting_threshold is not None:
             kept_segments = segment_voting(kept_segments, group_segments, group_scores, config.voting_threshold)
         out_segments.append(kept_segments)
         out_scores.append(kept_scores)
         out_labels.append(labels[index][keep])
+        kept_so_far = torch.cat(out_scores)
+        if kept_so_far.numel() >= config.max_segments:
+            cutoff = float(torch.topk(kept_so_far, config.max_segments).values[-1])
     if not out_segments:
         return {"segments": segments.new_zeros(0, 2), "scores": scores.new_zeros(0), "labels": labels.new_zeros(0)}
     all_segments, all_scores, all_labels = torch.cat(out_segments), torch.cat(out_scores), torch.cat(out_labels)
