@@ -278,7 +278,7 @@ class ActionFormer(nn.Module):
             reg_loss = offsets.sum() * 0.0  # keeps the graph (and DDP) happy with no positives
         weight = cfg.reg_loss_weight if cfg.reg_loss_weight > 0 else cls_loss.detach() / max(float(reg_loss.detach()), 0.01)
         return {"total": cls_loss + weight * reg_loss, "cls": cls_loss, "reg": reg_loss,
-                "num_positive": logits.new_tensor(float(num_positive))}
+                "num_positive": torch.tensor(float(num_positive), device=logits.device)}
 
     @torch.no_grad()
     def predict(self, output: LocalizerOutput, config: PostprocessConfig | None = None) -> list[dict]:
