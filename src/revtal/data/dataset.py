@@ -312,6 +312,7 @@ class VideoTALDataset(_TALDatasetBase):
         trunc_thresh: float = 0.5,
         keep_empty: bool | None = None,
         extensions: Sequence[str] = VIDEO_EXTENSIONS,
+        cache_mb: float = 0.0,
     ):
         if mode not in ("frames", "snippets"):
             raise ValueError(f"mode must be 'frames' or 'snippets', got {mode!r}")
@@ -331,6 +332,11 @@ class VideoTALDataset(_TALDatasetBase):
         self.decode_size = decode_size or img_size
         self.transform = transform if transform is not None else build_transforms(train, img_size, mean, std)
         self._native_fps: dict[str, float] = {}
+        # decoded uint8 frames kept in memory (per process) up to ``cache_mb``: small datasets trained for many
+        # epochs (the synthetic set) are otherwise dominated by re-decoding the same frames every epoch
+        self._cache_budget = int(cache_mb * 2**20)
+        self._cache: dict[tuple, np.ndarray] = {}
+        self._cache_used = 0
 
     def _snippet_fps(self, ann: VideoAnnotation, path: Path) -> float:
         if self.fps is not None:
@@ -342,7 +348,13 @@ class VideoTALDataset(_TALDatasetBase):
         return self._native_fps[ann.video_id]
 
     def _decode(self, path: Path, times: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
-        frames, _ = decode_frames(path, times, size=self.decode_size)
+        key = (str(path), np.asarray(times, dtype=np.float64).tobytes(), self.decode_size)
+        frames = self._cache.get(key)
+        if frames is None:
+            frames, _ = decode_frames(path, times, size=self.decode_size)
+            if self._cache_used + frames.nbytes <= self._cache_budget:
+                self._cache[key] = frames
+                self._cache_used += frames.nbytes
         generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
         return self.transform(to_float_video(frames), generator)
 

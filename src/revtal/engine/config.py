@@ -48,6 +48,7 @@ class DataConfig:
     batch_size: int = 2
     num_workers: int = 0
     skip_bad_videos: bool = False
+    cache_mb: float = 0.0  # keep decoded frames in memory up to this many MiB per process (small datasets)
     mean: list = field(default_factory=lambda: [0.45, 0.45, 0.45])
     std: list = field(default_factory=lambda: [0.225, 0.225, 0.225])
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)

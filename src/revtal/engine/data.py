@@ -44,6 +44,7 @@ def build_datasets(config: Config, annotations: AnnotationSet):
         return VideoTALDataset(
             annotations, d.video_dir, subset, mode=d.mode, num_frames=d.num_frames, img_size=d.img_size,
             train=train, skip_bad_videos=d.skip_bad_videos, seed=config.train.seed, mean=d.mean, std=d.std,
+            cache_mb=d.cache_mb,
         )
 
     return make(d.train_subset, True), make(d.val_subset, False)

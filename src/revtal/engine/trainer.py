@@ -249,7 +249,7 @@ class Trainer:
             if it == 0 and self.model.last_saved_bytes is not None:
                 memory = self.model.last_saved_bytes
             times.append(time.perf_counter() - start)
-            losses.append(float(loss))
+            losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", **({"a": f"{alpha:.2f}", "b": f"{beta:.3f}"} if alpha is not None else {}))
             if self.step % cfg.train.log_every == 0:
                 values = {"train/loss": float(loss), "train/cls": float(loss_dict["cls"]), "train/reg": float(loss_dict["reg"])}
