@@ -127,3 +127,28 @@ def test_report_merges_runs_recomputing_ratios_and_keeping_the_last_measurement(
 
     (tmp_path / "bad.json").write_text("{}")
     assert main(["bench", "report", "--inputs", str(tmp_path / "bad.json")]) == 2
+
+
+def test_rounds_alternate_the_order_and_pool_step_times():
+    from revtal.bench.runner import run_configs
+
+    configs = [BenchConfig(**TINY, mode=mode) for mode in ("conventional", "re2", "checkpoint")]
+    calls = []
+
+    def fake_measure(config, timeout_s):  # stands in for the worker process: the pooling logic is under test
+        calls.append(config.mode)
+        n = calls.count(config.mode)
+        if config.mode == "checkpoint" and n == 2:
+            return {"status": "error", "reason": "boom"}
+        return {**json.loads(config.to_json()), "status": "ok", "saved_bytes": 10 * n, "peak_bytes": 100 * n,
+                "step_times_s": [float(n), float(n) + 0.5], "step_time_s": 0.0}
+
+    result = run_configs(configs, rounds=3, progress=False, measure=fake_measure)
+    # forward, backward, forward; a configuration that failed once is not run again
+    assert calls == ["conventional", "re2", "checkpoint", "checkpoint", "re2", "conventional", "conventional", "re2"]
+    by = {r["mode"]: r for r in result.records}
+    assert set(by) == {"conventional", "re2"} and [s["mode"] for s in result.skipped] == ["checkpoint"]
+    assert by["re2"]["step_times_s"] == [1.0, 1.5, 2.0, 2.5, 3.0, 3.5]
+    assert by["re2"]["step_time_s"] == 2.25 and by["re2"]["step_time_min_s"] == 1.0
+    assert by["re2"]["saved_bytes"] == 10 and by["re2"]["peak_bytes_rounds"] == [100, 200, 300]
+    assert by["re2"]["rounds"] == 3

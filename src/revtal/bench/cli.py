@@ -55,6 +55,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="torch intra-op threads in each worker (default: torch's choice). On a CPU shared with other work, 1 "
         "avoids OpenMP threads spinning on each other, which can slow a step by an order of magnitude",
     )
+    parser.add_argument(
+        "--rounds", type=int, default=1,
+        help="measure every configuration this many times, in alternating order, pooling the step times (on a "
+        "shared machine: spreads load drifts over all modes)",
+    )
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per configuration")
     parser.add_argument(
         "--dr2net-float", nargs=2, type=float, default=list(DR2NET_FLOAT_COEFFICIENTS), metavar=("ALPHA", "BETA"),
@@ -129,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     machine = machine_info(grid.options["device"])
     print(f"revtal bench {args.kind}: {len(configs)} configurations on {machine['cpu_model']} "
           f"({machine['cpu_cores_available']} cores), device {machine['device']}, torch {machine['torch']}")
-    result = run_configs(configs, timeout_s=args.timeout, progress=not args.no_progress)
+    result = run_configs(configs, timeout_s=args.timeout, progress=not args.no_progress, rounds=args.rounds)
     machine["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     _output(args, machine, result)
     failed = [e for e in result.skipped if e["status"] == "error"]

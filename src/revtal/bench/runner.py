@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -64,24 +65,51 @@ def run_configs(
     configs: list[BenchConfig],
     timeout_s: float | None = None,
     progress: bool = True,
+    rounds: int = 1,
     measure: Callable[[BenchConfig, float | None], dict] = run_in_subprocess,
 ) -> RunResult:
+    """Measure every configuration, ``rounds`` times over, alternating the order (forward, backward, ...) so that a
+    slow drift in what else runs on the machine spreads over all modes instead of landing on whichever ran first.
+    Memory is taken from a configuration's first round (``peak_bytes_rounds`` lists every round's); the step times of
+    all rounds are pooled (``step_times_s``) and ``step_time_s`` is their median."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be ≥ 1, got {rounds}")
     from tqdm import tqdm
 
-    result = RunResult()
-    bar = tqdm(configs, desc="bench", unit="config", disable=not progress)
+    plan = [c for r in range(rounds) for c in (configs if r % 2 == 0 else configs[::-1])]
+    measured: dict[BenchConfig, dict] = {}
+    failed: dict[BenchConfig, dict] = {}
+    bar = tqdm(plan, desc="bench", unit="run", disable=not progress)
     for config in bar:
+        if config in failed:
+            continue
         bar.set_postfix_str(f"{config.model} {config.mode} d={config.depth} {config.frames}x{config.img_size}²")
         reason = known_unavailable(config)
+        entry = json.loads(config.to_json())
         if reason is not None:
-            record = {**json.loads(config.to_json()), "status": "unavailable", "reason": reason}
+            record = {**entry, "status": "unavailable", "reason": reason}
         else:
-            record = measure(config, timeout_s)
-        if record.get("status") == "ok":
-            result.records.append(record)
-        else:
-            result.skipped.append(record)
+            record = {**entry, **measure(config, timeout_s)}
+        if record.get("status") != "ok":
+            failed[config] = record
+            measured.pop(config, None)
             bar.write(f"  {config.mode} ({config.model}, depth {config.depth}): {record['status']}: {record['reason']}")
+        elif config not in measured:
+            measured[config] = {**record, "rounds": 1, "peak_bytes_rounds": [record["peak_bytes"]]}
+        else:
+            pooled = measured[config]
+            pooled["rounds"] += 1
+            pooled["peak_bytes_rounds"].append(record["peak_bytes"])
+            pooled["step_times_s"] = pooled["step_times_s"] + record["step_times_s"]
+    result = RunResult()
+    for config in configs:
+        if config in failed:
+            result.skipped.append(failed[config])
+        elif config in measured:
+            record = measured[config]
+            record["step_time_s"] = statistics.median(record["step_times_s"])
+            record["step_time_min_s"] = min(record["step_times_s"])
+            result.records.append(record)
     add_ratios(result.records)
     return result
 

@@ -11,11 +11,11 @@ Measured, in this order:
    (:class:`revtal.utils.memory.SavedTensorMeter`; parameters, buffers and the input clip are not counted: they are
    resident whatever the mode). That first step, and ``warmup - 1`` more, also allocate gradients, optimizer state,
    thread pools and lazily initialised kernels;
-2. **process peak**: the resident set just before the next step is the baseline; the kernel's high-water mark
-   (``VmHWM``, reset through ``/proc/self/clear_refs``) after that step's forward and backward, minus the baseline,
-   is what they need: activations and temporaries. Gradients stay allocated between steps
-   (``zero_grad(set_to_none=False)``) and count in the baseline like parameters and optimizer state; the optimizer
-   update is left out of the peak (its temporaries scale with the parameters, not with the activations);
+2. **process peak**: the resident set just before the next step is the baseline (parameters, optimizer state); the
+   kernel's high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``) after that step's forward and
+   backward, minus the baseline, is what they need: activations, temporaries and the parameter gradients, which
+   are freed between steps (``zero_grad(set_to_none=True)``, as revtal's trainer does). The optimizer update is left
+   out of the peak (its temporaries scale with the parameters, not with the activations);
 3. **CUDA** (on a GPU): ``torch.cuda.max_memory_allocated`` over the same stretch, absolute (parameters, gradients
    and optimizer state included, as papers report GPU memory) and above the baseline;
 4. **step time**: forward + backward + optimizer step, each of ``repeats`` steps timed (the first is the one
@@ -112,7 +112,7 @@ def measure(config: BenchConfig) -> dict:
 
     def optimizer_step() -> None:
         optimizer.step()
-        optimizer.zero_grad(set_to_none=False)  # gradients stay allocated: part of the baseline, like parameters
+        optimizer.zero_grad(set_to_none=True)
 
     with SavedTensorMeter(target, exclude=[video]) as meter:
         loss = target(video)
