@@ -30,6 +30,9 @@ from revtal.reversible.schedule import CoefficientSchedule
 from revtal.utils.memory import SavedTensorMeter
 
 
+BACKBONE_MODES_BUILT = ("frozen", "conventional", "checkpoint", "re2", "hard", "dr2net", "scratch", "losa")
+
+
 class TALModel(nn.Module):
     def __init__(self, extractor: nn.Module, localizer: ActionFormer, mode: str):
         super().__init__()
@@ -108,9 +111,13 @@ def build_schedule(config: Config, iters_per_epoch: int) -> CoefficientSchedule:
 def build_model(config: Config, num_classes: int) -> TALModel:
     bcfg = config.backbone
     mode = bcfg.mode
-    backbone = build_backbone(
-        bcfg.name, num_frames=config.data.num_frames, img_size=config.data.img_size, **bcfg.options
-    )
+    # LoSA runs the backbone over clips of clip_frames; every other mode feeds it the whole sampled video
+    frames = config.data.num_frames
+    if mode == "losa":
+        from revtal.adapters.losa import LoSAConfig
+
+        frames = LoSAConfig.from_mapping(bcfg.losa, source="backbone.losa").clip_frames
+    backbone = build_backbone(bcfg.name, num_frames=frames, img_size=config.data.img_size, **bcfg.options)
     if bcfg.pretrained and mode != "scratch":
         backbone.load_checkpoint(bcfg.pretrained)
     apply_backbone_mode(backbone, config)
@@ -118,7 +125,7 @@ def build_model(config: Config, num_classes: int) -> TALModel:
     if mode == "losa":
         from revtal.adapters.losa import LoSA, LoSAConfig
 
-        extractor = LoSA(backbone, LoSAConfig(**bcfg.losa))
+        extractor = LoSA(backbone, LoSAConfig.from_mapping(bcfg.losa, source="backbone.losa"))
     elif mode == "frozen":
         for p in backbone.parameters():
             p.requires_grad_(False)

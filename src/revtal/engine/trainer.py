@@ -252,7 +252,7 @@ class Trainer:
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", **({"a": f"{alpha:.2f}", "b": f"{beta:.3f}"} if alpha is not None else {}))
             if self.step % cfg.train.log_every == 0:
-                values = {"train/loss": float(loss), "train/cls": float(loss_dict["cls"]), "train/reg": float(loss_dict["reg"])}
+                values = {f"train/{k}": v.item() for k, v in loss_dict.items() if k in ("total", "cls", "reg")}
                 values.update({f"lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(self.optimizer.param_groups)})
                 if alpha is not None:
                     values.update({"dr2net/alpha": alpha, "dr2net/beta": beta})
@@ -261,9 +261,12 @@ class Trainer:
             memory = torch.cuda.max_memory_allocated(self.device)
         return EpochStats(epoch, float(np.mean(losses)), float(np.median(times)), int(memory), memory_kind, alpha, beta)
 
-    def fit(self) -> list[EpochStats]:
+    def fit(self, max_epochs: int | None = None) -> list[EpochStats]:
+        """Train from ``start_epoch`` to the configured end (or for at most ``max_epochs`` epochs of it: an
+        interrupted run, continued later with ``resume=``)."""
         cfg = self.config
-        for epoch in range(self.start_epoch, cfg.optim.epochs):
+        end = cfg.optim.epochs if max_epochs is None else min(cfg.optim.epochs, self.start_epoch + max_epochs)
+        for epoch in range(self.start_epoch, end):
             stats = self.train_epoch(epoch)
             last = epoch + 1 == cfg.optim.epochs
             if last or (epoch + 1) % cfg.eval.every == 0:

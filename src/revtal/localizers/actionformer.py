@@ -265,7 +265,13 @@ class ActionFormer(nn.Module):
         num_positive = int(positive.sum())
         if self.training:
             momentum = cfg.loss_normalizer_momentum
-            self.loss_normalizer.mul_(momentum).add_((1 - momentum) * max(num_positive, 1))
+            count = float(max(num_positive, 1))
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                # every DDP replica must keep the same normaliser: average the positive count over ranks
+                shared = torch.tensor(count, device=self.loss_normalizer.device)
+                torch.distributed.all_reduce(shared)
+                count = float(shared) / torch.distributed.get_world_size()
+            self.loss_normalizer.mul_(momentum).add_((1 - momentum) * count)
         normalizer = self.loss_normalizer
 
         cls_targets = cls_targets[valid]
