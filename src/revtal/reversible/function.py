@@ -32,10 +32,19 @@ class NonFiniteGradientError(FloatingPointError):
 
 @dataclass(frozen=True)
 class Branch:
-    """One residual branch F_i: ``fn`` computes F_i(x) only (not the skip), using parameters of ``owner``."""
+    """One residual branch F_i: ``fn`` computes F_i(x) only (not the skip), using parameters of ``owner``.
+
+    With ``includes_skip=True``, ``fn(x, alpha)`` returns G_i(x) = F_i(x) + α·x itself: for blocks whose
+    non-linearity follows the residual sum (ResNet: relu(b(x) + x)), G_α(x) = relu(b(x) + α·x) is the pretrained
+    block at α=1 and Re²TAL's relu(b(x)) at α=0.
+    """
 
     owner: nn.Module
-    fn: Callable[[Tensor], Tensor]
+    fn: Callable[..., Tensor]
+    includes_skip: bool = False
+
+    def g(self, x: Tensor, c: "Coupling") -> Tensor:
+        return self.fn(x, c.alpha) if self.includes_skip else c.g(self.fn(x), x)
 
 
 def run_plain(
@@ -59,7 +68,7 @@ def run_plain(
 
 def _run_branches(x: Tensor, y: Tensor | None, branches: list[Branch], c: Coupling) -> tuple[Tensor, Tensor | None]:
     for branch in branches:
-        g = c.g(branch.fn(x), x)
+        g = branch.g(x, c)
         x, y = (g if y is None else g + y), (None if c.beta == 0.0 else c.beta * x)
     return x, y
 
@@ -102,7 +111,7 @@ class StageRun:
     check_finite: bool = True
 
     def branch_output(self, i: int, v: Tensor) -> Tensor:
-        return self.coupling.g(self.branches[i].fn(v), v)
+        return self.branches[i].g(v, self.coupling)
 
 
 class ReversibleStageFunction(torch.autograd.Function):

@@ -7,28 +7,26 @@ shortcut; such blocks cannot be reversible (the two streams must keep one shape)
 activations are kept. The remaining blocks become reversible branches.
 
 A ResNet block applies its last ReLU *after* the residual sum, ``x_i = relu(body(x) + x)``, which is not of the
-form x + F(x). Following Re²TAL, the ReLU moves inside the branch::
+form x + F(x). Re²TAL moves the ReLU inside the branch (F = relu(body)), which changes the network even at
+(α=1, β=0). revtal instead lets the branch see α and computes the whole G directly::
 
-    F(x) = relu(body(x))            x_i = F(x_{i-1}) + α·x_{i-1} + y_{i-1}
+    G_α(x) = relu(body(x) + α·x)            x_i = G_α(x_{i-1}) + y_{i-1}
 
-so even at (α=1, β=0) the converted network differs from the pretrained one: ``relu(b) + x`` instead of
-``relu(b + x)``. The two agree wherever the branch pre-activation ``b`` is non-negative, and differ by
-``min(x, −b)`` where it is negative. docs/CONVERTERS.md records the measured output deviation.
+At α=1 this is the pretrained block, bitwise (so Dr²Net's starting point really is the pretrained ResNet); at α=0
+it is Re²TAL's relu(body(x)). Invertibility is unaffected: the inverse only needs G recomputed from the
+reconstructed x_{i-1}. docs/CONVERTERS.md records the measured deviation of the two forms.
 """
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
-import torch
 from torch import Tensor, nn
 from torchvision.models import resnet as tv_resnet
 from torchvision.models.video import resnet as tv_video_resnet
 
-from revtal.reversible.convert import Family, StageSpec, convert, register_family
+from revtal.reversible.convert import Family, StageSpec, register_family
 from revtal.reversible.function import Branch
 
 
@@ -62,12 +60,15 @@ RESIDUAL_BODY: dict[type, Callable[[nn.Module, Tensor], Tensor]] = {
 SUPPORTED = [f"{t.__module__}.{t.__qualname__}" for t in RESIDUAL_BODY]
 
 
-def _relu_inside_branch(block: nn.Module, x: Tensor) -> Tensor:
-    return block.relu(RESIDUAL_BODY[type(block)](block, x))
+def _block_with_scaled_skip(block: nn.Module, x: Tensor, alpha: float) -> Tensor:
+    body = RESIDUAL_BODY[type(block)](block, x)
+    if alpha == 1.0:
+        return block.relu(body + x)  # the torchvision block's own arithmetic: bitwise the pretrained network
+    return block.relu(body if alpha == 0.0 else body + alpha * x)
 
 
 def resnet_branches(block: nn.Module, context: dict) -> list[Branch]:
-    return [Branch(block, partial(_relu_inside_branch, block))]
+    return [Branch(block, partial(_block_with_scaled_skip, block), includes_skip=True)]
 
 
 def _stage_names(module: nn.Module) -> list[str]:
@@ -111,31 +112,6 @@ RESNET = register_family(
         supported=SUPPORTED,
         matches=lambda module: bool(_stage_names(module)),
         find_stages=_resnet_stages,
-        notes="first block of a stage (downsample) stays ordinary; ReLU moved inside the branch (Re²TAL)",
+        notes="first block of a stage (downsample) stays ordinary; branch G = relu(body + alpha*x)",
     )
 )
-
-
-@dataclass(frozen=True)
-class OutputDeviation:
-    """Per-sample relative L2 output difference ‖converted(x) − original(x)‖ / ‖original(x)‖ over a batch."""
-
-    max_relative: float
-    mean_relative: float
-
-
-def relu_placement_deviation(model: nn.Module, inputs: Tensor) -> OutputDeviation:
-    """How far the converted ResNet at (α=1, β=0) is from ``model`` on ``inputs``: the price of moving the ReLU
-    inside the branch, before any finetuning. Both run in eval mode without gradients; ``model`` is left as it
-    was (a copy is converted)."""
-    converted = convert(copy.deepcopy(model), "original", families=["resnet"])
-    was_training = model.training
-    model.eval(), converted.eval()
-    try:
-        with torch.no_grad():
-            reference = model(inputs).flatten(1).double()
-            difference = converted(inputs).flatten(1).double() - reference
-    finally:
-        model.train(was_training)
-    relative = difference.norm(dim=1) / reference.norm(dim=1).clamp_min(torch.finfo(torch.float64).tiny)
-    return OutputDeviation(float(relative.max()), float(relative.mean()))
