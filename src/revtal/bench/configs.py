@@ -24,6 +24,8 @@ MODE_DESCRIPTIONS: dict[str, str] = {
     "memcnn": "MemCNN InvertibleModuleWrapper(AdditiveCoupling) over the same ViT branches (peer)",
 }
 MODES = tuple(MODE_DESCRIPTIONS)
+# a worker's last stdout line: this prefix, then its record as JSON
+RESULT_PREFIX = "REVTAL-BENCH-RESULT "
 PEER_MODES = ("revlib", "memcnn")
 
 # Dr²Net's float reversible backprop is numerically useless at its start point (1, 0.1): the inverse divides by β at

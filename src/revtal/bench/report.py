@@ -38,12 +38,16 @@ def _mode_label(record: dict) -> str:
 
 
 def markdown_table(records: list[dict]) -> str:
-    """One row per record; ratios are to conventional (×conv) and to checkpointing (×ckpt) at the same shape."""
+    """One row per record; ratios are to conventional (×conv) and to checkpointing (×ckpt) at the same shape; step
+    time is the median over all timed steps (with their minimum and count when the run pooled them)."""
     cuda = any(r.get("cuda_max_allocated_bytes") is not None for r in records)
     head = ["model", "mode", "depth", "clip", "batch", "saved MiB", "×conv", "×ckpt", "peak MiB", "×conv", "×ckpt"]
     if cuda:
         head += ["CUDA max MiB", "×conv", "×ckpt"]
     head += ["step s", "×conv", "×ckpt"]
+    pooled = any("step_time_min_s" in r for r in records)
+    if pooled:
+        head += ["min s", "steps"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in sorted(records, key=_sort_key):
         row = [
@@ -58,6 +62,8 @@ def markdown_table(records: list[dict]) -> str:
                 _ratio(r.get("cuda_vs_checkpoint")),
             ]
         row += [f"{r['step_time_s']:.3f}", _ratio(r.get("time_vs_conventional")), _ratio(r.get("time_vs_checkpoint"))]
+        if pooled:
+            row += [f"{r['step_time_min_s']:.3f}" if "step_time_min_s" in r else "–", str(len(r.get("step_times_s", [])))]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 

@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from revtal.bench.configs import PEER_MODES, BenchConfig
+from revtal.bench.configs import PEER_MODES, RESULT_PREFIX, BenchConfig
 
 MMAP_THRESHOLD = "65536"
 # measured quantities that get ratios, and the prefix of their ratio fields
@@ -41,8 +41,6 @@ def run_in_subprocess(config: BenchConfig, timeout_s: float | None = None) -> di
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         return {**entry, "status": "error", "reason": f"timed out after {timeout_s:.0f} s"}
-    from revtal.bench.worker import RESULT_PREFIX
-
     results = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if not results:
         tail = (done.stderr or done.stdout).strip().splitlines()[-5:]

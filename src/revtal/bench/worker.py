@@ -35,12 +35,11 @@ import traceback
 
 import torch
 
-from revtal.bench.configs import BenchConfig
+from revtal.bench.configs import RESULT_PREFIX, BenchConfig
 from revtal.bench.modes import ModeUnavailable, build_target
 from revtal.bench.peers import PeerUnavailable
 from revtal.utils.memory import SavedTensorMeter
 
-RESULT_PREFIX = "REVTAL-BENCH-RESULT "
 _CLEAR_REFS = "/proc/self/clear_refs"
 _STATUS = "/proc/self/status"
 
