@@ -79,6 +79,10 @@ class BackboneConfig:
     alpha: float = 0.3  # fixed coefficients of `hard` mode
     beta: float = 0.7
     beta_bits: int = 8
+    # float reversible modes: verify one stage's reconstruction every N steps (0: off) and fall back if it fails
+    monitor_every: int = 50
+    monitor_tolerance: float = 1e-3
+    monitor_fallback: str = "exact"
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     losa: dict = field(default_factory=dict)  # LoSAConfig fields for `losa` mode
 
@@ -136,6 +140,8 @@ class Config:
             raise bad("backbone.mode", self.backbone.mode, BACKBONE_MODES)
         if self.backbone.backprop not in ("exact", "reversible"):
             raise bad("backbone.backprop", self.backbone.backprop, ("exact", "reversible"))
+        if self.backbone.monitor_fallback not in ("exact", "vanilla"):
+            raise bad("backbone.monitor_fallback", self.backbone.monitor_fallback, ("exact", "vanilla"))
         if self.data.mode not in ("frames", "snippets"):
             raise bad("data.mode", self.data.mode, ("frames", "snippets"))
         if self.optim.amp not in ("none", "bf16", "fp16"):

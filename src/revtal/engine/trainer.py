@@ -31,6 +31,8 @@ from revtal.engine.model import TALModel, build_model, build_schedule
 from revtal.engine.optim import ModelEMA, build_optimizer, warmup_cosine
 from revtal.evaluation.detection import evaluate_detection
 from revtal.localizers.postprocess import PostprocessConfig, detections_to_seconds
+from revtal.reversible import reversible_stages
+from revtal.reversible.safety import ReconstructionMonitor
 
 
 def seed_everything(seed: int) -> None:
@@ -138,6 +140,12 @@ class Trainer:
             build_schedule(config, len(self.train_loader)) if config.backbone.mode == "dr2net" else None
         )
         self.ema = ModelEMA(self.model, ocfg.ema_decay) if ocfg.ema else None
+        self.monitor = None
+        bcfg = config.backbone
+        if bcfg.monitor_every > 0 and any(s.backprop == "reversible" for s in reversible_stages(self.model)):
+            self.monitor = ReconstructionMonitor(
+                self.model, every=bcfg.monitor_every, tolerance=bcfg.monitor_tolerance, fallback=bcfg.monitor_fallback
+            )
         self.scaler = torch.amp.GradScaler("cuda", enabled=ocfg.amp == "fp16" and self.device.type == "cuda")
         if ocfg.amp == "fp16" and self.device.type != "cuda":
             raise ValueError("optim.amp=fp16 needs CUDA; use bf16 on CPU")
@@ -159,6 +167,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "ema": self.ema.state_dict() if self.ema else None,
             "coefficients": self.coefficients.state_dict() if self.coefficients else None,
+            "monitor": self.monitor.state_dict() if self.monitor else None,
             "rng": rng_state(),
             "epoch": epoch,
             "step": self.step,
@@ -177,6 +186,8 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         if self.coefficients and state.get("coefficients"):
             self.coefficients.load_state_dict(state["coefficients"])
+        if self.monitor and state.get("monitor"):
+            self.monitor.load_state_dict(state["monitor"])
         set_rng_state(state["rng"])
         self.start_epoch = state["epoch"] + 1
         self.step = state["step"]
@@ -224,6 +235,8 @@ class Trainer:
             segments, labels = self._targets(batch)
             if it == 0 and self.device.type == "cpu":
                 self.model.measure_next_features = True
+            if self.monitor is not None:
+                self.monitor.before_forward(self.step)
             with self.autocast():
                 output = self.net(video, frame_mask)
                 loss_dict = self.model.localizer.loss(output, segments, labels)
@@ -233,6 +246,12 @@ class Trainer:
                     f"non-finite loss at epoch {epoch + 1} step {it} (alpha={alpha}, beta={beta}): {loss_dict}"
                 )
             self.scaler.scale(loss / accumulate).backward()
+            if self.monitor is not None:
+                for event in self.monitor.after_backward():
+                    self.log.log(self.step, {"safety/relative_error": event.relative_error, "safety/stage": event.stage,
+                                             "safety/fallback": event.fallback})
+                    if self.main:
+                        tqdm.write(event.message())
             if (it + 1) % accumulate == 0 or it + 1 == len(self.train_loader):
                 if cfg.optim.clip_grad > 0:
                     self.scaler.unscale_(self.optimizer)
@@ -249,10 +268,10 @@ class Trainer:
             if it == 0 and self.model.last_saved_bytes is not None:
                 memory = self.model.last_saved_bytes
             times.append(time.perf_counter() - start)
-            losses.append(loss.item())
+            losses.append(loss.detach().item())
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", **({"a": f"{alpha:.2f}", "b": f"{beta:.3f}"} if alpha is not None else {}))
             if self.step % cfg.train.log_every == 0:
-                values = {f"train/{k}": v.item() for k, v in loss_dict.items() if k in ("total", "cls", "reg")}
+                values = {f"train/{k}": v.detach().item() for k, v in loss_dict.items() if k in ("total", "cls", "reg")}
                 values.update({f"lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(self.optimizer.param_groups)})
                 if alpha is not None:
                     values.update({"dr2net/alpha": alpha, "dr2net/beta": beta})
