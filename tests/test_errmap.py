@@ -110,3 +110,14 @@ def test_compare_gradients_restores_modes_and_coefficients():
     assert (stage.backprop, stage.alpha, stage.beta) == ("reversible", 0.7, 0.3)
     with pytest.raises(ValueError, match="unconverted"):
         gradient_error_map(model, x, [1.0], [0.5], progress=False)
+
+
+def test_builder_backbone_and_unknown_name(tmp_path):
+    code = revtal_main(["errmap", "--model", "vit_tiny_video", "--grid", "2", "--num-frames", "2", "--img-size", "32",
+                        "--out", str(tmp_path), "--no-progress"])
+    assert code == 0
+    document = json.loads((tmp_path / "errmap_vit_tiny_video_reversible_float32.json").read_text())
+    assert document["input_shape"] == [1, 3, 2, 32, 32] and document["weights"] == "random init"
+    assert len(document["points"]) == 4
+    with pytest.raises(SystemExit, match="cannot build model 'no_such_net'"):
+        revtal_main(["errmap", "--model", "no_such_net", "--out", str(tmp_path)])

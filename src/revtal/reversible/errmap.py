@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import io
 import json
 import math
 import platform
@@ -125,11 +126,16 @@ def _timm_vit_s(img_size: int) -> nn.Module:
 LOCAL_IMAGE_MODELS: dict[str, Callable[[int], nn.Module]] = {"timm_vit_tiny": _tiny_vit, "timm_vit_s": _timm_vit_s}
 
 
-def build_reference(name: str, *, num_frames: int, img_size: int, batch: int, seed: int) -> tuple[nn.Module, Tensor]:
-    """The unconverted model ``name`` (random init, eval mode) and one fixed standard-normal input for it: video
-    backbones from :func:`revtal.backbones.build` get (B, 3, T, H, W), the local image ViTs (B, 3, H, W)."""
+def build_reference(
+    name: str, *, num_frames: int, img_size: int, batch: int, seed: int, pretrained: Path | None = None
+) -> tuple[nn.Module, Tensor]:
+    """The unconverted model ``name`` (random init unless ``pretrained`` names a local checkpoint; eval mode) and
+    one fixed standard-normal input for it: video backbones from :func:`revtal.backbones.build` get
+    (B, 3, T, H, W), the local image ViTs (B, 3, H, W)."""
     torch.manual_seed(seed)
     if name in LOCAL_IMAGE_MODELS:
+        if pretrained is not None:
+            raise SystemExit(f"revtal errmap: --pretrained needs a revtal.backbones model, not the local {name!r}")
         model = LOCAL_IMAGE_MODELS[name](img_size)
         shape = (batch, 3, img_size, img_size)
     else:
@@ -143,7 +149,7 @@ def build_reference(name: str, *, num_frames: int, img_size: int, batch: int, se
                 f"local models: {sorted(LOCAL_IMAGE_MODELS)}"
             )
         try:
-            model = build(name, num_frames=num_frames, img_size=img_size)
+            model = build(name, pretrained=pretrained, num_frames=num_frames, img_size=img_size)
         except (KeyError, ValueError) as err:
             raise SystemExit(f"revtal errmap: cannot build model {name!r}: {err}") from err
         shape = (batch, 3, num_frames, img_size, img_size)
@@ -219,8 +225,14 @@ def plot_heatmap(points: list[ErrorPoint], path: Path, title: str = "") -> None:
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=90, format="png")
     plt.close(fig)
+    # a 128-colour palette keeps the file ~4x smaller (small enough to commit beside the docs), no visible loss
+    from PIL import Image
+
+    buffer.seek(0)
+    Image.open(buffer).convert("RGB").quantize(colors=128).save(path, optimize=True)
 
 
 # --------------------------------------------------------------------------------------------------------- CLI
@@ -234,6 +246,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
                         help="float32, float64, or bfloat16 (autocast with float32 parameters)")
     parser.add_argument("--out", required=True, type=Path, help="output directory")
+    parser.add_argument("--pretrained", type=Path, default=None,
+                        help="a local checkpoint for the backbone (default: random initialisation)")
     parser.add_argument("--beta-min", type=float, default=0.1, help="smallest beta of the grid (default 0.1)")
     parser.add_argument("--num-frames", type=int, default=4, help="frames of the random input clip (default 4)")
     parser.add_argument("--img-size", type=int, default=32, help="height = width of the random input (default 32)")
@@ -250,7 +264,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     alphas, betas = grid_values(args.grid, args.beta_min)
     model, inputs = build_reference(
-        args.model, num_frames=args.num_frames, img_size=args.img_size, batch=args.batch, seed=args.seed
+        args.model, num_frames=args.num_frames, img_size=args.img_size, batch=args.batch, seed=args.seed,
+        pretrained=args.pretrained,
     )
     autocast_dtype = None
     if args.dtype == "float64":
@@ -270,6 +285,7 @@ def run(args: argparse.Namespace) -> int:
         "grid": args.grid,
         "input_shape": list(inputs.shape),
         "seed": args.seed,
+        "weights": str(args.pretrained) if args.pretrained else "random init",
         "loss": "sum_k mean(output_k * W_k), W_k ~ N(0, 1) fixed by the seed",
         "parameters": sum(p.numel() for p in model.parameters()),
         "elapsed_s": round(elapsed, 2),

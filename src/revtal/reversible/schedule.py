@@ -270,7 +270,8 @@ class CoefficientSchedule:
             )
             measured.append(
                 {"alpha": alpha, "beta": beta, "beta_used": result.beta, "atol_level": result.atol_level,
-                 "max_rel_err": result.max_rel_err, "recon_rel_err": result.recon_rel_err}
+                 "max_rel_err": result.max_rel_err, "recon_rel_err": result.recon_rel_err,
+                 "grad_scale": result.grad_scale}
             )
             if result.atol_level <= self.tolerance:
                 chosen = (alpha, beta, result.atol_level)
