@@ -36,9 +36,9 @@ def demo_config(out: Path, quick: bool = False) -> Config:
                       "min_duration": 16.0, "max_duration": 32.0},
     }
     epochs = 8
-    if quick:
-        data.update(num_frames=16)
-        data["synthetic"].update(videos=8, min_duration=8.0, max_duration=12.0)
+    if quick:  # a smoke run of the whole pipeline in seconds (tests)
+        data.update(num_frames=8, img_size=16)
+        data["synthetic"].update(videos=6, size=16, fps=2.0, min_duration=6.0, max_duration=8.0)
         epochs = 1
     return config_from_dict({
         "data": data,
