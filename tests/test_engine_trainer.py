@@ -1,6 +1,5 @@
 """The trainer on a tiny synthetic dataset: every mode runs, resume is exact, DDP runs, detect writes its files."""
 
-import copy
 import json
 import os
 import socket
@@ -11,7 +10,7 @@ import torch.multiprocessing as mp
 
 from revtal.cli import main as cli_main
 from revtal.engine.config import config_from_dict
-from revtal.engine.data import prepare_annotations, synthetic_dir
+from revtal.engine.data import prepare_annotations
 from revtal.engine.model import BACKBONE_MODES_BUILT
 from revtal.engine.trainer import Trainer
 

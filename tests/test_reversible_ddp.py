@@ -1,6 +1,5 @@
 """DDP (gloo, 2 processes) through a reversible stage: gradients equal one process on the whole batch."""
 
-import copy
 import os
 
 import pytest

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from revtal.data.annotations import AnnotationSet, load_annotations, write_predictions
+from revtal.data.annotations import AnnotationSet, write_predictions
 from revtal.engine import distributed as dist_utils
 from revtal.engine.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
 from revtal.engine.config import Config, dump_config

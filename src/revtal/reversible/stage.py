@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from revtal.reversible.coupling import Coupling, FloatArithmetic
 from revtal.reversible.exact import ExactArithmetic, nearest_dyadic
-from revtal.reversible.function import Branch, NonFiniteGradientError, ReconstructionCheck, ReversibleStageFunction, StageRun, run_plain
+from revtal.reversible.function import Branch, ReconstructionCheck, ReversibleStageFunction, StageRun, run_plain
 
 BACKPROP_MODES = ("reversible", "exact", "vanilla", "checkpoint")
 
