@@ -128,3 +128,18 @@ def test_detect_writes_json_and_png(dataset_root, tmp_path):
     for d in result["detections"]:
         assert 0 <= d["segment"][0] < d["segment"][1] <= result["duration"] + 1e-6
     assert (tmp_path / "det" / f"{stem}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_first_step_verifies_exact_reconstruction(dataset_root, tmp_path, monkeypatch):
+    from revtal.reversible.exact import ExactArithmetic
+
+    config = _config(dataset_root, tmp_path)
+    trainer = Trainer(config, progress=False)
+    original = ExactArithmetic.recover_input
+
+    def flaky(self, x, y, residue, c):  # a non-deterministic recompute, as unseeded CUDA kernels could give
+        return original(self, x, y, residue, c) + 1
+
+    monkeypatch.setattr(ExactArithmetic, "recover_input", flaky)
+    with pytest.raises(RuntimeError, match="did not reconstruct the input of stage .* bitwise"):
+        trainer.fit()

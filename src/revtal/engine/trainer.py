@@ -237,6 +237,9 @@ class Trainer:
                 self.model.measure_next_features = True
             if self.monitor is not None:
                 self.monitor.before_forward(self.step)
+            verify_exact = self._exact_stages() if (epoch == self.start_epoch and it == 0) else []
+            for stage in verify_exact:
+                stage.verify_next_backward()
             with self.autocast():
                 output = self.net(video, frame_mask)
                 loss_dict = self.model.localizer.loss(output, segments, labels)
@@ -246,6 +249,15 @@ class Trainer:
                     f"non-finite loss at epoch {epoch + 1} step {it} (alpha={alpha}, beta={beta}): {loss_dict}"
                 )
             self.scaler.scale(loss / accumulate).backward()
+            for stage in verify_exact:
+                check = stage.last_check
+                if check is None or not check.bitwise:
+                    raise RuntimeError(
+                        f"exact backprop did not reconstruct the input of stage {stage.stage_name!r} bitwise on the "
+                        f"first training step (max abs error {getattr(check, 'max_abs_error', float('nan'))}): the "
+                        "blocks do not recompute deterministically. On CUDA set train.deterministic: true "
+                        "(torch.use_deterministic_algorithms) and CUBLAS_WORKSPACE_CONFIG=:4096:8."
+                    )
             if self.monitor is not None:
                 for event in self.monitor.after_backward():
                     self.log.log(self.step, {"safety/relative_error": event.relative_error, "safety/stage": event.stage,
@@ -279,6 +291,9 @@ class Trainer:
         if self.device.type == "cuda":
             memory = torch.cuda.max_memory_allocated(self.device)
         return EpochStats(epoch, float(np.mean(losses)), float(np.median(times)), int(memory), memory_kind, alpha, beta)
+
+    def _exact_stages(self) -> list:
+        return [s for s in reversible_stages(self.model) if s.backprop == "exact"]
 
     def fit(self, max_epochs: int | None = None) -> list[EpochStats]:
         """Train from ``start_epoch`` to the configured end (or for at most ``max_epochs`` epochs of it: an
