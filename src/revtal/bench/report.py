@@ -69,7 +69,7 @@ def markdown_table(records: list[dict]) -> str:
 
 
 def _panels(records: list[dict]) -> list[tuple[str, str]]:
-    panels = [("saved_bytes", "saved for backward (MiB)"), ("peak_bytes", "process peak − baseline (MiB)")]
+    panels = [("saved_bytes", "saved for backward (MiB, log scale)"), ("peak_bytes", "process peak − baseline (MiB)")]
     if any(r.get("cuda_max_allocated_bytes") is not None for r in records):
         panels.append(("cuda_max_allocated_bytes", "CUDA max allocated (MiB)"))
     return panels
@@ -112,10 +112,13 @@ def _plot(records: list[dict], x_field: str, fixed: tuple[str, ...], x_label: st
             ax.set_xlabel(x_label)
             ax.set_ylabel(label)
             ax.set_title(f"{key[0]} ({fixed_text})", fontsize=9)
-            ax.set_ylim(bottom=0)
+            if quantity == "saved_bytes":  # spans three orders of magnitude across modes
+                ax.set_yscale("log")
+            else:
+                ax.set_ylim(bottom=0)
             ax.grid(alpha=0.3)
-            if col == 0:
-                ax.legend(fontsize=8)
+            if col == len(panels) - 1:  # the peak panels' upper left stays clear: every mode's peak starts alike
+                ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
