@@ -80,11 +80,6 @@ class BenchConfig:
                 data[key] = tuple(data[key])
         return cls(**data)
 
-    @property
-    def shape_key(self) -> tuple:
-        """Everything but the mode: configurations with equal keys are compared with each other."""
-        return (self.model, self.depth, self.frames, self.img_size, self.batch, self.device)
-
 
 def is_vit(model: str) -> bool:
     """Video ViTs are the models whose depth is a free option (``depth=`` of the builder)."""
