@@ -143,3 +143,24 @@ def test_first_step_verifies_exact_reconstruction(dataset_root, tmp_path, monkey
     monkeypatch.setattr(ExactArithmetic, "recover_input", flaky)
     with pytest.raises(RuntimeError, match="did not reconstruct the input of stage .* bitwise"):
         trainer.fit()
+
+
+def test_eval_and_extract_commands(dataset_root, tmp_path, capsys):
+    from revtal.engine.config import dump_config
+
+    config = _config(dataset_root, tmp_path / "run", backbone__mode="conventional")
+    trainer = Trainer(config, progress=False)
+    trained = trainer.fit()[-1].metrics["average_mAP"]
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    recipe = tmp_path / "recipe.yaml"
+    dump_config(config, recipe)
+    assert cli_main(["eval", str(recipe), "--checkpoint", str(tmp_path / "run" / "last.pt"),
+                     "--out", str(tmp_path / "eval")]) == 0
+    assert f"average mAP {100 * trained:.2f}" in capsys.readouterr().out  # same weights, same score
+    assert cli_main(["extract", str(recipe), "--features", str(tmp_path / "features"), "--out", str(tmp_path / "x")]) == 0
+    files = sorted((tmp_path / "features").glob("*.npy"))
+    import numpy as np
+
+    assert len(files) == len(trainer.train_set) + len(trainer.val_set)
+    feats = np.load(files[0])
+    assert feats.shape[0] == trainer.model.extractor.out_channels and feats.ndim == 2
