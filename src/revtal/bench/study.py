@@ -1,0 +1,426 @@
+"""``revtal study``: the papers' comparison tables in miniature, on the synthetic dataset.
+
+One shared setting for every run: the demo's recipe (:func:`revtal.engine.demo.demo_config`: a tiny video ViT over
+32 frames × 32², 48 synthetic videos of 4 action classes, ActionFormer head), one generated dataset and one
+"pretrained" backbone (:func:`revtal.engine.demo.pretrain_backbone`, clip classification, pretraining seed 0). A
+*study entry* is a named set of ``--set``-style overrides of that recipe (e.g. ``backbone.mode=hard``); each entry
+is trained end to end with the ordinary :class:`revtal.engine.trainer.Trainer` for several training seeds
+(``train.seed`` = 0, 1, …: localizer/adapter initialisation, data order and augmentation; the pretrained backbone is
+the same for every seed). The entries are grouped into tables that mirror the papers':
+
+* Re²TAL Tab. 1 — head-only (frozen) vs conventional end-to-end vs Re² reversible finetuning;
+* Dr²Net Tab. 2 — finetuning strategies: reversible from scratch, hard finetuning at the end point, Dr²Net vanilla
+  (fixed α=1, β=0.1), Dr²Net dynamic with exact and with float memory-free backprop;
+* Dr²Net Tab. 5/8 — the coefficient schedule: order (simultaneous, α first, β first) and policy (linear,
+  exponential, logarithmic);
+* Dr²Net Tab. 12 — backbone activation memory: conventional vs per-block checkpointing vs Dr²Net;
+* LoSA Tab. 4a — LoSA and its ablations (no long-range adapter, no short-range adapter, plain sum fusion, gates
+  starting at one) beside head-only and full finetuning.
+
+Every run writes ``OUT/results/<entry>_seed<k>.json`` as soon as it finishes (average mAP, mAP per tIoU, bytes the
+backbone saved for backward on the first step, median step time, …), so an interrupted study continues with
+``--resume-partial``. Runs go seed-major (every entry's seed 0 first), so a study cut short still covers every
+entry. At the end ``OUT/study.json`` and ``OUT/study.md`` hold mean ± sample std over seeds per entry and table.
+
+Float memory-free backprop (``backbone.backprop=reversible``) entries run with the reconstruction monitor in
+*record-only* mode (``monitor_tolerance`` = 1e30: never falls back, but logs the measured relative reconstruction
+error every ``monitor_every`` steps), so "float" really means float and the result says how accurate it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+# -------------------------------------------------------------------------------------------------- the entries
+
+# float reversible runs: check one stage's reconstruction every 10 steps, record the error, never switch backprop
+_RECORD_FLOAT_ERROR = ("backbone.monitor_every=10", "backbone.monitor_tolerance=1e30")
+# LoSA's adapters are new modules trained from scratch: give them the head's learning rate, not the backbone's
+_LOSA = ("backbone.mode=losa", "backbone.losa.clip_frames=8", "optim.backbone_lr=1e-3")
+
+
+@dataclass(frozen=True)
+class StudyEntry:
+    name: str
+    description: str
+    overrides: tuple[str, ...] = ()
+    headline: bool = False  # one of the headline comparisons: always runs the full --seeds
+
+
+ENTRIES: tuple[StudyEntry, ...] = (
+    StudyEntry("frozen", "head only on frozen pretrained features", ("backbone.mode=frozen",), headline=True),
+    StudyEntry("conventional", "full end-to-end finetuning, plain autograd", ("backbone.mode=conventional",),
+               headline=True),
+    StudyEntry("re2", "Re²TAL: rewired to α=0, β=1, float reversible backprop",
+               ("backbone.mode=re2", "backbone.backprop=reversible", *_RECORD_FLOAT_ERROR), headline=True),
+    StudyEntry("scratch", "reversible (α=0.3, β=0.7) from random initialisation, exact",
+               ("backbone.mode=scratch", "backbone.backprop=exact"), headline=True),
+    StudyEntry("hard", "hard finetune: pretrained weights at fixed α=0.3, β=0.7, exact",
+               ("backbone.mode=hard", "backbone.alpha=0.3", "backbone.beta=0.7", "backbone.backprop=exact"),
+               headline=True),
+    StudyEntry("dr2net_vanilla", "Dr²Net vanilla: fixed α=1, β=0.1, exact",
+               ("backbone.mode=hard", "backbone.alpha=1.0", "backbone.beta=0.1", "backbone.backprop=exact")),
+    StudyEntry("dr2net_vanilla_float", "Dr²Net vanilla: fixed α=1, β=0.1, float",
+               ("backbone.mode=hard", "backbone.alpha=1.0", "backbone.beta=0.1", "backbone.backprop=reversible",
+                *_RECORD_FLOAT_ERROR)),
+    StudyEntry("dr2net", "Dr²Net dynamic (1, 0.1) → (0.3, 0.7), linear, simultaneous, exact",
+               ("backbone.mode=dr2net", "backbone.backprop=exact"), headline=True),
+    StudyEntry("dr2net_float", "Dr²Net dynamic, float reversible backprop",
+               ("backbone.mode=dr2net", "backbone.backprop=reversible", *_RECORD_FLOAT_ERROR)),
+    StudyEntry("order_alpha_first", "schedule order: α first, then β (exact)",
+               ("backbone.mode=dr2net", "backbone.schedule.order=alpha_first")),
+    StudyEntry("order_beta_first", "schedule order: β first, then α (exact)",
+               ("backbone.mode=dr2net", "backbone.schedule.order=beta_first")),
+    StudyEntry("policy_exponential", "schedule policy: exponential (slow start), exact",
+               ("backbone.mode=dr2net", "backbone.schedule.policy=exponential")),
+    StudyEntry("policy_logarithmic", "schedule policy: logarithmic (fast start), exact",
+               ("backbone.mode=dr2net", "backbone.schedule.policy=logarithmic")),
+    StudyEntry("checkpoint", "conventional with per-block activation checkpointing", ("backbone.mode=checkpoint",)),
+    StudyEntry("losa", "LoSA: short + long adapters, gated fusion, gates start at 0", _LOSA),
+    StudyEntry("losa_no_long", "LoSA without the long-range adapters", (*_LOSA, "backbone.losa.use_long=false")),
+    StudyEntry("losa_no_short", "LoSA without the short-range adapters", (*_LOSA, "backbone.losa.use_short=false")),
+    StudyEntry("losa_sum", "LoSA, plain sum fusion (no gates, no projection)", (*_LOSA, "backbone.losa.fusion=sum")),
+    StudyEntry("losa_gate_one", "LoSA, gates start at 1", (*_LOSA, "backbone.losa.gate_init=one")),
+)
+ENTRY_BY_NAME = {e.name: e for e in ENTRIES}
+
+
+@dataclass(frozen=True)
+class StudyTable:
+    name: str
+    title: str
+    entries: tuple[str, ...]
+    rows: dict = field(default_factory=dict)  # entry → row label shown in the table (default: the entry's name)
+
+
+TABLES: tuple[StudyTable, ...] = (
+    StudyTable("re2tal_tab1", "Re²TAL Tab. 1 — transfer vs end-to-end vs reversible end-to-end",
+               ("frozen", "conventional", "re2")),
+    StudyTable("dr2net_tab2", "Dr²Net Tab. 2 — finetuning strategies for a reversible network",
+               ("scratch", "hard", "dr2net_vanilla", "dr2net_vanilla_float", "dr2net", "dr2net_float")),
+    StudyTable("dr2net_tab5_8", "Dr²Net Tab. 5/8 — coefficient schedule: order and policy",
+               ("dr2net", "order_alpha_first", "order_beta_first", "policy_exponential", "policy_logarithmic"),
+               rows={"dr2net": "dr2net (linear, simultaneous)"}),
+    StudyTable("dr2net_tab12", "Dr²Net Tab. 12 — backbone activation memory",
+               ("conventional", "checkpoint", "re2", "dr2net", "frozen")),
+    StudyTable("losa_tab4a", "LoSA Tab. 4a — adapters and their ablations",
+               ("frozen", "conventional", "losa", "losa_no_long", "losa_no_short", "losa_sum", "losa_gate_one"),
+               rows={"frozen": "head only (frozen)", "conventional": "full finetune"}),
+)
+TABLE_BY_NAME = {t.name: t for t in TABLES}
+
+
+def select_entries(spec: str | None) -> list[StudyEntry]:
+    """Entries named in a comma-separated list of entry and table names (all entries when empty), in study order."""
+    if not spec:
+        return list(ENTRIES)
+    wanted: set[str] = set()
+    for token in (t.strip() for t in spec.split(",")):
+        if not token:
+            continue
+        if token in ENTRY_BY_NAME:
+            wanted.add(token)
+        elif token in TABLE_BY_NAME:
+            wanted.update(TABLE_BY_NAME[token].entries)
+        else:
+            raise ValueError(
+                f"--entries: unknown entry or table {token!r}; entries: {', '.join(ENTRY_BY_NAME)}; "
+                f"tables: {', '.join(TABLE_BY_NAME)}"
+            )
+    return [e for e in ENTRIES if e.name in wanted]
+
+
+# ---------------------------------------------------------------------------------------------- shared settings
+
+def base_config(out: Path, quick: bool = False, epochs: int | None = None):
+    """The demo recipe (``quick``: a seconds-long tiny one for tests), with ``epochs`` overriding the length and
+    everything tied to it (evaluation at the end, warmup, the Dr²Net schedule's end point at 60 %)."""
+    from revtal.engine.demo import demo_config
+
+    config = demo_config(out, quick=quick)
+    config.backbone.losa = {"clip_frames": 8}
+    if quick:  # shrink the model too, so that a test of several entries stays within seconds
+        config.backbone.options.update(depth=2, embed_dim=32)
+        config.backbone.losa = {"clip_frames": 4, "dim": 32}
+        config.localizer.options.update(embed_dim=32, head_dim=32, num_heads=2, window_size=3, num_branch_blocks=1,
+                                        regression_ranges=[[0, 2], [2, 10000]])
+        config.data.cache_mb = 16
+    if epochs is not None:
+        if epochs <= 0:
+            raise ValueError(f"--epochs must be positive, got {epochs}")
+        config.optim.epochs = epochs
+        config.optim.warmup_epochs = min(1.0, epochs / 4)
+        config.eval.every = epochs
+        config.backbone.schedule.end_epoch = max(1.0, 0.6 * epochs)
+    return config
+
+
+def run_overrides(entry: StudyEntry, quick: bool) -> list[str]:
+    overrides = list(entry.overrides)
+    if quick:  # the tiny quick video has 8 frames: LoSA clips of 4
+        overrides = [o.replace("backbone.losa.clip_frames=8", "backbone.losa.clip_frames=4") for o in overrides]
+    return overrides
+
+
+# ----------------------------------------------------------------------------------------------------- one run
+
+def result_path(out: Path, entry: str, seed: int) -> Path:
+    return out / "results" / f"{entry}_seed{seed}.json"
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)  # a result file either exists complete or not at all
+
+
+def run_entry(entry: StudyEntry, seed: int, base_yaml: Path, out: Path, quick: bool, progress: bool,
+              keep_checkpoints: bool) -> dict:
+    """Train one entry at one seed from the shared base recipe; returns (and writes) its result record."""
+    from revtal.engine.config import load_config
+    from revtal.engine.trainer import Trainer
+
+    run_dir = out / "runs" / f"{entry.name}_seed{seed}"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # an interrupted attempt: start clean (the trainer appends to its CSV log)
+    overrides = run_overrides(entry, quick) + [f"train.seed={seed}", f"train.out_dir={run_dir}"]
+    record: dict = {"entry": entry.name, "seed": seed, "description": entry.description, "overrides": overrides}
+    started = time.perf_counter()
+    try:
+        config = load_config(base_yaml, overrides)
+        trainer = Trainer(config, progress=progress)
+        history = trainer.fit()
+    except Exception as err:  # a diverging or failing configuration is a result too; the study goes on
+        record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc(),
+                      wall_time_s=time.perf_counter() - started)
+        return record
+    last = history[-1]
+    record.update(
+        status="ok",
+        average_mAP=float(last.metrics["average_mAP"]),
+        mAP=[float(v) for v in last.metrics["mAP"]],
+        tiou=list(last.metrics["tiou"]),
+        final_loss=last.loss,
+        backbone_saved_bytes=int(history[0].backbone_memory_bytes),
+        memory_kind=history[0].memory_kind,
+        # each epoch reports its median step; the median of those is robust to a few epochs slowed by other load
+        step_time_s=float(np.median([h.step_time_s for h in history])),
+        epoch_step_times_s=[h.step_time_s for h in history],
+        alpha_beta_end=[last.alpha, last.beta] if last.alpha is not None else None,
+        parameters=trainer.model.parameter_counts(),
+        wall_time_s=time.perf_counter() - started,
+        epochs=config.optim.epochs,
+    )
+    if trainer.monitor is not None:
+        errors = [r.relative_error for r in trainer.monitor.history]
+        record["float_reconstruction"] = {
+            "checks": len(errors),
+            "max_relative_error": max(errors) if errors else None,
+            "median_relative_error": float(np.median(errors)) if errors else None,
+            "fallbacks": len(trainer.monitor.events),
+        }
+    if not keep_checkpoints:
+        for checkpoint in run_dir.glob("*.pt"):
+            checkpoint.unlink()
+    return record
+
+
+# ----------------------------------------------------------------------------------------------- aggregation
+
+def load_results(out: Path) -> dict[str, list[dict]]:
+    results: dict[str, list[dict]] = {}
+    for path in sorted((out / "results").glob("*.json")):
+        record = json.loads(path.read_text())
+        results.setdefault(record["entry"], []).append(record)
+    for records in results.values():
+        records.sort(key=lambda r: r["seed"])
+    return results
+
+
+def summarize(records: list[dict]) -> dict:
+    ok = [r for r in records if r.get("status") == "ok"]
+    scores = np.array([r["average_mAP"] for r in ok], dtype=np.float64)
+    summary = {
+        "seeds": [r["seed"] for r in ok],
+        "failed": [{"seed": r["seed"], "error": r.get("error", "")} for r in records if r.get("status") != "ok"],
+        "average_mAP": [float(s) for s in scores],
+        "average_mAP_mean": float(scores.mean()) if len(scores) else None,
+        # sample standard deviation over seeds (undefined for a single seed)
+        "average_mAP_std": float(scores.std(ddof=1)) if len(scores) > 1 else None,
+        "mAP_mean": np.mean([r["mAP"] for r in ok], axis=0).tolist() if ok else None,
+        "backbone_saved_bytes": int(np.median([r["backbone_saved_bytes"] for r in ok])) if ok else None,
+        "memory_kind": ok[0]["memory_kind"] if ok else None,
+        "step_time_s": float(np.median([r["step_time_s"] for r in ok])) if ok else None,
+        "learnable_parameters": ok[0]["parameters"]["learnable"] if ok else None,
+    }
+    floats = [r["float_reconstruction"] for r in ok if r.get("float_reconstruction", {}).get("checks")]
+    if floats:
+        summary["float_max_relative_error"] = max(f["max_relative_error"] for f in floats)
+    return summary
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}"
+
+
+def format_tables(summaries: dict[str, dict], epochs: int | None = None) -> str:
+    lines = []
+    for table in TABLES:
+        lines += [f"### {table.title}", "",
+                  "| entry | what | average mAP (%) mean ± std | seeds | per seed | backbone saved for backward | "
+                  "step (ms) | learnable params |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        missing = []
+        for name in table.entries:
+            summary = summaries.get(name)
+            if summary is None or (not summary["seeds"] and not summary["failed"]):
+                missing.append(name)
+                continue
+            label = table.rows.get(name, name)
+            entry = ENTRY_BY_NAME[name]
+            if summary["seeds"]:
+                std = summary["average_mAP_std"]
+                score = _pct(summary["average_mAP_mean"]) + ("" if std is None else f" ± {100 * std:.1f}")
+                per_seed = ", ".join(_pct(s) for s in summary["average_mAP"])
+                memory = f"{summary['backbone_saved_bytes'] / 2**20:.2f} MiB"
+                step = f"{1000 * summary['step_time_s']:.0f}"
+                params = f"{summary['learnable_parameters']:,}"
+            else:
+                score, per_seed, memory, step, params = "failed", "", "", "", ""
+            if summary["failed"]:
+                per_seed += f" ({len(summary['failed'])} failed)"
+            if "float_max_relative_error" in summary:
+                memory += f"; float reconstruction error ≤ {summary['float_max_relative_error']:.1e}"
+            lines.append(f"| {label} | {entry.description} | {score} | {len(summary['seeds'])} | {per_seed} | "
+                         f"{memory} | {step} | {params} |")
+        if missing:
+            lines.append(f"\nnot run: {', '.join(missing)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------------- CLI
+
+def add_arguments(parser) -> None:
+    names = ", ".join(ENTRY_BY_NAME)
+    parser.add_argument("--out", default="runs/study", help="where results go (default runs/study)")
+    parser.add_argument("--seeds", type=int, default=3, help="training seeds per headline entry (default 3)")
+    parser.add_argument("--extra-seeds", type=int, default=None,
+                        help="training seeds for the other entries (default: --seeds)")
+    parser.add_argument("--entries", default="", help=f"comma-separated entries or tables (default all). "
+                        f"Tables: {', '.join(TABLE_BY_NAME)}. Entries: {names}")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs per run (default: the demo's 8)")
+    parser.add_argument("--pretrain-steps", type=int, default=300, help="clip-classification pretraining steps")
+    parser.add_argument("--pretrained", default="", help="use this backbone checkpoint instead of pretraining one")
+    parser.add_argument("--resume-partial", action="store_true",
+                        help="skip runs whose OUT/results/<entry>_seed<k>.json already exists")
+    parser.add_argument("--keep-checkpoints", action="store_true", help="keep each run's last.pt / best.pt")
+    parser.add_argument("--quiet-runs", action="store_true", help="no per-epoch progress bars inside runs")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's choice; 1 is often faster on a busy machine)")
+    parser.add_argument("--quick", action="store_true", help="a tiny seconds-long smoke setting (tests)")
+
+
+def _pretrained_checkpoint(args, base, out: Path) -> dict:
+    from revtal.engine.demo import pretrain_backbone
+
+    if args.pretrained:
+        if not Path(args.pretrained).is_file():
+            raise FileNotFoundError(f"--pretrained: no such backbone checkpoint {args.pretrained!r}")
+        return {"checkpoint": str(Path(args.pretrained).resolve()), "source": "--pretrained"}
+    steps = 3 if args.quick else args.pretrain_steps
+    info_path = out / "pretrain" / "pretrain.json"
+    if info_path.exists():  # pretraining is deterministic: reuse it when it was made with the same settings
+        info = json.loads(info_path.read_text())
+        if info.get("steps") == steps and Path(info["checkpoint"]).is_file():
+            return info
+    info = pretrain_backbone(base, out / "pretrain", steps=steps, seed=0)
+    info["seed"] = 0
+    _write_json(info_path, info)
+    return info
+
+
+def run(args) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from revtal.engine.config import dump_config
+    from revtal.engine.data import prepare_annotations
+
+    if args.threads is not None:
+        if args.threads <= 0:
+            raise SystemExit(f"revtal study: --threads must be positive, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    entries = select_entries(args.entries)
+    if args.seeds <= 0 or (args.extra_seeds is not None and args.extra_seeds <= 0):
+        raise SystemExit("revtal study: --seeds and --extra-seeds must be positive")
+    extra = args.seeds if args.extra_seeds is None else args.extra_seeds
+    started = time.perf_counter()
+    print(f"revtal study → {out}  ({len(entries)} entries; torch {torch.__version__}, {torch.get_num_threads()} threads)")
+
+    base = base_config(out, quick=args.quick, epochs=args.epochs)
+    annotations = prepare_annotations(base, out)  # one dataset for every run (fills data.annotations / video_dir)
+    print(f"dataset: {len(annotations.videos)} videos, {len(annotations.classes)} classes → {base.data.annotations}")
+    pretrain = _pretrained_checkpoint(args, base, out)
+    accuracy = pretrain.get("clip_accuracy")
+    print(f"pretrained backbone: {pretrain['checkpoint']}"
+          + (f" (clip accuracy {100 * accuracy:.1f}%)" if accuracy is not None else ""))
+    base.backbone.pretrained = pretrain["checkpoint"]
+    base_yaml = out / "base_config.yaml"
+    dump_config(base, base_yaml)
+
+    # seed-major order: every entry's first seed before anyone's second, so a study cut short covers all entries
+    plan = [(entry, seed) for seed in range(max(args.seeds, extra))
+            for entry in entries if seed < (args.seeds if entry.headline else extra)]
+    todo = [(e, s) for e, s in plan if not (args.resume_partial and result_path(out, e.name, s).exists())]
+    print(f"{len(plan)} runs planned, {len(plan) - len(todo)} already done" if args.resume_partial else
+          f"{len(plan)} runs planned")
+    bar = tqdm(todo, desc="study", unit="run", dynamic_ncols=True)
+    for entry, seed in bar:
+        bar.set_postfix_str(f"{entry.name} seed {seed}")
+        record = run_entry(entry, seed, base_yaml, out, args.quick, progress=not args.quiet_runs,
+                           keep_checkpoints=args.keep_checkpoints)
+        _write_json(result_path(out, entry.name, seed), record)
+        if record["status"] == "ok":
+            tqdm.write(f"{entry.name} seed {seed}: average mAP {100 * record['average_mAP']:.2f}, "
+                       f"step {1000 * record['step_time_s']:.0f} ms, {record['wall_time_s']:.0f} s")
+        else:
+            tqdm.write(f"{entry.name} seed {seed}: FAILED — {record['error']}")
+    bar.close()
+
+    results = load_results(out)
+    summaries = {name: summarize(records) for name, records in results.items() if name in ENTRY_BY_NAME}
+    study = {
+        "setting": {"base_config": str(base_yaml), "epochs": base.optim.epochs, "quick": bool(args.quick),
+                    "seeds": args.seeds, "extra_seeds": extra, "pretrain": pretrain,
+                    "dataset": {"videos": len(annotations.videos), "classes": len(annotations.classes)}},
+        "entries": {name: {"description": ENTRY_BY_NAME[name].description,
+                           "overrides": list(ENTRY_BY_NAME[name].overrides), **summary}
+                    for name, summary in summaries.items()},
+        "tables": {t.name: {"title": t.title, "entries": list(t.entries)} for t in TABLES},
+        "wall_time_s": time.perf_counter() - started,
+        "machine": {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count()},
+    }
+    _write_json(out / "study.json", study)
+    tables = format_tables(summaries)
+    (out / "study.md").write_text(
+        f"# revtal study ({base.optim.epochs} epochs per run)\n\n"
+        "average mAP: ActivityNet detection mAP averaged over tIoU 0.3:0.1:0.7 (THUMOS thresholds), mean ± sample "
+        "std over training seeds; memory: bytes the backbone saved for backward on one training step (median over "
+        "seeds); step: median step time.\n\n" + tables
+    )
+    print(tables)
+    print(f"done in {study['wall_time_s'] / 60:.1f} min → {out / 'study.md'}, {out / 'study.json'}")
+    failed = sum(len(s["failed"]) for s in summaries.values())
+    return 1 if failed and not any(s["seeds"] for s in summaries.values()) else 0

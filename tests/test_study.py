@@ -1,0 +1,79 @@
+"""`revtal study` in its quick setting: runs, writes one result file per run, aggregates, resumes, and the entry
+definitions really configure what their names say."""
+
+import json
+
+import numpy as np
+import pytest
+
+from revtal.bench import study
+from revtal.cli import main as cli_main
+from revtal.engine.config import load_config
+
+
+def test_quick_study_writes_results_tables_and_resumes(tmp_path):
+    argv = ["study", "--quick", "--out", str(tmp_path), "--entries", "frozen,dr2net", "--seeds", "1",
+            "--quiet-runs"]
+    assert cli_main(argv) == 0
+    for name in ("frozen", "dr2net"):
+        record = json.loads((tmp_path / "results" / f"{name}_seed0.json").read_text())
+        assert record["status"] == "ok" and record["seed"] == 0
+        assert 0.0 <= record["average_mAP"] <= 1.0
+        # the average is the mean over the evaluated thresholds
+        assert record["average_mAP"] == pytest.approx(np.mean(record["mAP"]))
+        assert not list((tmp_path / "runs" / f"{name}_seed0").glob("*.pt"))  # checkpoints removed
+    frozen = json.loads((tmp_path / "results" / "frozen_seed0.json").read_text())
+    dr2net = json.loads((tmp_path / "results" / "dr2net_seed0.json").read_text())
+    assert frozen["backbone_saved_bytes"] == 0 < dr2net["backbone_saved_bytes"]  # no_grad saves nothing
+    assert frozen["alpha_beta_end"] is None and 0.3 <= dr2net["alpha_beta_end"][0] <= 1.0  # scheduled α
+
+    summary = json.loads((tmp_path / "study.json").read_text())
+    entries = summary["entries"]
+    assert set(entries) == {"frozen", "dr2net"}
+    assert entries["dr2net"]["average_mAP_mean"] == pytest.approx(dr2net["average_mAP"])
+    assert entries["dr2net"]["average_mAP_std"] is None  # one seed: no spread
+    table = (tmp_path / "study.md").read_text()
+    assert "Re²TAL Tab. 1" in table and "| frozen |" in table and "| dr2net (linear, simultaneous) |" in table
+    assert "not run: conventional, re2" in table
+
+    # restart: nothing left to do, existing results are kept untouched
+    stamp = (tmp_path / "results" / "frozen_seed0.json").stat().st_mtime_ns
+    assert cli_main(argv + ["--resume-partial"]) == 0
+    assert (tmp_path / "results" / "frozen_seed0.json").stat().st_mtime_ns == stamp
+
+
+def test_summary_mean_and_sample_std():
+    records = [{"entry": "x", "seed": k, "status": "ok", "average_mAP": v, "mAP": [v, v], "backbone_saved_bytes": 10,
+                "memory_kind": "saved_bytes", "step_time_s": t, "parameters": {"learnable": 5}}
+               for k, (v, t) in enumerate([(0.2, 1.0), (0.4, 3.0), (0.6, 2.0)])]
+    records.append({"entry": "x", "seed": 3, "status": "failed", "error": "FloatingPointError: nan"})
+    s = study.summarize(records)
+    assert s["average_mAP_mean"] == pytest.approx(0.4)
+    assert s["average_mAP_std"] == pytest.approx(0.2)  # sqrt(((-.2)² + 0 + .2²) / 2)
+    assert s["step_time_s"] == 2.0 and s["seeds"] == [0, 1, 2] and s["failed"][0]["seed"] == 3
+
+
+def test_entry_overrides_configure_what_they_claim(tmp_path):
+    base = study.base_config(tmp_path, epochs=5)
+    assert base.optim.epochs == 5 and base.eval.every == 5 and base.backbone.schedule.end_epoch == 3.0
+    yaml_path = tmp_path / "base.yaml"
+    from revtal.engine.config import dump_config
+
+    dump_config(base, yaml_path)
+
+    def config(name):
+        return load_config(yaml_path, study.run_overrides(study.ENTRY_BY_NAME[name], quick=False))
+
+    vanilla = config("dr2net_vanilla").backbone
+    assert (vanilla.mode, vanilla.alpha, vanilla.beta, vanilla.backprop) == ("hard", 1.0, 0.1, "exact")
+    assert config("dr2net_float").backbone.backprop == "reversible"
+    assert config("dr2net_float").backbone.monitor_tolerance == 1e30
+    assert config("order_beta_first").backbone.schedule.order == "beta_first"
+    assert config("losa_no_long").backbone.losa == {"clip_frames": 8, "use_long": False}
+    assert config("losa_sum").backbone.losa["fusion"] == "sum"
+    # every table names only defined entries, and every entry appears in some table
+    in_tables = {name for t in study.TABLES for name in t.entries}
+    assert in_tables == set(study.ENTRY_BY_NAME)
+    assert [e.name for e in study.select_entries("re2tal_tab1,hard")] == ["frozen", "conventional", "re2", "hard"]
+    with pytest.raises(ValueError, match="unknown entry or table 'nope'"):
+        study.select_entries("nope")
