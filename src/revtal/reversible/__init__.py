@@ -2,7 +2,6 @@
 
 from revtal.reversible.convert import (
     FAMILIES,
-    ConversionReport,
     Family,
     StageSpec,
     convert,
@@ -22,7 +21,7 @@ from revtal.reversible import swin  # noqa: E402,F401  isort: skip
 from revtal.reversible import resnet  # noqa: E402,F401  isort: skip
 
 __all__ = [
-    "BACKPROP_MODES", "Branch", "ConversionReport", "Coupling", "Dyadic", "ExactArithmetic", "FAMILIES", "Family",
+    "BACKPROP_MODES", "Branch", "Coupling", "Dyadic", "ExactArithmetic", "FAMILIES", "Family",
     "FloatArithmetic", "NonFiniteGradientError", "ReconstructionCheck", "ReversibleStage", "StageSpec", "convert",
     "nearest_dyadic", "register_family", "reversible_stages", "set_backprop", "set_coefficients", "supported_types",
 ]

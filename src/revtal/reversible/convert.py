@@ -9,7 +9,7 @@ model's ``state_dict`` keeps the original keys, so original checkpoints load wit
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from torch import nn
@@ -59,12 +59,6 @@ def register_family(family: Family) -> Family:
 
 def supported_types() -> list[str]:
     return [t for family in FAMILIES.values() for t in family.supported]
-
-
-@dataclass
-class ConversionReport:
-    stages: list[str] = field(default_factory=list)
-    families: list[str] = field(default_factory=list)
 
 
 def convert(
