@@ -77,3 +77,16 @@ def test_entry_overrides_configure_what_they_claim(tmp_path):
     assert [e.name for e in study.select_entries("re2tal_tab1,hard")] == ["frozen", "conventional", "re2", "hard"]
     with pytest.raises(ValueError, match="unknown entry or table 'nope'"):
         study.select_entries("nope")
+
+
+def test_pretrain_per_seed_gives_each_seed_its_own_backbone(tmp_path):
+    argv = ["study", "--quick", "--out", str(tmp_path), "--entries", "frozen", "--seeds", "2", "--pretrain-per-seed",
+            "--quiet-runs"]
+    assert cli_main(argv) == 0
+    records = [json.loads((tmp_path / "results" / f"frozen_seed{k}.json").read_text()) for k in (0, 1)]
+    assert [r["pretrain_seed"] for r in records] == [0, 1]
+    checkpoints = [next(o for o in r["overrides"] if o.startswith("backbone.pretrained=")) for r in records]
+    assert checkpoints[0].endswith("seed0/backbone.pt") and checkpoints[1].endswith("seed1/backbone.pt")
+    summary = json.loads((tmp_path / "study.json").read_text())
+    assert [p["seed"] for p in summary["setting"]["pretrain"]] == [0, 1]
+    assert summary["entries"]["frozen"]["seeds"] == [0, 1]

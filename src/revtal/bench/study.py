@@ -2,11 +2,13 @@
 
 One shared setting for every run: the demo's recipe (:func:`revtal.engine.demo.demo_config`: a tiny video ViT over
 32 frames × 32², 48 synthetic videos of 4 action classes, ActionFormer head), one generated dataset and one
-"pretrained" backbone (:func:`revtal.engine.demo.pretrain_backbone`, clip classification, pretraining seed 0). A
-*study entry* is a named set of ``--set``-style overrides of that recipe (e.g. ``backbone.mode=hard``); each entry
-is trained end to end with the ordinary :class:`revtal.engine.trainer.Trainer` for several training seeds
-(``train.seed`` = 0, 1, …: localizer/adapter initialisation, data order and augmentation; the pretrained backbone is
-the same for every seed). The entries are grouped into tables that mirror the papers':
+"pretrained" backbone (:func:`revtal.engine.demo.pretrain_backbone`, clip classification). A *study entry* is a
+named set of ``--set``-style overrides of that recipe (e.g. ``backbone.mode=hard``); each entry is trained end to
+end with the ordinary :class:`revtal.engine.trainer.Trainer` for several seeds k = 0, 1, …: ``train.seed`` = k
+(localizer/adapter initialisation, data order, augmentation) and, with ``--pretrain-per-seed``, a backbone pretrained
+with seed k too (so the spread over seeds includes the pretraining's; without it every run shares pretraining
+seed 0). Every entry of one seed starts from the same checkpoint, so entries are compared on equal footing. The
+entries are grouped into tables that mirror the papers':
 
 * Re²TAL Tab. 1 — head-only (frozen) vs conventional end-to-end vs Re² reversible finetuning;
 * Dr²Net Tab. 2 — finetuning strategies: reversible from scratch, hard finetuning at the end point, Dr²Net vanilla
@@ -183,8 +185,8 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)  # a result file either exists complete or not at all
 
 
-def run_entry(entry: StudyEntry, seed: int, base_yaml: Path, out: Path, quick: bool, progress: bool,
-              keep_checkpoints: bool) -> dict:
+def run_entry(entry: StudyEntry, seed: int, base_yaml: Path, out: Path, quick: bool, pretrain: dict,
+              progress: bool, keep_checkpoints: bool) -> dict:
     """Train one entry at one seed from the shared base recipe; returns (and writes) its result record."""
     from revtal.engine.config import load_config
     from revtal.engine.trainer import Trainer
@@ -192,8 +194,10 @@ def run_entry(entry: StudyEntry, seed: int, base_yaml: Path, out: Path, quick: b
     run_dir = out / "runs" / f"{entry.name}_seed{seed}"
     if run_dir.exists():
         shutil.rmtree(run_dir)  # an interrupted attempt: start clean (the trainer appends to its CSV log)
-    overrides = run_overrides(entry, quick) + [f"train.seed={seed}", f"train.out_dir={run_dir}"]
-    record: dict = {"entry": entry.name, "seed": seed, "description": entry.description, "overrides": overrides}
+    overrides = run_overrides(entry, quick) + [f"train.seed={seed}", f"train.out_dir={run_dir}",
+                                               f"backbone.pretrained={pretrain['checkpoint']}"]
+    record: dict = {"entry": entry.name, "seed": seed, "pretrain_seed": pretrain.get("seed"),
+                    "description": entry.description, "overrides": overrides}
     started = time.perf_counter()
     try:
         config = load_config(base_yaml, overrides)
@@ -210,7 +214,10 @@ def run_entry(entry: StudyEntry, seed: int, base_yaml: Path, out: Path, quick: b
         mAP=[float(v) for v in last.metrics["mAP"]],
         tiou=list(last.metrics["tiou"]),
         final_loss=last.loss,
-        backbone_saved_bytes=int(history[0].backbone_memory_bytes),
+        # measured on each epoch's first step; the minimum leaves out steps that also stored a verification copy
+        # (the exact-backprop self-check of the very first step, a float reconstruction check)
+        backbone_saved_bytes=int(min(h.backbone_memory_bytes for h in history)),
+        epoch_saved_bytes=[int(h.backbone_memory_bytes) for h in history],
         memory_kind=history[0].memory_kind,
         # each epoch reports its median step; the median of those is robust to a few epochs slowed by other load
         step_time_s=float(np.median([h.step_time_s for h in history])),
@@ -320,6 +327,9 @@ def add_arguments(parser) -> None:
                         f"Tables: {', '.join(TABLE_BY_NAME)}. Entries: {names}")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs per run (default: the demo's 8)")
     parser.add_argument("--pretrain-steps", type=int, default=300, help="clip-classification pretraining steps")
+    parser.add_argument("--pretrain-per-seed", action="store_true",
+                        help="pretrain one backbone per seed (training seed k uses pretraining seed k); default: "
+                        "one backbone (pretraining seed 0) shared by every run")
     parser.add_argument("--pretrained", default="", help="use this backbone checkpoint instead of pretraining one")
     parser.add_argument("--resume-partial", action="store_true",
                         help="skip runs whose OUT/results/<entry>_seed<k>.json already exists")
@@ -330,23 +340,35 @@ def add_arguments(parser) -> None:
     parser.add_argument("--quick", action="store_true", help="a tiny seconds-long smoke setting (tests)")
 
 
-def _pretrained_checkpoint(args, base, out: Path) -> dict:
+def pretrained_checkpoint(args, base, out: Path, seed: int) -> dict:
+    """The backbone checkpoint for runs of training seed ``seed``: ``--pretrained``, else pretraining seed
+    ``seed`` (``--pretrain-per-seed``) or 0, made once under OUT/pretrain/seed<k>/ and reused afterwards."""
     from revtal.engine.demo import pretrain_backbone
 
     if args.pretrained:
         if not Path(args.pretrained).is_file():
             raise FileNotFoundError(f"--pretrained: no such backbone checkpoint {args.pretrained!r}")
-        return {"checkpoint": str(Path(args.pretrained).resolve()), "source": "--pretrained"}
+        return {"checkpoint": str(Path(args.pretrained).resolve()), "source": "--pretrained", "seed": None}
+    pretrain_seed = seed if args.pretrain_per_seed else 0
     steps = 3 if args.quick else args.pretrain_steps
-    info_path = out / "pretrain" / "pretrain.json"
+    folder = out / "pretrain" / f"seed{pretrain_seed}"
+    info_path = folder / "pretrain.json"
     if info_path.exists():  # pretraining is deterministic: reuse it when it was made with the same settings
         info = json.loads(info_path.read_text())
         if info.get("steps") == steps and Path(info["checkpoint"]).is_file():
             return info
-    info = pretrain_backbone(base, out / "pretrain", steps=steps, seed=0)
-    info["seed"] = 0
+    info = pretrain_backbone(base, folder, steps=steps, seed=pretrain_seed)
+    info["seed"] = pretrain_seed
     _write_json(info_path, info)
+    accuracy = info["clip_accuracy"]
+    tqdm_write(f"pretrained backbone (seed {pretrain_seed}): clip accuracy {100 * accuracy:.1f}% → {info['checkpoint']}")
     return info
+
+
+def tqdm_write(message: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(message)
 
 
 def run(args) -> int:
@@ -372,11 +394,7 @@ def run(args) -> int:
     base = base_config(out, quick=args.quick, epochs=args.epochs)
     annotations = prepare_annotations(base, out)  # one dataset for every run (fills data.annotations / video_dir)
     print(f"dataset: {len(annotations.videos)} videos, {len(annotations.classes)} classes → {base.data.annotations}")
-    pretrain = _pretrained_checkpoint(args, base, out)
-    accuracy = pretrain.get("clip_accuracy")
-    print(f"pretrained backbone: {pretrain['checkpoint']}"
-          + (f" (clip accuracy {100 * accuracy:.1f}%)" if accuracy is not None else ""))
-    base.backbone.pretrained = pretrain["checkpoint"]
+    base.backbone.pretrained = pretrained_checkpoint(args, base, out, seed=0)["checkpoint"]
     base_yaml = out / "base_config.yaml"
     dump_config(base, base_yaml)
 
@@ -389,7 +407,8 @@ def run(args) -> int:
     bar = tqdm(todo, desc="study", unit="run", dynamic_ncols=True)
     for entry, seed in bar:
         bar.set_postfix_str(f"{entry.name} seed {seed}")
-        record = run_entry(entry, seed, base_yaml, out, args.quick, progress=not args.quiet_runs,
+        pretrain = pretrained_checkpoint(args, base, out, seed)
+        record = run_entry(entry, seed, base_yaml, out, args.quick, pretrain, progress=not args.quiet_runs,
                            keep_checkpoints=args.keep_checkpoints)
         _write_json(result_path(out, entry.name, seed), record)
         if record["status"] == "ok":
@@ -403,7 +422,9 @@ def run(args) -> int:
     summaries = {name: summarize(records) for name, records in results.items() if name in ENTRY_BY_NAME}
     study = {
         "setting": {"base_config": str(base_yaml), "epochs": base.optim.epochs, "quick": bool(args.quick),
-                    "seeds": args.seeds, "extra_seeds": extra, "pretrain": pretrain,
+                    "seeds": args.seeds, "extra_seeds": extra, "pretrain_per_seed": bool(args.pretrain_per_seed),
+                    "pretrain": sorted((json.loads(p.read_text()) for p in (out / "pretrain").glob("seed*/pretrain.json")),
+                                       key=lambda info: info["seed"]),
                     "dataset": {"videos": len(annotations.videos), "classes": len(annotations.classes)}},
         "entries": {name: {"description": ENTRY_BY_NAME[name].description,
                            "overrides": list(ENTRY_BY_NAME[name].overrides), **summary}
