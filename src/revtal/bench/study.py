@@ -187,7 +187,7 @@ def _write_json(path: Path, data: dict) -> None:
 
 def run_entry(entry: StudyEntry, seed: int, base_yaml: Path, out: Path, quick: bool, pretrain: dict,
               progress: bool, keep_checkpoints: bool) -> dict:
-    """Train one entry at one seed from the shared base recipe; returns (and writes) its result record."""
+    """Train one entry at one seed from the shared base recipe; returns its result record."""
     from revtal.engine.config import load_config
     from revtal.engine.trainer import Trainer
 
@@ -203,7 +203,7 @@ def run_entry(entry: StudyEntry, seed: int, base_yaml: Path, out: Path, quick: b
         config = load_config(base_yaml, overrides)
         trainer = Trainer(config, progress=progress)
         history = trainer.fit()
-    except Exception as err:  # a diverging or failing configuration is a result too; the study goes on
+    except Exception as err:  # noqa: BLE001 — a diverging or failing configuration is a result too; the study goes on
         record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc(),
                       wall_time_s=time.perf_counter() - started)
         return record
@@ -279,13 +279,14 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}"
 
 
+TABLE_HEADER = ("| entry | what | average mAP (%) mean ± std | seeds | per seed | backbone saved for backward "
+                "| step (ms) | learnable params |")
+
+
 def format_tables(summaries: dict[str, dict], epochs: int | None = None) -> str:
     lines = []
     for table in TABLES:
-        lines += [f"### {table.title}", "",
-                  "| entry | what | average mAP (%) mean ± std | seeds | per seed | backbone saved for backward | "
-                  "step (ms) | learnable params |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [f"### {table.title}", "", TABLE_HEADER, "| --- " * TABLE_HEADER.count(" | ") + "| --- |"]
         missing = []
         for name in table.entries:
             summary = summaries.get(name)
