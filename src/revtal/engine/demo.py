@@ -32,10 +32,10 @@ def demo_config(out: Path, quick: bool = False) -> Config:
         "img_size": 32,
         "batch_size": 2,
         "cache_mb": 256,
-        "synthetic": {"videos": 48, "classes": 4, "seed": 0, "size": 32, "fps": 4.0,
+        "synthetic": {"videos": 64, "classes": 4, "seed": 0, "size": 32, "fps": 4.0,
                       "min_duration": 16.0, "max_duration": 32.0},
     }
-    epochs = 8
+    epochs = 10
     if quick:  # a smoke run of the whole pipeline in seconds (tests)
         data.update(num_frames=8, img_size=16)
         data["synthetic"].update(videos=6, size=16, fps=2.0, min_duration=6.0, max_duration=8.0)
@@ -62,7 +62,7 @@ def demo_config(out: Path, quick: bool = False) -> Config:
 
 def add_arguments(parser) -> None:
     parser.add_argument("--out", default="runs/demo", help="where results go (default runs/demo)")
-    parser.add_argument("--pretrain-steps", type=int, default=300, help="clip-classification pretraining steps")
+    parser.add_argument("--pretrain-steps", type=int, default=600, help="clip-classification pretraining steps")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated training modes (default {','.join(MODES)})")
     parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run (tests)")
 

@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 
 def plot_timeline(
@@ -19,30 +20,36 @@ def plot_timeline(
     classes: Sequence[str],
     ground_truth: Sequence[dict] | None = None,
     min_score: float = 0.2,
-    max_detections: int = 20,
+    max_detections: int = 8,
 ) -> Path:
-    """``detections``/``ground_truth``: ActivityNet-style dicts with ``segment``, ``label`` (and ``score``)."""
+    """Ground truth on the top lane, then the best detections one lane each (score on the left, colour = class,
+    opacity = score). ``detections``/``ground_truth``: ActivityNet-style dicts with ``segment``, ``label`` (and
+    ``score``)."""
     colours = {name: plt.cm.tab10(i % 10) for i, name in enumerate(classes)}
     shown = sorted((d for d in detections if d["score"] >= min_score), key=lambda d: -d["score"])[:max_detections]
-    rows = (["ground truth"] if ground_truth is not None else []) + ["detections"]
-    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.9 * len(rows)))
-    y = len(rows) - 1
+    lanes = (["ground truth"] if ground_truth is not None else []) + [f"{d['score']:.2f}" for d in shown]
+    fig, ax = plt.subplots(figsize=(10, 1.4 + 0.32 * max(len(lanes), 1)))
+    top = len(lanes) - 1
     if ground_truth is not None:
         for g in ground_truth:
             s, e = g["segment"]
-            ax.broken_barh([(s, e - s)], (y - 0.35, 0.7), color=colours.get(g["label"], "grey"))
-            ax.text(s, y, g["label"], va="center", fontsize=7)
-        y -= 1
-    for d in shown:
+            ax.broken_barh([(s, e - s)], (top - 0.4, 0.8), color=colours.get(g["label"], "grey"))
+            ax.text(s + 0.01 * duration, top, g["label"], va="center", fontsize=6, clip_on=True)
+        top -= 1
+    for lane, d in zip(range(top, -1, -1), shown):
         s, e = d["segment"]
-        ax.broken_barh([(s, e - s)], (y - 0.35, 0.7), color=colours.get(d["label"], "grey"), alpha=max(0.25, d["score"]))
-        ax.text(s, y + 0.4, f"{d['label']} {d['score']:.2f}", fontsize=6, va="bottom")
+        ax.broken_barh([(s, e - s)], (lane - 0.35, 0.7), color=colours.get(d["label"], "grey"),
+                       alpha=0.35 + 0.65 * min(1.0, d["score"]))
+        ax.text(s + 0.01 * duration, lane, d["label"], va="center", fontsize=6, clip_on=True)
     ax.set_xlim(0, duration)
-    ax.set_ylim(-0.6, len(rows) - 0.2)
-    ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels(list(reversed(rows)))
+    ax.set_ylim(-0.6, len(lanes) - 0.4)
+    ax.set_yticks(range(len(lanes)))
+    ax.set_yticklabels(list(reversed(lanes)), fontsize=7)
     ax.set_xlabel("seconds")
-    ax.set_title(f"{video_id} — detections with score >= {min_score} (top {max_detections})", fontsize=9)
+    used = sorted({d["label"] for d in shown} | {g["label"] for g in (ground_truth or [])})
+    ax.legend(handles=[Patch(color=colours.get(c, "grey"), label=c) for c in used], fontsize=7, loc="upper left",
+              bbox_to_anchor=(1.0, 1.0), frameon=False)
+    ax.set_title(f"{video_id}: top {len(shown)} detections with score ≥ {min_score} (lane label = score)", fontsize=9)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
