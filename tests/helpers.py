@@ -29,3 +29,42 @@ def max_relative_gap(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 
 def fresh_copy(model):
     return copy.deepcopy(model)
+
+
+def squared_loss(model, x) -> torch.Tensor:
+    return (model(x) ** 2).sum()
+
+
+def assert_bitwise_same_network(reference, converted, x) -> None:
+    """Outputs and every parameter gradient of ``converted`` equal those of ``reference`` bit for bit."""
+    out_ref, out = reference(x), converted(x)
+    assert torch.equal(out_ref, out)
+    (out_ref ** 2).sum().backward()
+    (out ** 2).sum().backward()
+    for (name, a), b in zip(reference.named_parameters(), converted.parameters()):
+        assert torch.equal(a.grad, b.grad), name
+
+
+def gradients_per_mode(reference, x, modes=("reversible", "vanilla"), seed: int | None = None, **convert_kwargs):
+    """Convert a copy of ``reference`` once per backprop mode, backpropagate the squared loss, and return
+    ``[(parameter gradients, input gradient or None), ...]`` in the order of ``modes``."""
+    import revtal
+
+    results = []
+    for mode in modes:
+        model = revtal.convert(copy.deepcopy(reference), backprop=mode, **convert_kwargs)
+        if x.requires_grad:
+            x.grad = None
+        if seed is not None:
+            torch.manual_seed(seed)  # same dropout / drop-path masks in every mode
+        squared_loss(model, x).backward()
+        results.append((grads(model), x.grad.clone() if x.requires_grad else None))
+    return results
+
+
+def assert_reversible_matches_vanilla(reference, x, tolerance: float, seed: int | None = None, **convert_kwargs):
+    (g_rev, gx_rev), (g_van, gx_van) = gradients_per_mode(reference, x, seed=seed, **convert_kwargs)
+    assert len(g_rev) == len([p for p in reference.parameters() if p.requires_grad])
+    assert max_relative_gap(g_rev, g_van) < tolerance
+    if gx_rev is not None:
+        assert max_relative_gap([gx_rev], [gx_van]) < tolerance

@@ -11,7 +11,7 @@ from revtal.backbones import CheckpointMismatchError, VideoViT, VideoViTBackbone
 from revtal.backbones.video_vit import from_hf_videomae, hf_videomae_to_timm, sinusoid_table
 from revtal.reversible import ReversibleStage
 from revtal.utils.memory import saved_bytes
-from tests.helpers import grads, max_relative_gap
+from tests.helpers import assert_bitwise_same_network, assert_reversible_matches_vanilla
 
 
 def tiny_video_vit(depth=3, seed=0, **kw) -> VideoViT:
@@ -61,27 +61,13 @@ def test_original_point_is_bitwise_the_unconverted_video_vit():
     ref = VideoViTBackbone(tiny_video_vit(depth=3))
     converted = revtal.convert(copy.deepcopy(ref), "original")
     assert isinstance(converted.net.blocks, ReversibleStage)
-    x = clip()
-    out_ref, out = ref(x), converted(x)
-    assert torch.equal(out_ref, out)
-    _loss(ref, x).backward()
-    _loss(converted, x).backward()
-    for (name, a), b in zip(ref.named_parameters(), converted.parameters()):
-        assert torch.equal(a.grad, b.grad), name
+    assert_bitwise_same_network(ref, converted, clip())
 
 
 def test_reversible_gradients_match_vanilla_at_re2_point_float64():
     ref = VideoViTBackbone(tiny_video_vit(depth=4).double())
     x = clip(dtype=torch.float64, requires_grad=True)
-    results = []
-    for mode in ("reversible", "vanilla"):
-        model = revtal.convert(copy.deepcopy(ref), "dr2net", alpha=0.0, beta=1.0, backprop=mode)
-        x.grad = None
-        _loss(model, x).backward()
-        results.append((grads(model), x.grad.clone()))
-    (g_rev, gx_rev), (g_van, gx_van) = results
-    assert max_relative_gap(g_rev, g_van) < 1e-10
-    assert max_relative_gap([gx_rev], [gx_van]) < 1e-10
+    assert_reversible_matches_vanilla(ref, x, 1e-10, method="dr2net", alpha=0.0, beta=1.0)
 
 
 def test_saved_bytes_constant_in_depth():

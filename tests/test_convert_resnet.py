@@ -17,7 +17,7 @@ from torchvision.models.video import resnet as tv_video
 import revtal
 from revtal.reversible import reversible_stages
 from revtal.utils.memory import saved_bytes
-from tests.helpers import grads, max_relative_gap
+from tests.helpers import assert_bitwise_same_network, assert_reversible_matches_vanilla, max_relative_gap
 
 # kind: (2D?, block class, conv builder for video blocks)
 KINDS = {
@@ -107,13 +107,7 @@ def test_original_point_is_bitwise_the_pretrained_resnet(kind):
     # G_α(x) = relu(b(x) + α·x): at α=1, β=0 exactly the torchvision block, outputs and gradients
     ref = tiny(kind).train()
     x = sample(kind)
-    model = revtal.convert(copy.deepcopy(ref), "original").train()
-    out_ref, out = ref(x), model(x)
-    assert torch.equal(out_ref, out)
-    (out_ref ** 2).sum().backward()
-    (out ** 2).sum().backward()
-    for (name, a), b in zip(ref.named_parameters(), model.parameters()):
-        assert torch.equal(a.grad, b.grad), name
+    assert_bitwise_same_network(ref, revtal.convert(copy.deepcopy(ref), "original").train(), x)
 
 
 @pytest.mark.parametrize("alpha,beta", [(0.0, 1.0), (0.4, 0.6)])
@@ -140,16 +134,7 @@ def test_coupled_resnet_by_hand(alpha, beta):
 def test_reversible_gradients_match_vanilla_float64_at_re2_point(kind):
     ref = tiny(kind).double().train()  # train: BatchNorm uses batch statistics of the reconstructed input
     x = sample(kind).double().requires_grad_(True)
-    results = []
-    for mode in ("reversible", "vanilla"):
-        model = revtal.convert(copy.deepcopy(ref), "dr2net", alpha=0.0, beta=1.0, backprop=mode)
-        x.grad = None
-        _loss(model, x).backward()
-        results.append((grads(model), x.grad.clone()))
-    (g_rev, gx_rev), (g_van, gx_van) = results
-    assert len(g_rev) == len(list(ref.parameters()))
-    assert max_relative_gap(g_rev, g_van) < 1e-10
-    assert max_relative_gap([gx_rev], [gx_van]) < 1e-10
+    assert_reversible_matches_vanilla(ref, x, 1e-10, method="dr2net", alpha=0.0, beta=1.0)
 
 
 @pytest.mark.parametrize("kind", ["basic_2d", "video_bottleneck"])

@@ -17,7 +17,7 @@ from torchvision.models.video.swin_transformer import SwinTransformer3d
 import revtal
 from revtal.reversible import reversible_stages, swin
 from revtal.utils.memory import saved_bytes
-from tests.helpers import grads, max_relative_gap
+from tests.helpers import assert_reversible_matches_vanilla, grads, max_relative_gap
 
 
 def tiny_timm_swin(depths=(2, 2), seed=0, **kw):
@@ -73,17 +73,7 @@ def test_reversible_gradients_match_vanilla_float64_at_re2_point(family):
     build, x = BUILDERS[family]
     ref = build().double().train()  # train: drop-path masks must be replayed in the recompute
     x = x.double().requires_grad_(True)
-    results = []
-    for mode in ("reversible", "vanilla"):
-        model = revtal.convert(copy.deepcopy(ref), "dr2net", alpha=0.0, beta=1.0, backprop=mode)
-        x.grad = None
-        torch.manual_seed(3)
-        _loss(model, x).backward()
-        results.append((grads(model), x.grad.clone()))
-    (g_rev, gx_rev), (g_van, gx_van) = results
-    assert len(g_rev) == len(list(ref.parameters()))
-    assert max_relative_gap(g_rev, g_van) < 1e-10
-    assert max_relative_gap([gx_rev], [gx_van]) < 1e-10
+    assert_reversible_matches_vanilla(ref, x, 1e-10, seed=3, method="dr2net", alpha=0.0, beta=1.0)
 
 
 def test_saved_bytes_constant_in_depth_within_a_stage():

@@ -10,7 +10,13 @@ import revtal
 from revtal.reversible import Branch, Coupling, ReversibleStage, reversible_stages
 from revtal.reversible.function import ReversibleStageFunction
 from revtal.utils.memory import saved_bytes
-from tests.helpers import grads, max_relative_gap, tiny_vit
+from tests.helpers import (
+    assert_bitwise_same_network,
+    assert_reversible_matches_vanilla,
+    grads,
+    max_relative_gap,
+    tiny_vit,
+)
 
 
 def _loss(model, x):
@@ -19,14 +25,7 @@ def _loss(model, x):
 
 def test_original_point_is_bitwise_the_pretrained_network():
     ref = tiny_vit(depth=3)
-    model = revtal.convert(copy.deepcopy(ref), "original")
-    x = torch.randn(2, 3, 16, 16)
-    out_ref, out = ref(x), model(x)
-    assert torch.equal(out_ref, out)
-    _loss(ref, x).backward()
-    _loss(model, x).backward()
-    for (name, a), b in zip(ref.named_parameters(), model.parameters()):
-        assert torch.equal(a.grad, b.grad), name
+    assert_bitwise_same_network(ref, revtal.convert(copy.deepcopy(ref), "original"), torch.randn(2, 3, 16, 16))
 
 
 def test_dr2net_at_alpha1_beta0_vanilla_equals_original_and_reversible_refuses():
@@ -53,15 +52,7 @@ def test_state_dict_keys_unchanged_and_original_checkpoint_loads_strictly():
 def test_reversible_gradients_match_vanilla_float64(alpha, beta):
     ref = tiny_vit(depth=4).double()
     x = torch.randn(2, 3, 16, 16, dtype=torch.float64, requires_grad=True)
-    results = []
-    for mode in ("reversible", "vanilla"):
-        model = revtal.convert(copy.deepcopy(ref), "dr2net", alpha=alpha, beta=beta, backprop=mode)
-        x.grad = None
-        _loss(model, x).backward()
-        results.append((grads(model), x.grad.clone()))
-    (g_rev, gx_rev), (g_van, gx_van) = results
-    assert max_relative_gap(g_rev, g_van) < 1e-10
-    assert max_relative_gap([gx_rev], [gx_van]) < 1e-10
+    assert_reversible_matches_vanilla(ref, x, 1e-10, method="dr2net", alpha=alpha, beta=beta)
 
 
 def test_re2_published_convention_duplicate_input_mean_output():
