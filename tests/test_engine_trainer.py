@@ -164,3 +164,15 @@ def test_eval_and_extract_commands(dataset_root, tmp_path, capsys):
     assert len(files) == len(trainer.train_set) + len(trainer.val_set)
     feats = np.load(files[0])
     assert feats.shape[0] == trainer.model.extractor.out_channels and feats.ndim == 2
+
+
+def test_bf16_autocast_accumulation_and_ema(dataset_root, tmp_path):
+    config = _config(dataset_root, tmp_path, optim__amp="bf16", optim__accumulate=2, optim__ema=True)
+    trainer = Trainer(config, progress=False)
+    history = trainer.fit()
+    assert torch.isfinite(torch.tensor(history[-1].loss))
+    assert trainer.step == trainer.iters_per_epoch  # one optimizer step per two batches
+    assert trainer.ema.updates == trainer.step
+    ema_weights = trainer.evaluation_model().state_dict()
+    assert any(not torch.equal(ema_weights[k], v) for k, v in trainer.model.state_dict().items()
+               if v.dtype.is_floating_point)

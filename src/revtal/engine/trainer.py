@@ -129,7 +129,7 @@ class Trainer:
         self.optimizer = build_optimizer(
             self.model.trainable_backbone(), self.model.localizer, ocfg.backbone_lr, ocfg.head_lr, ocfg.weight_decay
         )
-        self.iters_per_epoch = max(1, len(self.train_loader) // ocfg.accumulate)
+        self.iters_per_epoch = max(1, math.ceil(len(self.train_loader) / ocfg.accumulate))  # optimizer steps
         self.lr_schedule = warmup_cosine(
             self.optimizer,
             warmup_steps=int(round(ocfg.warmup_epochs * self.iters_per_epoch)),
