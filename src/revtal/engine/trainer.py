@@ -157,6 +157,10 @@ class Trainer:
         self.log = MetricLog(self.out_dir, self.main)
         if resume:
             self._resume(resume)
+        counts = self.model.parameter_counts()
+        self.log.log(self.step, {"model/learnable_parameters": counts["learnable"], "model/total_parameters": counts["total"]})
+        if self.progress:
+            tqdm.write(f"{config.backbone.mode}: {counts['learnable']:,} learnable of {counts['total']:,} parameters")
 
     # --------------------------------------------------------------------------------------------- checkpoints
     def state(self, epoch: int) -> dict:
