@@ -105,6 +105,14 @@ class StreamArithmetic(Protocol):
 
     def check(self, c: Coupling) -> None: ...
 
+    def start_forward(self) -> None:
+        """Called before a memory-free forward of a stage."""
+        ...
+
+    def finish_forward(self) -> None:
+        """Called after it: the place for checks that need one host synchronisation per stage."""
+        ...
+
 
 class FloatArithmetic:
     """Streams in the compute dtype. The inverse divides by β and subtracts a recomputed G, so reconstruction
@@ -128,6 +136,12 @@ class FloatArithmetic:
 
     def recover_y(self, x: Tensor, g: Tensor) -> Tensor:
         return x - g
+
+    def start_forward(self) -> None:
+        pass
+
+    def finish_forward(self) -> None:
+        pass
 
     def check(self, c: Coupling) -> None:
         if not c.beta > 0:

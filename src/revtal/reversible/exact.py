@@ -104,6 +104,7 @@ class ExactArithmetic:
         self.beta_bits = int(beta_bits)
         self._scale = float(2**self.frac_bits)
         self._inv_scale = float(2.0**-self.frac_bits)
+        self._peak: Tensor | None = None
 
     def remainder_bits(self, c: Coupling) -> int:
         """Bits of storage per element per block for the remainders (0 when β = 1/2^0...)."""
@@ -114,17 +115,27 @@ class ExactArithmetic:
         as_dyadic(c.beta, self.beta_bits)
 
     def quantize(self, v: Tensor, numerator: int = 1) -> Tensor:
-        """round(2^s · v) as int64, refusing values that could overflow int64 within a step."""
-        peak = v.detach().abs().amax().item() if v.numel() else 0.0
+        """round(2^s · v) as int64. The range is checked once per stage forward (:meth:`finish_forward`) rather than
+        here, so a GPU forward does not synchronise with the host on every branch."""
+        if v.numel():
+            peak = v.detach().abs().amax().float() * float(max(numerator, 1))
+            self._peak = peak if self._peak is None else torch.maximum(self._peak, peak)
+        return torch.round(v * self._scale).to(torch.int64)
+
+    def start_forward(self) -> None:
+        self._peak = None
+
+    def finish_forward(self) -> None:
+        """Refuse a forward whose streams could have left the int64 range (or that met a non-finite value)."""
+        peak, self._peak = (float(self._peak) if self._peak is not None else 0.0), None
         if not math.isfinite(peak):
             raise FloatingPointError("non-finite activation entering the exact reversible stream")
-        if peak * self._scale * max(numerator, 1) * 2 >= _INT64_HEADROOM:
+        if peak * self._scale * 2 >= _INT64_HEADROOM:
+            safe = max(8, int(math.log2(_INT64_HEADROOM / (2 * peak))) - 1)
             raise OverflowError(
-                f"exact reversible stream would overflow int64: |x| reaches {peak:.3g} with frac_bits="
-                f"{self.frac_bits} and beta numerator {numerator}; lower frac_bits (e.g. "
-                f"{max(8, int(math.log2(_INT64_HEADROOM / (2 * peak * max(numerator, 1)))) - 1)})"
+                f"exact reversible stream would overflow int64: |x|·p reaches {peak:.3g} with frac_bits="
+                f"{self.frac_bits}; lower frac_bits (e.g. {safe})"
             )
-        return torch.round(v * self._scale).to(torch.int64)
 
     def view(self, x: Tensor, like: Tensor) -> Tensor:
         dtype = like.dtype if like.dtype in (torch.float32, torch.float64) else torch.float32

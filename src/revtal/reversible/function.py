@@ -120,6 +120,7 @@ class ReversibleStageFunction(torch.autograd.Function):
         arith, c = run.arithmetic, run.coupling
         run.autocast = AutocastState.capture(x0.device.type)
         with torch.no_grad():
+            arith.start_forward()
             x, y = arith.begin(x0, c)
             first = x.clone() if run.verify else None
             residues: list[Tensor | None] = []
@@ -129,6 +130,7 @@ class ReversibleStageFunction(torch.autograd.Function):
                 g = run.branch_output(i, arith.view(x, x0))
                 x, y, residue = arith.advance(x, y, g, c)
                 residues.append(residue)
+            arith.finish_forward()
             out_x, out_y = arith.view(x, x0), arith.view(y, x0)
         stored = [r for r in residues if r is not None]
         ctx.residue_present = [r is not None for r in residues]
