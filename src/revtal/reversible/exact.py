@@ -2,14 +2,14 @@
 
 Float reconstruction divides by β and subtracts a recomputed branch, so each reverse step amplifies error by
 about (α + ‖∂F‖)/β — around Dr²Net's starting point (α=1, β=0.1) the reconstructed activations are garbage.
-Here both streams are fixed-point integers ``X = round(2^s · x)`` (int64) and β = p/2^k is dyadic, which makes
+Here both streams are fixed-point integers ``X = trunc(2^s · x)`` (int64) and β = p/2^k is dyadic, which makes
 every step an exact integer bijection::
 
     forward block i                                  reverse block i
     P   = p·X_{i-1}                                  P       = Y_i·2^k + R_i
     Y_i = P >> k     (floor)                         X_{i-1} = P / p                    (exact division)
-    R_i = P − Y_i·2^k  (k bits, stored)              Y_{i-1} = X_i − round(2^s·G_i(x_{i-1}))
-    X_i = round(2^s·G_i(x_{i-1})) + Y_{i-1}
+    R_i = P − Y_i·2^k  (k bits, stored)              Y_{i-1} = X_i − trunc(2^s·G_i(x_{i-1}))
+    X_i = trunc(2^s·G_i(x_{i-1})) + Y_{i-1}
 
 with ``x = X / 2^s`` in the compute dtype and ``G_i(x) = F_i(x) + α·x`` evaluated in floating point. Because the
 reverse step recomputes G_i from the exactly recovered X_{i-1}, α needs no restriction: it only enters G, and G
@@ -115,12 +115,17 @@ class ExactArithmetic:
         as_dyadic(c.beta, self.beta_bits)
 
     def quantize(self, v: Tensor, numerator: int = 1) -> Tensor:
-        """round(2^s · v) as int64. The range is checked once per stage forward (:meth:`finish_forward`) rather than
+        """2^s · v as int64 (truncated). The range is checked once per stage forward (:meth:`finish_forward`) rather than
         here, so a GPU forward does not synchronise with the host on every branch."""
         if v.numel():
             peak = v.detach().abs().amax().float() * float(max(numerator, 1))
             self._peak = peak if self._peak is None else torch.maximum(self._peak, peak)
-        return torch.round(v * self._scale).to(torch.int64)
+        return self._to_fixed(v)
+
+    def _to_fixed(self, v: Tensor) -> Tensor:
+        # truncation toward zero, not rounding: exactness only needs the same integer in forward and backward, and
+        # this saves a pass over the tensor (the quantisation step stays 2^-s)
+        return (v * self._scale).to(torch.int64)
 
     def start_forward(self) -> None:
         self._peak = None
@@ -167,4 +172,4 @@ class ExactArithmetic:
         return torch.div(scaled, d.numerator, rounding_mode="trunc")
 
     def recover_y(self, x: Tensor, g: Tensor) -> Tensor:
-        return x - torch.round(g * self._scale).to(torch.int64)
+        return x - self._to_fixed(g)
