@@ -90,3 +90,11 @@ def test_pretrain_per_seed_gives_each_seed_its_own_backbone(tmp_path):
     summary = json.loads((tmp_path / "study.json").read_text())
     assert [p["seed"] for p in summary["setting"]["pretrain"]] == [0, 1]
     assert summary["entries"]["frozen"]["seeds"] == [0, 1]
+
+
+def test_paired_difference_uses_common_seeds_only():
+    entry = {"seeds": [0, 1, 2], "average_mAP": [0.5, 0.3, 0.9]}
+    reference = {"seeds": [0, 1, 3], "average_mAP": [0.4, 0.4, 0.0]}
+    mean, std, n = study.paired_difference(entry, reference)
+    assert n == 2 and mean == pytest.approx(0.0) and std == pytest.approx(np.sqrt(0.02))  # diffs +0.1, −0.1
+    assert study.paired_difference({"seeds": [5], "average_mAP": [0.1]}, reference) is None

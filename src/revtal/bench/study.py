@@ -20,7 +20,7 @@ entries are grouped into tables that mirror the papers':
   starting at one) beside head-only and full finetuning.
 
 Every run writes ``OUT/results/<entry>_seed<k>.json`` as soon as it finishes (average mAP, mAP per tIoU, bytes the
-backbone saved for backward on the first step, median step time, …), so an interrupted study continues with
+backbone saved for backward on one training step, median step time, …), so an interrupted study continues with
 ``--resume-partial``. Runs go seed-major (every entry's seed 0 first), so a study cut short still covers every
 entry. At the end ``OUT/study.json`` and ``OUT/study.md`` hold mean ± sample std over seeds per entry and table.
 
@@ -100,22 +100,24 @@ class StudyTable:
     name: str
     title: str
     entries: tuple[str, ...]
+    reference: str  # the entry every other row is compared with, seed by seed
     rows: dict = field(default_factory=dict)  # entry → row label shown in the table (default: the entry's name)
 
 
 TABLES: tuple[StudyTable, ...] = (
     StudyTable("re2tal_tab1", "Re²TAL Tab. 1 — transfer vs end-to-end vs reversible end-to-end",
-               ("frozen", "conventional", "re2")),
+               ("frozen", "conventional", "re2"), reference="conventional"),
     StudyTable("dr2net_tab2", "Dr²Net Tab. 2 — finetuning strategies for a reversible network",
-               ("scratch", "hard", "dr2net_vanilla", "dr2net_vanilla_float", "dr2net", "dr2net_float")),
+               ("scratch", "hard", "dr2net_vanilla", "dr2net_vanilla_float", "dr2net", "dr2net_float"),
+               reference="dr2net"),
     StudyTable("dr2net_tab5_8", "Dr²Net Tab. 5/8 — coefficient schedule: order and policy",
                ("dr2net", "order_alpha_first", "order_beta_first", "policy_exponential", "policy_logarithmic"),
-               rows={"dr2net": "dr2net (linear, simultaneous)"}),
+               reference="dr2net", rows={"dr2net": "dr2net (linear, simultaneous)"}),
     StudyTable("dr2net_tab12", "Dr²Net Tab. 12 — backbone activation memory",
-               ("conventional", "checkpoint", "re2", "dr2net", "frozen")),
+               ("conventional", "checkpoint", "re2", "dr2net", "frozen"), reference="conventional"),
     StudyTable("losa_tab4a", "LoSA Tab. 4a — adapters and their ablations",
                ("frozen", "conventional", "losa", "losa_no_long", "losa_no_short", "losa_sum", "losa_gate_one"),
-               rows={"frozen": "head only (frozen)", "conventional": "full finetune"}),
+               reference="losa", rows={"frozen": "head only (frozen)", "conventional": "full finetune"}),
 )
 TABLE_BY_NAME = {t.name: t for t in TABLES}
 
@@ -279,14 +281,27 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}"
 
 
-TABLE_HEADER = ("| entry | what | average mAP (%) mean ± std | seeds | per seed | backbone saved for backward "
-                "| step (ms) | learnable params |")
+TABLE_HEADER = ("| entry | what | average mAP (%) mean ± std | seeds | per seed | Δ vs {reference} (paired) "
+                "| backbone saved for backward | step (ms) | learnable params |")
 
 
-def format_tables(summaries: dict[str, dict], epochs: int | None = None) -> str:
+def paired_difference(summary: dict, reference: dict) -> tuple[float, float | None, int] | None:
+    """Mean and sample std over the seeds both entries finished of (entry − reference) average mAP, and how many.
+
+    Runs of one seed share the pretrained backbone, the data order and the head's initialisation, so the per-seed
+    difference removes the part of the seed-to-seed spread the two entries have in common."""
+    theirs = dict(zip(reference["seeds"], reference["average_mAP"]))
+    diffs = np.array([v - theirs[s] for s, v in zip(summary["seeds"], summary["average_mAP"]) if s in theirs])
+    if not len(diffs):
+        return None
+    return float(diffs.mean()), float(diffs.std(ddof=1)) if len(diffs) > 1 else None, len(diffs)
+
+
+def format_tables(summaries: dict[str, dict]) -> str:
     lines = []
     for table in TABLES:
-        lines += [f"### {table.title}", "", TABLE_HEADER, "| --- " * TABLE_HEADER.count(" | ") + "| --- |"]
+        header = TABLE_HEADER.format(reference=table.rows.get(table.reference, table.reference))
+        lines += [f"### {table.title}", "", header, "| --- " * header.count(" | ") + "| --- |"]
         missing = []
         for name in table.entries:
             summary = summaries.get(name)
@@ -299,17 +314,22 @@ def format_tables(summaries: dict[str, dict], epochs: int | None = None) -> str:
                 std = summary["average_mAP_std"]
                 score = _pct(summary["average_mAP_mean"]) + ("" if std is None else f" ± {100 * std:.1f}")
                 per_seed = ", ".join(_pct(s) for s in summary["average_mAP"])
+                reference = summaries.get(table.reference)
+                paired = paired_difference(summary, reference) if reference and name != table.reference else None
+                delta = "" if paired is None else (
+                    f"{100 * paired[0]:+.1f}" + ("" if paired[1] is None else f" ± {100 * paired[1]:.1f}")
+                    + f" (n={paired[2]})")
                 memory = f"{summary['backbone_saved_bytes'] / 2**20:.2f} MiB"
                 step = f"{1000 * summary['step_time_s']:.0f}"
                 params = f"{summary['learnable_parameters']:,}"
             else:
-                score, per_seed, memory, step, params = "failed", "", "", "", ""
+                score, per_seed, delta, memory, step, params = "failed", "", "", "", "", ""
             if summary["failed"]:
                 per_seed += f" ({len(summary['failed'])} failed)"
             if "float_max_relative_error" in summary:
                 memory += f"; float reconstruction error ≤ {summary['float_max_relative_error']:.1e}"
             lines.append(f"| {label} | {entry.description} | {score} | {len(summary['seeds'])} | {per_seed} | "
-                         f"{memory} | {step} | {params} |")
+                         f"{delta} | {memory} | {step} | {params} |")
         if missing:
             lines.append(f"\nnot run: {', '.join(missing)}")
         lines.append("")
@@ -430,7 +450,7 @@ def run(args) -> int:
         "entries": {name: {"description": ENTRY_BY_NAME[name].description,
                            "overrides": list(ENTRY_BY_NAME[name].overrides), **summary}
                     for name, summary in summaries.items()},
-        "tables": {t.name: {"title": t.title, "entries": list(t.entries)} for t in TABLES},
+        "tables": {t.name: {"title": t.title, "entries": list(t.entries), "reference": t.reference} for t in TABLES},
         "wall_time_s": time.perf_counter() - started,
         "machine": {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count()},
     }
@@ -440,7 +460,8 @@ def run(args) -> int:
         f"# revtal study ({base.optim.epochs} epochs per run)\n\n"
         "average mAP: ActivityNet detection mAP averaged over tIoU 0.3:0.1:0.7 (THUMOS thresholds), mean ± sample "
         "std over training seeds; memory: bytes the backbone saved for backward on one training step (median over "
-        "seeds); step: median step time.\n\n" + tables
+        "seeds); Δ: mean ± std over seeds of the per-seed difference from the table's reference entry, in "
+        "percentage points; step: median step time.\n\n" + tables
     )
     print(tables)
     print(f"done in {study['wall_time_s'] / 60:.1f} min → {out / 'study.md'}, {out / 'study.json'}")
