@@ -176,3 +176,22 @@ def test_bf16_autocast_accumulation_and_ema(dataset_root, tmp_path):
     ema_weights = trainer.evaluation_model().state_dict()
     assert any(not torch.equal(ema_weights[k], v) for k, v in trainer.model.state_dict().items()
                if v.dtype.is_floating_point)
+
+
+def test_frozen_training_on_extracted_features(dataset_root, tmp_path):
+    config = _config(dataset_root, tmp_path / "run", backbone__mode="frozen")
+    Trainer(config, progress=False)  # builds the same frozen backbone the features come from
+    from revtal.engine.config import dump_config
+
+    recipe = tmp_path / "recipe.yaml"
+    dump_config(config, recipe)
+    assert cli_main(["extract", str(recipe), "--features", str(tmp_path / "features"), "--out", str(tmp_path / "x")]) == 0
+    features = _config(dataset_root, tmp_path / "feat", backbone__mode="frozen")
+    features.data.features_dir = str(tmp_path / "features")
+    trainer = Trainer(features, progress=False)
+    assert trainer.model.extractor.out_channels == 32 and trainer.model.temporal_stride == 1
+    metrics = trainer.fit()[-1].metrics
+    assert 0.0 <= metrics["average_mAP"] <= 1.0
+    with pytest.raises(Exception, match="needs backbone.mode: frozen"):
+        bad = tiny_config(tmp_path / "bad", backbone__mode="dr2net", data__features_dir="x")
+        del bad

@@ -40,6 +40,7 @@ class SyntheticConfig:
 class DataConfig:
     annotations: str = ""  # ActivityNet-format JSON; empty → synthetic dataset under <out>/data
     video_dir: str = ""
+    features_dir: str = ""  # precomputed features (revtal extract): train the localizer on them (mode frozen)
     train_subset: str = "train"
     val_subset: str = "validation"
     mode: str = "frames"  # frames (whole video is one backbone input) | snippets
@@ -142,6 +143,11 @@ class Config:
             raise bad("backbone.backprop", self.backbone.backprop, ("exact", "reversible"))
         if self.backbone.monitor_fallback not in ("exact", "vanilla"):
             raise bad("backbone.monitor_fallback", self.backbone.monitor_fallback, ("exact", "vanilla"))
+        if self.data.features_dir and self.backbone.mode != "frozen":
+            raise ConfigError(
+                f"{source}: data.features_dir trains on precomputed features, which needs backbone.mode: frozen "
+                f"(got {self.backbone.mode!r})"
+            )
         if self.data.mode not in ("frames", "snippets"):
             raise bad("data.mode", self.data.mode, ("frames", "snippets"))
         if self.optim.amp not in ("none", "bf16", "fp16"):

@@ -30,15 +30,21 @@ def prepare_annotations(config: Config, out_dir: Path) -> AnnotationSet:
         dist_utils.barrier()
         data.annotations = str(root / "annotations.json")
         data.video_dir = str(root / "videos")
-    if not data.video_dir:
+    if not data.video_dir and not data.features_dir:
         raise ValueError("data.video_dir is empty: set it to the folder holding the videos of data.annotations")
     return load_annotations(data.annotations)
 
 
 def build_datasets(config: Config, annotations: AnnotationSet):
-    from revtal.data.dataset import VideoTALDataset
+    from revtal.data.dataset import FeatureTALDataset, VideoTALDataset
 
     d = config.data
+    if d.features_dir:
+        return tuple(
+            FeatureTALDataset(d.features_dir, annotations, subset, train=train, seed=config.train.seed,
+                              skip_bad_videos=d.skip_bad_videos)
+            for subset, train in ((d.train_subset, True), (d.val_subset, False))
+        )
 
     def make(subset: str, train: bool):
         return VideoTALDataset(

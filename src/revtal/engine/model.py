@@ -108,9 +108,35 @@ def build_schedule(config: Config, iters_per_epoch: int) -> CoefficientSchedule:
     )
 
 
+class PrecomputedFeatures(nn.Module):
+    """Stands in for the backbone when training on features written by ``revtal extract``."""
+
+    temporal_stride = 1
+
+    def __init__(self, out_channels: int):
+        super().__init__()
+        self.out_channels = out_channels
+
+    def forward(self, features: Tensor) -> Tensor:
+        return features
+
+
+def feature_channels(features_dir: str) -> int:
+    import numpy as np
+    from pathlib import Path
+
+    files = sorted(Path(features_dir).glob("*.npy"))
+    if not files:
+        raise FileNotFoundError(f"data.features_dir {features_dir!r} holds no .npy feature files (run revtal extract)")
+    return int(np.load(files[0], mmap_mode="r").shape[0])
+
+
 def build_model(config: Config, num_classes: int) -> TALModel:
     bcfg = config.backbone
     mode = bcfg.mode
+    if config.data.features_dir:
+        extractor = PrecomputedFeatures(feature_channels(config.data.features_dir))
+        return TALModel(extractor, _localizer(config, extractor.out_channels, num_classes), mode)
     # LoSA runs the backbone over clips of clip_frames; every other mode feeds it the whole sampled video
     frames = config.data.num_frames
     if mode == "losa":
@@ -129,13 +155,16 @@ def build_model(config: Config, num_classes: int) -> TALModel:
     elif mode == "frozen":
         for p in backbone.parameters():
             p.requires_grad_(False)
+    return TALModel(extractor, _localizer(config, extractor.out_channels, num_classes), mode)
+
+
+def _localizer(config: Config, in_channels: int, num_classes: int) -> ActionFormer:
     known = {f.name for f in dataclasses.fields(ActionFormerConfig)}
     unknown = sorted(set(config.localizer.options) - known)
     if unknown:
         raise ValueError(f"localizer.options: unknown ActionFormerConfig fields {unknown}")
     options = {k: (tuple(map(tuple, v)) if k == "regression_ranges" else v) for k, v in config.localizer.options.items()}
-    localizer = ActionFormer(extractor.out_channels, num_classes, ActionFormerConfig(**options))
-    return TALModel(extractor, localizer, mode)
+    return ActionFormer(in_channels, num_classes, ActionFormerConfig(**options))
 
 
 def apply_backbone_mode(backbone: nn.Module, config: Config) -> None:

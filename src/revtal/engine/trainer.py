@@ -35,6 +35,13 @@ from revtal.reversible import reversible_stages
 from revtal.reversible.safety import ReconstructionMonitor
 
 
+def model_inputs(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(video, frame mask) of a video batch, or (features, mask) of a precomputed-feature batch."""
+    if "video" in batch:
+        return batch["video"].to(device, non_blocking=True), batch["frame_mask"].to(device)
+    return batch["features"].to(device, non_blocking=True), batch["mask"].to(device)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -234,8 +241,7 @@ class Trainer:
             start = time.perf_counter()
             if self.coefficients is not None:
                 alpha, beta = self.coefficients.apply(self.model, epoch, it)
-            video = batch["video"].to(self.device, non_blocking=True)
-            frame_mask = batch["frame_mask"].to(self.device)
+            video, frame_mask = model_inputs(batch, self.device)
             segments, labels = self._targets(batch)
             if it == 0 and self.device.type == "cpu":
                 self.model.measure_next_features = True
@@ -349,9 +355,9 @@ class Trainer:
         indices = list(range(self.rank, len(dataset), self.world))
         loader = make_loader(torch.utils.data.Subset(dataset, indices), self.config, train=False)
         for batch in tqdm(loader, desc="evaluate", disable=not self.progress, leave=False):
-            video = batch["video"].to(self.device)
+            video, frame_mask = model_inputs(batch, self.device)
             with self.autocast():
-                output = model(video, batch["frame_mask"].to(self.device))
+                output = model(video, frame_mask)
             for det, vid, grid, duration in zip(
                 model.localizer.predict(output, self.postprocess), batch["video_id"], batch["grid"], batch["duration"]
             ):
