@@ -13,6 +13,7 @@ from revtal.utils.memory import saved_bytes
 from tests.helpers import (
     assert_bitwise_same_network,
     assert_reversible_matches_vanilla,
+    gradients_per_mode,
     grads,
     max_relative_gap,
     tiny_vit,
@@ -72,24 +73,13 @@ def test_re2_published_convention_duplicate_input_mean_output():
         got = stage(tokens)
     assert torch.allclose(got, expected, rtol=0, atol=1e-12)
     # and the memory-free backward agrees with vanilla for this convention too
-    g = []
-    for mode in ("reversible", "vanilla"):
-        m = revtal.convert(copy.deepcopy(ref), "re2", backprop=mode)
-        _loss(m, x).backward()
-        g.append(grads(m))
-    assert max_relative_gap(g[0], g[1]) < 1e-10
+    assert_reversible_matches_vanilla(ref, x, 1e-10, method="re2")
 
 
 def test_float32_reversible_at_re2_point_within_documented_tolerance():
     ref = tiny_vit(depth=4)
-    x = torch.randn(2, 3, 16, 16)
-    g = []
-    for mode in ("reversible", "vanilla"):
-        model = revtal.convert(copy.deepcopy(ref), "dr2net", alpha=0.0, beta=1.0, backprop=mode)
-        _loss(model, x).backward()
-        g.append(grads(model))
     # documented in README: float32 reversible backprop at (0, 1) matches vanilla to ~1e-5 relative
-    assert max_relative_gap(g[0], g[1]) < 1e-4
+    assert_reversible_matches_vanilla(ref, torch.randn(2, 3, 16, 16), 1e-4, method="dr2net", alpha=0.0, beta=1.0)
 
 
 def _saved(model, x):
@@ -256,12 +246,8 @@ def test_torch_compile_runs_the_stage_eagerly_with_correct_gradients():
 def test_checkpoint_mode_matches_vanilla_and_stores_one_input_per_block():
     ref = tiny_vit(depth=4).double()
     x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
-    g = []
-    for mode in ("checkpoint", "vanilla"):
-        model = revtal.convert(copy.deepcopy(ref), "original", backprop=mode)
-        _loss(model, x).backward()
-        g.append(grads(model))
-    assert max_relative_gap(g[0], g[1]) < 1e-12
+    (g_ckpt, _), (g_van, _) = gradients_per_mode(ref, x, modes=("checkpoint", "vanilla"), method="original")
+    assert max_relative_gap(g_ckpt, g_van) < 1e-12
     x32 = torch.randn(2, 3, 16, 16)
     per_depth = {}
     for depth in (4, 8):
