@@ -12,7 +12,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 import revtal
-from revtal.reversible import NonFiniteGradientError, reversible_stages
+from revtal.reversible.diagnostics import first_stage_reconstruction
 from revtal.utils.memory import saved_bytes
 
 
@@ -36,16 +36,6 @@ def _gap(a, b) -> float:
     return max(((u - v).norm() / v.norm().clamp_min(1e-30)).item() for u, v in zip(a, b))
 
 
-def _reconstruction(model, x):
-    stage = reversible_stages(model)[0]
-    stage.verify_next_backward()
-    try:
-        (model(x) ** 2).sum().backward()
-    except NonFiniteGradientError:
-        pass
-    return stage.last_check
-
-
 def run(args) -> int:
     depth, seed = args.depth, args.seed
     rows: list[tuple[str, str, bool]] = []
@@ -66,8 +56,8 @@ def run(args) -> int:
         rows.append((f"reversible vs vanilla grads, float64, ({alpha}, {beta}): max rel gap", f"{gap:.2e}", gap < 1e-10))
 
     for alpha, beta in [(1.0, 1 / 8), (1.0, 1 / 64)]:
-        f_check = _reconstruction(revtal.convert(copy.deepcopy(ref), "dr2net", alpha=alpha, beta=beta), x32)
-        e_check = _reconstruction(
+        f_check = first_stage_reconstruction(revtal.convert(copy.deepcopy(ref), "dr2net", alpha=alpha, beta=beta), x32)
+        e_check = first_stage_reconstruction(
             revtal.convert(copy.deepcopy(ref), "dr2net", alpha=alpha, beta=beta, backprop="exact"), x32
         )
         rows.append((f"float reconstruction rel error at ({alpha}, {beta:g})", f"{f_check.relative_error:.2e}", True))
