@@ -45,3 +45,13 @@ def load_checkpoint(path: str | Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # a truncated or foreign file
         raise ValueError(f"{path}: not a readable revtal checkpoint ({type(err).__name__}: {err})") from None
+
+
+def apply_trained_coefficients(model, state: dict) -> None:
+    """Put a Dr²Net model at the (α, β) it was last trained with (the schedule's ``last_applied`` in ``state``);
+    a checkpoint without a schedule leaves the model's coefficients as built."""
+    last = (state.get("coefficients") or {}).get("last_applied")
+    if last:
+        from revtal.reversible import set_coefficients
+
+        set_coefficients(model, last["alpha"], last["beta"])

@@ -45,7 +45,7 @@ class train:
 
 
 def _restore(trainer, checkpoint: str) -> None:
-    from revtal.engine.checkpoint import load_checkpoint
+    from revtal.engine.checkpoint import apply_trained_coefficients, load_checkpoint
 
     state = load_checkpoint(checkpoint)
     trainer.model.load_state_dict(state["model"])
@@ -53,11 +53,7 @@ def _restore(trainer, checkpoint: str) -> None:
         trainer.ema.load_state_dict(state["ema"])
     if trainer.coefficients is not None and state.get("coefficients"):
         trainer.coefficients.load_state_dict(state["coefficients"])
-        last = state["coefficients"].get("last_applied")
-        if last:
-            import revtal
-
-            revtal.set_coefficients(trainer.model, last["alpha"], last["beta"])
+    apply_trained_coefficients(trainer.model, state)
 
 
 class evaluate:

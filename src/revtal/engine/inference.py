@@ -6,12 +6,11 @@ from pathlib import Path
 
 import torch
 
-import revtal
 from revtal.data.annotations import AnnotationSet
 from revtal.data.decoding import decode_frames, probe_video, sample_timestamps_evenly
 from revtal.data.timeline import grid_for_frames
 from revtal.data.transforms import build_transforms, to_float_video
-from revtal.engine.checkpoint import load_checkpoint
+from revtal.engine.checkpoint import apply_trained_coefficients, load_checkpoint
 from revtal.engine.config import Config, config_from_dict
 from revtal.engine.model import TALModel, build_model
 from revtal.engine.visualize import plot_timeline
@@ -38,9 +37,7 @@ class Detector:
         model = build_model(config, len(state["classes"]))
         weights = state["ema"]["shadow"] if state.get("ema") else state["model"]
         model.load_state_dict(weights)
-        last = (state.get("coefficients") or {}).get("last_applied")
-        if last:
-            revtal.set_coefficients(model, last["alpha"], last["beta"])
+        apply_trained_coefficients(model, state)
         return cls(model, config, list(state["classes"]))
 
     @torch.no_grad()
