@@ -239,3 +239,37 @@ def test_cli_reports_malformed_input(tmp_path, capsys):
     assert revtal_main(["evaluate", "--gt", str(tmp_path / "missing.json"), "--pred", str(pred_path)]) == 2
     with pytest.raises(SystemExit):
         revtal_main(["evaluate", "--gt", str(gt_path), "--pred", str(pred_path), "--tiou", "0.5,abc"])
+
+
+def test_cli_warns_about_predictions_for_videos_outside_the_ground_truth(tmp_path, capsys):
+    gt_path, pred_path = tmp_path / "gt.json", tmp_path / "pred.json"
+    gt_path.write_text(json.dumps(gt_json()))
+    pred_path.write_text(json.dumps(results(*PERFECT, ("v9", "A", 0.5, 0, 10), ("v9", "B", 0.4, 0, 10))))
+    assert revtal_main(["evaluate", "--gt", str(gt_path), "--pred", str(pred_path)]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1
+    assert "1 of 3 predicted videos are not in the ground truth" in warnings[0]
+    assert "2 predictions count as false positives" in warnings[0] and "'v9'" in warnings[0]
+
+
+@pytest.mark.parametrize("prefix_on", ["predictions", "ground truth"])
+def test_cli_hints_at_a_v_prefix_mismatch(prefix_on, tmp_path, capsys):
+    gt, rows = gt_json(), PERFECT
+    if prefix_on == "predictions":
+        rows = [("v_" + video, *rest) for video, *rest in PERFECT]
+    else:
+        gt = {"database": {"v_" + vid: entry for vid, entry in gt["database"].items()}}
+    gt_path, pred_path = tmp_path / "gt.json", tmp_path / "pred.json"
+    gt_path.write_text(json.dumps(gt))
+    pred_path.write_text(json.dumps(results(*rows)))
+    assert revtal_main(["evaluate", "--gt", str(gt_path), "--pred", str(pred_path)]) == 0
+    captured = capsys.readouterr()
+    assert "0.00" in captured.out
+    change = "removing" if prefix_on == "predictions" else "adding"
+    assert f"2 of them match a ground-truth video after {change} the 'v_' prefix" in captured.err
+    assert "2 ground-truth videos with actions have no predictions" in captured.err
+
+
+def test_matching_ids_give_no_warning():
+    result = evaluate_detection(gt_json(), results(*PERFECT), [0.5])
+    assert result.warnings == [] and result.average_mAP == pytest.approx(1.0)

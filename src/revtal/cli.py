@@ -3,6 +3,9 @@
 Each sub-command lives in the module that owns the feature; this file only maps names to modules, so importing
 the CLI stays cheap (torch is imported only by the command that runs). A command module (or the object named
 after ``module:``) defines ``add_arguments(parser)`` and ``run(args) -> int``.
+
+A user error raised by a command (see :mod:`revtal.errors`) is printed as one line, ``revtal <command>: error:
+...``, with exit code 2; ``--debug`` (before or after the command) or ``REVTAL_DEBUG=1`` adds the traceback.
 """
 
 from __future__ import annotations
@@ -10,6 +13,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
+
+from revtal.errors import USER_ERRORS, debug_requested
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("revtal.engine.demo", "the main job: synthetic data -> pretrain -> Dr2Net finetune for TAL -> evaluate"),
@@ -40,10 +46,13 @@ def _load(name: str):
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="revtal", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show the traceback of errors (also REVTAL_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, (_, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the traceback of errors (also REVTAL_DEBUG=1)")
         if name == chosen:
             _load(name).add_arguments(p)
     return parser
@@ -57,7 +66,25 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     module = _load(args.command)
-    return int(module.run(args) or 0)
+    debug = args.debug or debug_requested()
+    try:
+        return int(module.run(args) or 0)
+    except USER_ERRORS as err:
+        if debug:
+            traceback.print_exc()
+        print(f"revtal {args.command}: error: {one_line(err, debug)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"revtal {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def one_line(err: BaseException, debug: bool = False) -> str:
+    """The first line of an error message; a longer message says where the rest is."""
+    lines = str(err).strip().splitlines() or [type(err).__name__]
+    if len(lines) > 1 and not debug:
+        return f"{lines[0]} (details: rerun with --debug)"
+    return lines[0]
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ from revtal.data.decoding import (
 )
 from revtal.data.timeline import TemporalGrid, grid_for_frames, grid_for_snippets
 from revtal.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms, to_float_video
+from revtal.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
 MAX_WINDOW_TRIES = 10
 
 
-class FeatureFileError(RuntimeError):
+class FeatureFileError(RuntimeError, UserError):
     """A feature file could not be read or has the wrong shape; ``path`` names it."""
 
     def __init__(self, path: str | os.PathLike, reason: str):

@@ -26,8 +26,10 @@ from pathlib import Path
 import av
 import numpy as np
 
+from revtal.errors import UserError
 
-class VideoDecodeError(RuntimeError):
+
+class VideoDecodeError(RuntimeError, UserError):
     """A video file could not be opened or decoded (missing, corrupt or truncated); ``path`` names it."""
 
     def __init__(self, path: str | os.PathLike, reason: str):

@@ -36,15 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from revtal.data.annotations import AnnotationError
     from revtal.evaluation.detection import evaluate_detection
 
     thresholds = args.tiou if args.tiou is not None else (args.dataset or "anet")
-    try:
-        result = evaluate_detection(args.gt, args.pred, thresholds, subset=args.subset)
-    except (AnnotationError, FileNotFoundError, ValueError) as err:
-        print(f"revtal evaluate: error: {err}", file=sys.stderr)
-        return 2
+    # bad files or fields raise user errors, which revtal.cli prints as one line with exit code 2
+    result = evaluate_detection(args.gt, args.pred, thresholds, subset=args.subset)
+    for warning in result.warnings:
+        print(f"revtal evaluate: warning: {warning}", file=sys.stderr)
     print(f"ground truth: {args.gt}" + (f" (subset {args.subset})" if args.subset else ""))
     print(f"predictions:  {args.pred}")
     print(f"classes evaluated: {len(result.classes)}")

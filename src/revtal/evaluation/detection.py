@@ -33,7 +33,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -141,6 +141,7 @@ class DetectionResult:
     average_mAP: float
     per_class_ap: np.ndarray  # (num_thresholds, num_classes), columns in the order of ``classes``
     classes: list[str]  # the evaluated classes: those with ground truth in the subset
+    warnings: list[str] = field(default_factory=list)  # what the score silently depends on (see video_id_warnings)
 
     def to_json(self) -> dict:
         return {"tiou": [float(t) for t in self.tiou], "mAP": [float(m) for m in self.mAP], "average_mAP": float(self.average_mAP)}
@@ -204,8 +205,11 @@ def evaluate_detection(ground_truth, predictions, tiou_thresholds=ANET_TIOU, sub
             video_ids.append(video_id)
             segments.append(prediction["segment"])
             scores.append(prediction["score"])
+    warnings = video_id_warnings(annotations, results, subset)
     if ignored:
-        log.warning("predictions with labels that have no ground truth in the evaluated set are ignored: %s", ignored)
+        warnings.append(f"predictions with labels that have no ground truth in the evaluated set are ignored: {ignored}")
+    for warning in warnings:  # returned, not logged: `revtal evaluate` prints them as its warnings
+        log.debug("%s", warning)
 
     per_class_ap = np.zeros((thresholds.size, len(evaluated)))
     for column, label in enumerate(evaluated):
@@ -219,7 +223,43 @@ def evaluate_detection(ground_truth, predictions, tiou_thresholds=ANET_TIOU, sub
         average_mAP=float(mean_ap.mean()),
         per_class_ap=per_class_ap,
         classes=[annotations.classes[c] for c in evaluated],
+        warnings=warnings,
     )
+
+
+def _examples(ids: Sequence[str], limit: int = 3) -> str:
+    return ", ".join(repr(v) for v in ids[:limit]) + (", ..." if len(ids) > limit else "")
+
+
+def _prefix_variants(video_id: str) -> tuple[str, ...]:
+    """The id with ActivityNet's ``v_`` download prefix removed or added."""
+    return (video_id[2:],) if video_id.startswith("v_") else (f"v_{video_id}",)
+
+
+def video_id_warnings(annotations: AnnotationSet, results: Mapping[str, list], subset=None) -> list[str]:
+    """Say when prediction video ids and ground-truth ids disagree: predictions for videos outside the ground truth
+    count as false positives, so an id mismatch (most often ActivityNet's ``v_`` prefix on one side only) shows
+    up only as a low score."""
+    where = f"the ground truth (subset {subset!r})" if subset is not None else "the ground truth"
+    unknown = [vid for vid in results if vid not in annotations.videos]
+    messages = []
+    if unknown:
+        count = sum(len(results[vid]) for vid in unknown)
+        messages.append(
+            f"{len(unknown)} of {len(results)} predicted videos are not in {where}; their {count} predictions count "
+            f"as false positives: {_examples(unknown)}"
+        )
+        prefixed = [vid for vid in unknown if any(v in annotations.videos for v in _prefix_variants(vid))]
+        if prefixed:
+            change = "removing" if prefixed[0].startswith("v_") else "adding"
+            messages.append(
+                f"{len(prefixed)} of them match a ground-truth video after {change} the 'v_' prefix (e.g. "
+                f"{prefixed[0]!r} -> {_prefix_variants(prefixed[0])[0]!r}): the two files name videos differently"
+            )
+    unpredicted = [vid for vid, ann in annotations.videos.items() if len(ann.labels) and vid not in results]
+    if unknown and unpredicted:
+        messages.append(f"{len(unpredicted)} ground-truth videos with actions have no predictions: {_examples(unpredicted)}")
+    return messages
 
 
 @dataclass

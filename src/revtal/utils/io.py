@@ -1,19 +1,83 @@
 """Atomic file writes: a temporary file in the target's directory, fsynced, then renamed over the target, so a crash
-mid-write never leaves a truncated checkpoint or results file behind."""
+mid-write never leaves a truncated checkpoint or results file behind.
+
+The temporary file is named ``.<target name>.<writer pid>.<random>.tmp``. A writer killed mid-write (SIGKILL, power
+loss) cannot remove its own; :func:`remove_stray_temporaries` removes those whose writer is no longer running (and
+those of the older ``.<name>.<random>.tmp`` form, which carry no pid), and every write calls it for its own target,
+so a resumed run leaves no stray file behind. The result gets the permissions of an ordinary new file (0666 minus
+the umask) or keeps those of the file it replaces, not the 0600 of a temporary file.
+"""
 
 from __future__ import annotations
 
+import errno
 import os
+import re
+import stat
 import tempfile
 from pathlib import Path
 from typing import IO, Callable
+
+# ".<name>.<pid>.<random>.tmp" (this module) or ".<name>.<random>.tmp" (revtal before the pid was added);
+# tempfile's random part is 8 characters of [a-z0-9_]
+_TEMPORARY = re.compile(r"^\.(?P<name>.+?)\.(?:(?P<pid>\d+)\.)?[a-z0-9_]{8}\.tmp$")
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except OSError as err:
+        return err.errno != errno.ESRCH
+    return True
+
+
+def remove_stray_temporaries(directory: str | os.PathLike, target_name: str | None = None) -> list[Path]:
+    """Remove the temporary files that interrupted :func:`atomic_write` calls left in ``directory`` (only those of
+    ``target_name`` when given); a file whose writer process is still running is left alone. Returns the removed
+    paths."""
+    directory = Path(directory)
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for entry in entries:
+        match = _TEMPORARY.match(entry.name)
+        if not match or (target_name is not None and match["name"] != target_name):
+            continue
+        if match["pid"] is not None and _process_alive(int(match["pid"])):
+            continue
+        try:
+            if entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except FileNotFoundError:  # removed by someone else meanwhile
+            pass
+    return removed
+
+
+def _new_file_mode(path: Path) -> int:
+    try:
+        return stat.S_IMODE(path.stat().st_mode)  # replacing a file keeps its permissions
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: bool = True) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stray_temporaries(path.parent, path.name)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _new_file_mode(path))
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as fh:
             write(fh)
             fh.flush()
