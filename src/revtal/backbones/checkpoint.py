@@ -30,14 +30,15 @@ _LIST_LIMIT = 40
 
 
 class CheckpointMismatchError(ValueError):
-    """The checkpoint's keys or shapes do not match the model (``strict=True``)."""
+    """The checkpoint's keys or shapes do not match the model (``strict=True``). The first line of the message is
+    :meth:`LoadReport.summary` (what the command line prints); the key-by-key listing follows."""
 
-    def __init__(self, source: str, report: "LoadReport"):
+    def __init__(self, source: str, report: "LoadReport", hint: str = ""):
         self.source = source
         self.report = report
         super().__init__(
-            f"checkpoint {source} does not match the model:\n{report.describe()}\n"
-            "Pass strict=False to load the matching tensors and skip the rest (a warning lists them)."
+            f"{report.summary(source)}\n{report.describe()}\n"
+            + (hint or "Pass strict=False to load the matching tensors and skip the rest (a warning lists them).")
         )
 
 
@@ -54,6 +55,40 @@ class LoadReport:
     def clean(self) -> bool:
         return not (self.missing or self.unexpected or self.mismatched)
 
+    def summary(self, source: str, limit: int = 3) -> str:
+        """One line: the counts of missing / unexpected / shape-mismatched keys, a few of each, the likely cause."""
+        parts = []
+        for name, items in (("missing", self.missing), ("unexpected", self.unexpected),
+                            ("shape-mismatched", [f"{k} {tuple(a)} vs {tuple(b)}" for k, a, b in self.mismatched])):
+            if items:
+                shown = ", ".join(items[:limit]) + (", ..." if len(items) > limit else "")
+                parts.append(f"{len(items)} {name} ({shown})")
+        return f"checkpoint {source} does not fit this model: {'; '.join(parts)}. Likely cause: {self.likely_cause()}"
+
+    def likely_cause(self) -> str:
+        """The most plausible reason for the mismatch, from the pattern of the keys."""
+        prefix = _shared_prefix_shift(self.unexpected, self.missing)
+        if prefix:
+            return (f"the checkpoint's keys carry an extra prefix {prefix!r} (a wrapped model, e.g. DDP or a larger "
+                    "network)")
+        prefix = _shared_prefix_shift(self.missing, self.unexpected)
+        if prefix:
+            return (f"the checkpoint holds only a part of the model (its keys lack the prefix {prefix!r}), e.g. a "
+                    "bare backbone: load it as the backbone's pretrained weights instead")
+        if _same_layers_nested_differently(self.missing, self.unexpected):
+            return ("the same layers under other module paths: the checkpoint was trained in another backbone.mode "
+                    "(e.g. losa wraps the backbone with adapters) or by another version of the model")
+        if self.mismatched and not (self.missing or self.unexpected):
+            return ("the same layers with other sizes: the checkpoint was made with other dimensions (number of "
+                    "classes, widths, frames or image size); use the config it was trained with")
+        if self.missing and not self.unexpected:
+            return (f"the model has parts the checkpoint lacks (under {_main_group(self.missing)!r}): the checkpoint "
+                    "was trained with another mode or other options (e.g. adapters, more blocks)")
+        if self.unexpected and not self.missing:
+            return (f"the checkpoint has parts the model lacks (under {_main_group(self.unexpected)!r}): it was "
+                    "trained with another mode or other options (e.g. adapters, more blocks)")
+        return "the checkpoint is of another architecture (a different backbone or localizer)"
+
     def describe(self) -> str:
         lines = []
         for title, items in (
@@ -69,6 +104,52 @@ class LoadReport:
         if self.dropped:
             lines.append(f"  dropped on purpose [{len(self.dropped)}]: {_short_list(self.dropped)}")
         return "\n".join(lines) if lines else "  all keys and shapes match"
+
+
+def _shared_prefix_shift(longer: list[str], shorter: list[str]) -> str:
+    """A prefix ``p`` with ``p + k`` in ``longer`` for most ``k`` in ``shorter`` (at least half), else ''."""
+    if not longer or not shorter:
+        return ""
+    counts: dict[str, int] = {}
+    by_tail = set(shorter)
+    for key in longer:
+        parts = key.split(".")
+        for i in range(1, len(parts)):
+            if ".".join(parts[i:]) in by_tail:
+                prefix = ".".join(parts[:i]) + "."
+                counts[prefix] = counts.get(prefix, 0) + 1
+                break
+    if not counts:
+        return ""
+    prefix, count = max(counts.items(), key=lambda item: item[1])
+    return prefix if count >= max(1, len(shorter) // 2) else ""
+
+
+def _same_layers_nested_differently(missing: list[str], unexpected: list[str]) -> bool:
+    """Most keys of the smaller side end like a key of the other (last three parts equal)."""
+    if not missing or not unexpected:
+        return False
+    tails = [{".".join(k.split(".")[-3:]) for k in keys} for keys in (missing, unexpected)]
+    smaller = min(tails, key=len)
+    return len(tails[0] & tails[1]) >= max(1, len(smaller) // 2)
+
+
+def _main_group(keys: list[str]) -> str:
+    """The dotted module path (up to three parts) most of ``keys`` fall under."""
+    counts: dict[str, int] = {}
+    for key in keys:
+        group = ".".join(key.split(".")[:-1][:3]) or key
+        counts[group] = counts.get(group, 0) + 1
+    return max(counts.items(), key=lambda item: item[1])[0]
+
+
+def load_model_state(module: nn.Module, state_dict: Mapping[str, Tensor], source: str, hint: str = "") -> None:
+    """``module.load_state_dict(state_dict)`` (strict) that, on a mismatch, raises :class:`CheckpointMismatchError`
+    whose first line is a summary (counts, a few keys, the likely cause) instead of PyTorch's key dump."""
+    report = compare(module, dict(state_dict))
+    if not report.clean:
+        raise CheckpointMismatchError(source, report, hint)
+    module.load_state_dict(state_dict)
 
 
 def _short_list(items: list[str]) -> str:
