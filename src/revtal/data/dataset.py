@@ -1,6 +1,6 @@
 """TAL datasets over videos (decoded on the fly) or precomputed features, their collate function and loader.
 
-An item is one video (or, when training with ``window``, one random window of it) turned into a sequence on a
+An item is one video (or, when training with a crop, one random part of it) turned into a sequence on a
 :class:`~revtal.data.timeline.TemporalGrid`: position ``i`` of the sequence is centred at
 ``item["grid"].to_seconds(i)`` seconds of the *video*. Segments stay in seconds; the trainer maps them to its
 feature grid with ``item["grid"].coarsened(backbone_stride)``.
@@ -16,11 +16,12 @@ Input arrangements (``mode``):
   (num_clips, C, clip_frames, H, W). ``fps`` defaults to the annotation's, then the file's. Clips cover the whole
   video; frames past the end repeat the last one.
 
-Training windows (``train=True`` and ``window=W``, ActionFormer style): a sequence longer than ``W`` positions is
-cut at a random start, retried up to 10 times until some action keeps at least ``trunc_thresh`` of its length
-inside; segments are clipped to the window and those left empty dropped. A shorter sequence is padded to ``W``
-with ``frame_mask`` false. Evaluation items always hold the whole video (``window`` is ignored), so their lengths
-differ and :func:`collate_tal` pads them. Training drops videos without any action instance.
+Training crops (``train=True``; :mod:`revtal.data.crop`, ActionFormer's recipe): with ``crop_ratio=(low, high)``
+each item is a random ``low``–``high`` fraction of its sequence, with ``window=W`` a sequence longer than ``W``
+positions is cut to ``W`` and every item padded to ``W`` with the mask false. Ground truth is clipped to the crop,
+segments keeping less than ``trunc_thresh`` of their length are dropped, and the item's grid starts at the crop.
+Evaluation items always hold the whole video (no crop), so their lengths differ and :func:`collate_tal` pads them.
+Training drops videos without any action instance.
 
 Randomness (windows, augmentation) is a function of ``(seed, epoch, index)`` only, so results do not depend on the
 number of workers. :func:`build_loader`'s sampler passes the epoch along with each index, so even worker processes
@@ -48,6 +49,7 @@ import torch
 import torch.utils.data
 
 from revtal.data.annotations import AnnotationSet, VideoAnnotation, load_annotations
+from revtal.data.crop import TemporalCrop, choose_window, clip_segments, window_span  # noqa: F401 (re-exported)
 from revtal.data.decoding import (
     VideoDecodeError,
     decode_frames,
@@ -63,7 +65,6 @@ from revtal.errors import UserError
 log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
-MAX_WINDOW_TRIES = 10
 
 
 class FeatureFileError(RuntimeError, UserError):
@@ -97,59 +98,6 @@ def find_media_files(directory: str | os.PathLike, video_ids: Iterable[str], ext
     return found
 
 
-def choose_window(
-    length: int,
-    window: int,
-    grid: TemporalGrid,
-    segments: np.ndarray,
-    rng: np.random.Generator,
-    trunc_thresh: float = 0.5,
-) -> int:
-    """Start position of a random ``window``-long cut of a ``length``-long sequence on ``grid``.
-
-    Draws up to 10 uniform starts until some segment keeps at least ``trunc_thresh`` of its length inside the
-    window (ActionFormer's rule); if none does, the window is placed at random around one random segment (or
-    inside it, when the segment is longer than the window), so a training window never misses every action.
-    With no segment at all the first draw is taken.
-    """
-    if length <= window:
-        return 0
-    last_start = length - window
-    if not len(segments):
-        return int(rng.integers(0, last_start + 1))
-    lengths = segments[:, 1] - segments[:, 0]
-    for _ in range(MAX_WINDOW_TRIES):
-        start = int(rng.integers(0, last_start + 1))
-        lo, hi = window_span(grid, start, window)
-        kept = np.clip(np.minimum(segments[:, 1], hi) - np.maximum(segments[:, 0], lo), 0, None)
-        if np.any(kept >= trunc_thresh * np.maximum(lengths, 1e-9)):
-            return start
-    # segment edges in "position boundary" units: position i spans [i, i + 1)
-    first, end = grid.to_position(segments[int(rng.integers(len(segments)))]) + 0.5
-    if end - first <= window:
-        low, high = math.ceil(end) - window, math.floor(first)
-    else:
-        low, high = math.floor(first), math.ceil(end) - window
-    low, high = max(0, min(low, last_start)), max(0, min(high, last_start))
-    return int(rng.integers(min(low, high), max(low, high) + 1))
-
-
-def window_span(grid: TemporalGrid, start: int, count: int) -> tuple[float, float]:
-    """Seconds covered by positions ``start .. start+count-1``: each position owns half a step on either side."""
-    return float(grid.to_seconds(start - 0.5)), float(grid.to_seconds(start + count - 0.5))
-
-
-def clip_segments(segments: np.ndarray, labels: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
-    """Segments cut to ``[lo, hi]``; the ones left with no length are dropped."""
-    clipped = np.stack([np.maximum(segments[:, 0], lo), np.minimum(segments[:, 1], hi)], axis=1) if len(segments) else segments
-    keep = clipped[:, 1] > clipped[:, 0] if len(segments) else np.zeros(0, dtype=bool)
-    return clipped[keep], labels[keep]
-
-
-def _shifted(grid: TemporalGrid, start: int) -> TemporalGrid:
-    return TemporalGrid(step_s=grid.step_s, offset_s=grid.offset_s + start * grid.step_s)
-
-
 def _pad_time(tensor: torch.Tensor, dim: int, length: int, value=0) -> torch.Tensor:
     missing = length - tensor.shape[dim]
     if missing <= 0:
@@ -179,15 +127,15 @@ class _TALDatasetBase(torch.utils.data.Dataset):
         skip_bad_videos: bool,
         trunc_thresh: float,
         keep_empty: bool | None,
+        crop_ratio: tuple[float, float] | None = None,
     ):
         if not isinstance(annotations, AnnotationSet):
             annotations = load_annotations(annotations)
         if subset is not None:
             annotations = annotations.subset(subset)
-        if window is not None and window < 1:
-            raise ValueError(f"window must be a positive number of positions, got {window}")
         self.annotations = annotations
         self.classes = list(annotations.classes)
+        self.crop = TemporalCrop(window, tuple(crop_ratio) if crop_ratio is not None else None, trunc_thresh)
         self.train, self.window, self.seed = train, window, seed
         self.skip_bad_videos, self.trunc_thresh = skip_bad_videos, trunc_thresh
         self.epoch = 0
@@ -257,14 +205,9 @@ class _TALDatasetBase(torch.utils.data.Dataset):
 
     def _select(self, length: int, grid: TemporalGrid, ann: VideoAnnotation, rng: np.random.Generator):
         """(start, count, padded length, item grid, segments, labels) of this item's part of the sequence."""
-        segments, labels = ann.segments, ann.labels
-        if self.train and self.window is not None:
-            start = choose_window(length, self.window, grid, segments, rng, self.trunc_thresh)
-            count = min(self.window, length - start)
-            lo, hi = window_span(grid, start, self.window)
-            segments, labels = clip_segments(segments, labels, lo, hi)
-            return start, count, self.window, _shifted(grid, start), segments, labels
-        return 0, length, length, grid, segments, labels
+        if self.train:
+            return tuple(self.crop(length, grid, ann.segments, ann.labels, rng))
+        return 0, length, length, grid, ann.segments, ann.labels
 
     def _common_fields(self, ann: VideoAnnotation, grid: TemporalGrid, segments, labels) -> dict[str, Any]:
         return {
@@ -311,6 +254,7 @@ class VideoTALDataset(_TALDatasetBase):
         transform=None,
         decode_size: int | None = None,
         trunc_thresh: float = 0.5,
+        crop_ratio: tuple[float, float] | None = None,
         keep_empty: bool | None = None,
         extensions: Sequence[str] = VIDEO_EXTENSIONS,
         cache_mb: float = 0.0,
@@ -325,7 +269,7 @@ class VideoTALDataset(_TALDatasetBase):
             raise ValueError(f"fps must be > 0, got {fps}")
         super().__init__(
             annotations, video_dir, subset, extensions=extensions, train=train, window=window, seed=seed,
-            skip_bad_videos=skip_bad_videos, trunc_thresh=trunc_thresh, keep_empty=keep_empty,
+            skip_bad_videos=skip_bad_videos, trunc_thresh=trunc_thresh, keep_empty=keep_empty, crop_ratio=crop_ratio,
         )
         self.video_dir = Path(video_dir)
         self.mode, self.num_frames, self.img_size, self.fps = mode, num_frames, img_size, fps
@@ -414,13 +358,14 @@ class FeatureTALDataset(_TALDatasetBase):
         seed: int = 0,
         skip_bad_videos: bool = False,
         trunc_thresh: float = 0.5,
+        crop_ratio: tuple[float, float] | None = None,
         keep_empty: bool | None = None,
     ):
         if layout not in ("CT", "TC"):
             raise ValueError(f"layout must be 'CT' or 'TC', got {layout!r}")
         super().__init__(
             annotations, feature_dir, subset, extensions=(".npy",), train=train, window=window, seed=seed,
-            skip_bad_videos=skip_bad_videos, trunc_thresh=trunc_thresh, keep_empty=keep_empty,
+            skip_bad_videos=skip_bad_videos, trunc_thresh=trunc_thresh, keep_empty=keep_empty, crop_ratio=crop_ratio,
         )
         self.feature_dir = Path(feature_dir)
         self.fps, self.stride_frames, self.clip_frames, self.layout = fps, stride_frames, clip_frames, layout

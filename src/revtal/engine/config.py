@@ -50,6 +50,11 @@ class DataConfig:
     num_workers: int = 0
     skip_bad_videos: bool = False
     cache_mb: float = 0.0  # keep decoded frames in memory up to this many MiB per process (small datasets)
+    # training crops (revtal.data.crop): a random [low, high] fraction of each sequence; null: ActionFormer's THUMOS
+    # [0.9, 1.0] on features_dir, none on videos (whose frames are one backbone input); [1, 1] turns it off
+    crop_ratio: list | None = None
+    max_seq_len: int | None = None  # training sequences longer than this are cut to it; items padded to it
+    trunc_thresh: float = 0.5  # a cropped action keeping less of its length is dropped from the item
     mean: list = field(default_factory=lambda: [0.45, 0.45, 0.45])
     std: list = field(default_factory=lambda: [0.225, 0.225, 0.225])
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -150,6 +155,14 @@ class Config:
             )
         if self.data.mode not in ("frames", "snippets"):
             raise bad("data.mode", self.data.mode, ("frames", "snippets"))
+        ratio = self.data.crop_ratio
+        if ratio is not None and (len(ratio) != 2 or not all(isinstance(r, (int, float)) for r in ratio)
+                                  or not 0 < ratio[0] <= ratio[1] <= 1):
+            raise ConfigError(f"{source}: data.crop_ratio must be [low, high] with 0 < low <= high <= 1, got {ratio!r}")
+        if self.data.max_seq_len is not None and self.data.max_seq_len <= 0:
+            raise ConfigError(f"{source}: data.max_seq_len must be positive or null, got {self.data.max_seq_len!r}")
+        if not 0 <= self.data.trunc_thresh <= 1:
+            raise ConfigError(f"{source}: data.trunc_thresh must be in [0, 1], got {self.data.trunc_thresh!r}")
         if self.optim.amp not in ("none", "bf16", "fp16"):
             raise bad("optim.amp", self.optim.amp, ("none", "bf16", "fp16"))
         for key in ("data.num_frames", "data.img_size", "data.batch_size", "optim.epochs", "optim.accumulate"):

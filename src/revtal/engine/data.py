@@ -36,13 +36,16 @@ def prepare_annotations(config: Config, out_dir: Path) -> AnnotationSet:
 
 
 def build_datasets(config: Config, annotations: AnnotationSet):
+    from revtal.data.crop import THUMOS_CROP_RATIO
     from revtal.data.dataset import FeatureTALDataset, VideoTALDataset
 
     d = config.data
+    crop = dict(window=d.max_seq_len, trunc_thresh=d.trunc_thresh)
     if d.features_dir:
+        ratio = THUMOS_CROP_RATIO if d.crop_ratio is None else d.crop_ratio
         return tuple(
             FeatureTALDataset(d.features_dir, annotations, subset, train=train, seed=config.train.seed,
-                              skip_bad_videos=d.skip_bad_videos)
+                              skip_bad_videos=d.skip_bad_videos, crop_ratio=ratio, **crop)
             for subset, train in ((d.train_subset, True), (d.val_subset, False))
         )
 
@@ -50,7 +53,7 @@ def build_datasets(config: Config, annotations: AnnotationSet):
         return VideoTALDataset(
             annotations, d.video_dir, subset, mode=d.mode, num_frames=d.num_frames, img_size=d.img_size,
             train=train, skip_bad_videos=d.skip_bad_videos, seed=config.train.seed, mean=d.mean, std=d.std,
-            cache_mb=d.cache_mb,
+            cache_mb=d.cache_mb, crop_ratio=d.crop_ratio, **crop,
         )
 
     return make(d.train_subset, True), make(d.val_subset, False)
