@@ -166,6 +166,23 @@ def test_missing_and_corrupt_videos_error_or_skip_with_count(tmp_path, caplog):
     assert batch["video_id"] == ["c0", "c2", "c2"] and batch["skipped"] == ["c1"]
 
 
+def test_videos_without_annotations_and_skipped_videos_are_summarised(tmp_path, caplog):
+    ann, video_dir = _counter_set(tmp_path, durations=(3.0, 3.0, 3.0), segments=((0.5, 1.5),) * 3)
+    ann.videos["c2"].segments, ann.videos["c2"].labels = np.zeros((0, 2)), np.zeros(0, dtype=np.int64)
+    (video_dir / "c1.mp4").write_bytes(b"broken" * 100)
+    with caplog.at_level(logging.WARNING, logger="revtal.data.dataset"):
+        train = VideoTALDataset(ann, video_dir, None, num_frames=4, img_size=32, train=True, skip_bad_videos=True)
+    assert "leaving out 1 of 3 videos" in caplog.text and "no annotations: c2" in caplog.text
+    assert train.video_ids == ["c0", "c1"]
+    assert train.usage_summary() == "used 2 of 3 videos: left out 1 without annotations (c2)"
+    train[1]  # c1 is corrupt: skipped
+    assert train.usage_summary() == ("used 1 of 3 videos: skipped 1 unreadable or missing (c1); "
+                                     "left out 1 without annotations (c2)")
+    assert train.usage_summary(also_skipped=["c0"]).startswith("used 0 of 3 videos: skipped 2")
+    evaluation = VideoTALDataset(ann, video_dir, None, num_frames=4, img_size=32, skip_bad_videos=True)
+    assert evaluation.video_ids == ["c0", "c1", "c2"] and evaluation.usage_summary() is None  # kept for scoring
+
+
 def test_collate_pads_to_the_batch_max():
     items = [
         {"video": torch.ones(3, t, 2, 2), "frame_mask": torch.ones(t, dtype=torch.bool),

@@ -98,6 +98,10 @@ def find_media_files(directory: str | os.PathLike, video_ids: Iterable[str], ext
     return found
 
 
+def _examples(ids: Sequence[str], limit: int = 5) -> str:
+    return ", ".join(ids[:limit]) + (" ..." if len(ids) > limit else "")
+
+
 def _pad_time(tensor: torch.Tensor, dim: int, length: int, value=0) -> torch.Tensor:
     missing = length - tensor.shape[dim]
     if missing <= 0:
@@ -143,10 +147,16 @@ class _TALDatasetBase(torch.utils.data.Dataset):
 
         keep_empty = (not train) if keep_empty is None else keep_empty
         candidates = [vid for vid, ann in annotations.videos.items() if keep_empty or len(ann.labels)]
+        # training items need actions; say so rather than shrink the dataset silently
+        self.without_annotations = [vid for vid, ann in annotations.videos.items() if not keep_empty and not len(ann.labels)]
+        if self.without_annotations:
+            log.warning("leaving out %d of %d %ss%s that have no annotations: %s",
+                        len(self.without_annotations), len(annotations.videos), self.media_kind,
+                        f" of subset {subset!r}" if subset is not None else "", _examples(self.without_annotations))
         files = find_media_files(media_dir, candidates, extensions)
         missing = [vid for vid in candidates if vid not in files]
         if missing:
-            listed = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+            listed = _examples(missing)
             if not skip_bad_videos:
                 raise FileNotFoundError(
                     f"{len(missing)} of {len(candidates)} {self.media_kind}s have no file in {media_dir} "
@@ -199,9 +209,27 @@ class _TALDatasetBase(torch.utils.data.Dataset):
         lists of the batches a multi-worker loader produced); returns the count."""
         ids = set(self.skipped) | set(also_skipped)
         if ids:
-            total = len(self.video_ids) + len(set(self.skipped) - set(self.video_ids))
-            log.warning("skipped %d of %d %ss: %s", len(ids), total, self.media_kind, ", ".join(sorted(ids)))
+            log.warning("skipped %d of %d %ss: %s", len(ids), self._total(), self.media_kind, ", ".join(sorted(ids)))
         return len(ids)
+
+    def _total(self) -> int:
+        return len(self.video_ids) + len(set(self.skipped) - set(self.video_ids))
+
+    def usage_summary(self, also_skipped: Iterable[str] = ()) -> str | None:
+        """One line for the end of an epoch or run: how many videos were skipped as unreadable or missing
+        (``also_skipped`` as in :meth:`report_skipped`) and how many were left out for having no annotations;
+        None when every video was used."""
+        skipped = sorted(set(self.skipped) | set(also_skipped))
+        parts = []
+        if skipped:
+            parts.append(f"skipped {len(skipped)} unreadable or missing ({_examples(skipped)})")
+        if self.without_annotations:
+            parts.append(f"left out {len(self.without_annotations)} without annotations "
+                         f"({_examples(self.without_annotations)})")
+        if not parts:
+            return None
+        total = self._total() + len(self.without_annotations)
+        return f"used {total - len(skipped) - len(self.without_annotations)} of {total} {self.media_kind}s: " + "; ".join(parts)
 
     def _select(self, length: int, grid: TemporalGrid, ann: VideoAnnotation, rng: np.random.Generator):
         """(start, count, padded length, item grid, segments, labels) of this item's part of the sequence."""
