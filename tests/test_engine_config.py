@@ -33,7 +33,7 @@ def test_wrong_type_names_key_and_file(tmp_path):
 
 def test_overrides_parse_yaml_values():
     c = load_config(None, ["optim.head_lr=3e-4", "backbone.mode=re2", "eval.tiou=[0.5, 0.7]", "data.skip_bad_videos=true"])
-    assert c.optim.head_lr == 3e-4 and c.backbone.mode == "re2" and c.eval.tiou == [0.5, 0.7]
+    assert c.optim.head_lr == 3e-4 and c.backbone.mode == "re2" and c.eval.tiou == (0.5, 0.7)
     assert c.data.skip_bad_videos is True
     with pytest.raises(ConfigError, match="key=value"):
         load_config(None, ["optim.head_lr"])
@@ -46,3 +46,58 @@ def test_missing_file_and_bad_yaml(tmp_path):
     f.write_text("a: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(f)
+
+
+def test_config_is_immutable_and_with_values_validates():
+    import dataclasses
+
+    c = load_config(None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.data.annotations = "x.json"
+    with pytest.raises(TypeError, match="immutable"):
+        c.backbone.options["depth"] = 2
+    changed = c.with_values({"data.annotations": "x.json", "backbone.options.depth": 2})
+    assert (changed.data.annotations, changed.backbone.options["depth"]) == ("x.json", 2)
+    assert c.data.annotations == "" and "depth" not in c.backbone.options
+    with pytest.raises(ConfigError, match="unknown key 'data.anotations'"):
+        c.with_values({"data.anotations": "x.json"})
+
+
+def test_sections_of_other_components_are_typed_and_validated_at_load(tmp_path):
+    f = tmp_path / "bad.yaml"
+    for text, message in (
+        ("localizer:\n  options: {embed_dims: 8}\n", r"bad\.yaml: unknown key 'localizer\.options\.embed_dims'"),
+        ("localizer:\n  options: {regression_ranges: [[0, 4]]}\n", r"bad\.yaml: localizer\.options: .*ranges"),
+        ("localizer:\n  postprocess: {sigma: 0}\n", r"bad\.yaml: localizer\.postprocess: .*sigma"),
+        ("localizer:\n  postprocess: {sigma: wide}\n", r"localizer\.postprocess\.sigma must be a number"),
+        ("backbone:\n  losa: {fusion: magic}\n", r"bad\.yaml: backbone\.losa: .*fusion"),
+        ("backbone:\n  losa: {clip_frame: 8}\n", r"unknown key 'backbone\.losa\.clip_frame'"),
+        ("backbone:\n  schedule: {end: sometimes}\n", r"bad\.yaml: backbone\.schedule: .*end"),
+    ):
+        f.write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            load_config(f)
+
+
+def test_every_schedule_argument_is_reachable_from_yaml(tmp_path):
+    import inspect
+
+    from revtal.reversible.schedule import CoefficientSchedule
+
+    c = load_config(None, ["backbone.schedule.end=auto", "backbone.schedule.tolerance=1e-3",
+                           "backbone.schedule.curvature=2.5", "backbone.schedule.policy=exponential",
+                           "backbone.schedule.calibrate_points=5"])
+    schedule = c.backbone.schedule.build(iters_per_epoch=4)
+    assert (schedule.end, schedule.tolerance, schedule.curvature, schedule.policy) == ("auto", 1e-3, 2.5, "exponential")
+    assert c.backbone.schedule.calibrate_points == 5
+    arguments = set(inspect.signature(CoefficientSchedule.__init__).parameters) - {"self", "iters_per_epoch"}
+    assert arguments <= {f.name for f in __import__("dataclasses").fields(c.backbone.schedule)}
+
+
+def test_saved_config_round_trips_exactly(tmp_path):
+    from revtal.engine.config import config_from_dict, dump_config
+
+    c = load_config(CONFIGS[0], ["localizer.options.window_size=[3, 3, 3, 3, 3, -1]"])
+    dump_config(c, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == c
+    assert config_from_dict(c.to_dict()) == c

@@ -10,8 +10,8 @@ import torch.multiprocessing as mp
 
 from revtal.cli import main as cli_main
 from revtal.engine.config import config_from_dict
-from revtal.engine.data import prepare_annotations
-from revtal.engine.model import BACKBONE_MODES_BUILT
+from revtal.engine.data import resolve_dataset
+from revtal.engine.modes import mode_names
 from revtal.engine.trainer import Trainer
 
 
@@ -33,28 +33,23 @@ def tiny_config(out, **overrides):
         "eval": {"tiou": [0.3, 0.5, 0.7]},
         "train": {"out_dir": str(out), "log_every": 1},
     }
-    for key, value in overrides.items():
-        section, name = key.split("__")
-        config[section][name] = value
-    return config_from_dict(config, source="test")
+    config = config_from_dict(config, source="test")
+    return config.with_values({key.replace("__", "."): value for key, value in overrides.items()}, source="test")
 
 
 @pytest.fixture(scope="module")
 def dataset_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("tal")
-    config = tiny_config(root)
-    prepare_annotations(config, root)
+    config = resolve_dataset(tiny_config(root), root)
     return root, config.data.annotations, config.data.video_dir
 
 
 def _config(dataset_root, out, **overrides):
     _, annotations, video_dir = dataset_root
-    config = tiny_config(out, **overrides)
-    config.data.annotations, config.data.video_dir = annotations, video_dir
-    return config
+    return tiny_config(out, data__annotations=annotations, data__video_dir=video_dir, **overrides)
 
 
-@pytest.mark.parametrize("mode", BACKBONE_MODES_BUILT)
+@pytest.mark.parametrize("mode", mode_names())
 def test_one_epoch_per_mode(dataset_root, tmp_path, mode):
     config = _config(dataset_root, tmp_path, backbone__mode=mode)
     trainer = Trainer(config, progress=False)
@@ -186,8 +181,8 @@ def test_frozen_training_on_extracted_features(dataset_root, tmp_path):
     recipe = tmp_path / "recipe.yaml"
     dump_config(config, recipe)
     assert cli_main(["extract", str(recipe), "--features", str(tmp_path / "features"), "--out", str(tmp_path / "x")]) == 0
-    features = _config(dataset_root, tmp_path / "feat", backbone__mode="frozen")
-    features.data.features_dir = str(tmp_path / "features")
+    features = _config(dataset_root, tmp_path / "feat", backbone__mode="frozen",
+                       data__features_dir=str(tmp_path / "features"))
     trainer = Trainer(features, progress=False)
     assert trainer.model.extractor.out_channels == 32 and trainer.model.temporal_stride == 1
     metrics = trainer.fit()[-1].metrics
@@ -195,3 +190,43 @@ def test_frozen_training_on_extracted_features(dataset_root, tmp_path):
     with pytest.raises(Exception, match="needs backbone.mode: frozen"):
         bad = tiny_config(tmp_path / "bad", backbone__mode="dr2net", data__features_dir="x")
         del bad
+
+
+def test_saved_config_is_the_whole_job(tmp_path):
+    from revtal.engine.config import load_config
+
+    config = tiny_config(tmp_path / "run")  # no dataset configured: the synthetic one is generated and named
+    trainer = Trainer(config, progress=False)
+    saved = load_config(tmp_path / "run" / "config.yaml")
+    assert saved == trainer.config
+    assert saved.data.annotations and saved.data.video_dir
+    assert resolve_dataset(saved, tmp_path / "elsewhere") == saved  # re-running it uses the same data
+
+
+def test_auto_end_schedule_from_yaml_is_calibrated_before_training(dataset_root, tmp_path):
+    # a tolerance every point meets: the end point is the path's first point, the start, held for the whole run
+    config = _config(dataset_root, tmp_path, backbone__schedule={"end": "auto", "tolerance": 1e30, "curvature": 2.0,
+                                                                 "policy": "exponential", "every": 1,
+                                                                 "unit": "iteration", "end_epoch": 1.0,
+                                                                 "calibrate_points": 3})
+    trainer = Trainer(config, progress=False)
+    assert trainer.coefficients.curvature == 2.0 and trainer.coefficients.resolved_end is None
+    history = trainer.fit()
+    assert trainer.coefficients.resolved_end == (1.0, 0.1)
+    assert len(trainer.coefficients.report.measured) == 1
+    assert (history[-1].alpha, history[-1].beta) == (1.0, 13 / 128)  # β in use: the nearest dyadic
+
+
+def test_pretrained_checkpoint_layout_is_inferred_in_training(dataset_root, tmp_path):
+    from revtal.backbones import build
+
+    # learned position embedding, layer scale and no fc_norm: none of them what the recipe's options build
+    donor = build("vit_tiny_video", num_frames=8, img_size=16, patch_size=8, tubelet_size=2, depth=2, embed_dim=32,
+                  pos_embed="learned", init_values=0.5, use_mean_pooling=False)
+    torch.nn.init.normal_(donor.net.pos_embed)
+    torch.save(donor.net.state_dict(), tmp_path / "backbone.pt")
+    trainer = Trainer(_config(dataset_root, tmp_path / "run", backbone__mode="conventional",
+                              backbone__pretrained=str(tmp_path / "backbone.pt")), progress=False)
+    loaded = trainer.model.extractor.net.state_dict()
+    for key, value in donor.net.state_dict().items():
+        assert torch.equal(loaded[key], value), key

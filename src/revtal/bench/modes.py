@@ -1,22 +1,44 @@
 """The benchmarked training modes, each as the model one training step runs: a backbone in that mode plus a trivial
 head and loss.
 
-The head is a 1×1 temporal convolution to one channel and the loss the mean of its squared output: small next to
-any backbone, and something to train when the backbone is frozen. Every mode starts from the same randomly
-initialised backbone (same seed), so modes differ only in how they run and backpropagate it.
+Each benchmark mode is a training recipe's ``backbone`` section (:func:`training_settings`) and its backbone is
+built by that recipe's :class:`~revtal.engine.modes.TrainingMode`, the very object the trainer builds with: the
+benchmark measures the modules training runs. The head is a 1×1 temporal convolution to one channel and the loss
+the mean of its squared output: small next to any backbone, and something to train when the backbone is frozen.
+Every mode starts from the same randomly initialised backbone (same seed), so modes differ only in how they run and
+backpropagate it. The peers (RevLib, MemCNN) are not training modes: they wrap the conventional backbone's blocks.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import Tensor, nn
 
 import revtal
-from revtal.backbones import build
 from revtal.bench.configs import MODE_DESCRIPTIONS, PEER_MODES, BenchConfig, is_vit
 from revtal.bench.peers import PeerUnavailable, attach_peer
+
+if TYPE_CHECKING:
+    from revtal.engine.modes import TrainingMode
+
+# benchmark mode -> the backbone section of the training recipe it measures
+TRAINING_RECIPES: dict[str, Callable[[BenchConfig], dict[str, Any]]] = {
+    "conventional": lambda c: {"mode": "conventional"},
+    "frozen": lambda c: {"mode": "frozen"},
+    "checkpoint": lambda c: {"mode": "checkpoint"},
+    "re2": lambda c: {"mode": "re2"},
+    # a point the Dr²Net schedule passes through, held fixed: hard finetuning there with float backprop
+    "dr2net_float": lambda c: {"mode": "hard", "alpha": c.float_coefficients[0], "beta": c.float_coefficients[1],
+                               "backprop": "reversible"},
+    # Dr²Net dynamic finetuning as it starts (the schedule's first point), exact backprop
+    "dr2net_exact": lambda c: {"mode": "dr2net", "backprop": "exact",
+                               "schedule": {"alpha0": c.exact_coefficients[0], "beta0": c.exact_coefficients[1]}},
+    "losa": lambda c: {"mode": "losa", "losa": {"clip_frames": c.frames}},  # the benchmark clip is one LoSA clip
+    **{peer: (lambda c: {"mode": "conventional"}) for peer in PEER_MODES},
+}
 
 
 class ModeUnavailable(RuntimeError):
@@ -24,23 +46,26 @@ class ModeUnavailable(RuntimeError):
 
 
 class TrainingTarget(nn.Module):
-    """``video -> scalar loss``: features (trainable or, with ``frozen``, run under no_grad) and the head."""
+    """``video -> scalar loss``: the features, run as their training mode runs them (a frozen backbone under no_grad
+    in eval mode), and the head."""
 
-    def __init__(self, features: nn.Module, out_channels: int, frozen: bool = False):
+    def __init__(self, features: nn.Module, out_channels: int, mode: "TrainingMode"):
         super().__init__()
         self.features = features
-        self.frozen = frozen
-        if frozen:
-            features.requires_grad_(False)
+        self.mode = mode
         self.head = nn.Conv1d(out_channels, 1, kernel_size=1)
 
+    @property
+    def frozen(self) -> bool:
+        return not self.mode.backbone_grad
+
+    def train(self, training: bool = True) -> "TrainingTarget":
+        super().train(training)
+        self.mode.set_training(self.features, training)
+        return self
+
     def forward(self, video: Tensor) -> Tensor:
-        if self.frozen:
-            with torch.no_grad():
-                feats = self.features(video)
-        else:
-            feats = self.features(video)
-        return self.head(feats).pow(2).mean()
+        return self.head(self.mode.features(self.features, video)).pow(2).mean()
 
 
 @dataclass
@@ -50,51 +75,37 @@ class BuiltMode:
     info: dict = field(default_factory=dict)  # recorded with the measurement (coefficients in use, ...)
 
 
+def training_settings(config: BenchConfig):
+    """The training recipe's ``backbone`` section (:class:`~revtal.engine.config.BackboneConfig`) that
+    ``config``'s mode measures."""
+    from revtal.engine.config import config_from_dict
+
+    options = {"depth": config.depth} if config.depth is not None and is_vit(config.model) else {}
+    section = {"name": config.model, "options": options, **TRAINING_RECIPES[config.mode](config)}
+    return config_from_dict({"backbone": section}, source=f"benchmark mode {config.mode}").backbone
+
+
 def build_target(config: BenchConfig) -> BuiltMode:
-    """The model of ``config``: backbone built, put in the mode, wrapped with the head. Raises ModeUnavailable or
-    PeerUnavailable when an optional piece is missing."""
+    """The model of ``config``: backbone built and put in the mode by the training mode's own object, wrapped with
+    the head. Raises ModeUnavailable or PeerUnavailable when an optional piece is missing."""
+    from revtal.engine.modes import get_mode
+
+    settings = training_settings(config)
+    mode = get_mode(settings.mode)
     torch.manual_seed(config.seed)
-    opts = {"depth": config.depth} if config.depth is not None and is_vit(config.model) else {}
-    backbone = build(config.model, num_frames=config.frames, img_size=config.img_size, **opts)
+    try:
+        features = mode.build_extractor(settings, config.frames, config.img_size)
+    except ImportError as err:
+        raise ModeUnavailable(f"{config.mode}: a piece of this mode is not in this build: {err}") from err
+    backbone = getattr(features, "backbone", features)  # LoSA wraps the backbone
     depth = len(backbone.net.blocks) if is_vit(config.model) else None
-    info: dict = {"description": MODE_DESCRIPTIONS[config.mode]}
-    mode = config.mode
-    features: nn.Module = backbone
-    frozen = False
-    if mode == "conventional":
-        pass
-    elif mode == "frozen":
-        frozen = True
-    elif mode == "checkpoint":
-        revtal.convert(backbone, "original", backprop="checkpoint")
-    elif mode == "re2":
-        revtal.convert(backbone, "re2")
-    elif mode == "dr2net_float":
-        alpha, beta = config.float_coefficients
-        revtal.convert(backbone, "dr2net", alpha=alpha, beta=beta, backprop="reversible")
-    elif mode == "dr2net_exact":
-        alpha, beta = config.exact_coefficients
-        revtal.convert(backbone, "dr2net", alpha=alpha, beta=beta, backprop="exact")
-    elif mode == "losa":
-        features = _losa(backbone, config.frames)
-    elif mode in PEER_MODES:
+    info: dict = {"description": MODE_DESCRIPTIONS[config.mode], "training_mode": mode.name}
+    if config.mode in PEER_MODES:
         if not is_vit(config.model):
-            raise PeerUnavailable(f"{mode} peer: the peer stacks wrap ViT blocks; {config.model} is not a ViT")
-        attach_peer(backbone.net, mode)
-    else:  # configs validate modes; a mode listed there but not built here is a programming error
-        raise AssertionError(f"mode {mode!r} has no builder")
-    stages = revtal.reversible_stages(backbone)
+            raise PeerUnavailable(f"{config.mode} peer: the peer stacks wrap ViT blocks; {config.model} is not a ViT")
+        attach_peer(backbone.net, config.mode)
+    stages = revtal.reversible_stages(features)
     if stages:
         info["alpha"], info["beta"] = stages[0].alpha, stages[0].beta
         info["backprop"] = stages[0].backprop
-    out_channels = getattr(features, "out_channels", backbone.out_channels)
-    return BuiltMode(TrainingTarget(features, out_channels, frozen=frozen), depth, info)
-
-
-def _losa(backbone: nn.Module, frames: int) -> nn.Module:
-    """LoSA with its default choices, the benchmark clip being one backbone clip."""
-    try:
-        from revtal.adapters.losa import LoSA, LoSAConfig
-    except ImportError as err:
-        raise ModeUnavailable(f"LoSA adapters (revtal.adapters.losa) are not in this build: {err}") from err
-    return LoSA(backbone, LoSAConfig(clip_frames=frames))
+    return BuiltMode(TrainingTarget(features, features.out_channels, mode), depth, info)

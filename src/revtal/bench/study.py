@@ -149,21 +149,22 @@ def base_config(out: Path, quick: bool = False, epochs: int | None = None):
     everything tied to it (evaluation at the end, warmup, the Dr²Net schedule's end point at 60 %)."""
     from revtal.engine.demo import demo_config
 
-    config = demo_config(out, quick=quick)
-    config.backbone.losa = {"clip_frames": 8}
+    values: dict = {"backbone.losa": {"clip_frames": 8}}
     if quick:  # shrink the model too, so that a test of several entries stays within seconds
-        config.backbone.options.update(depth=2, embed_dim=32)
-        config.backbone.losa = {"clip_frames": 4, "dim": 32}
-        config.localizer.options.update(embed_dim=32, head_dim=32, num_heads=2, window_size=3, num_branch_blocks=1,
-                                        regression_ranges=[[0, 2], [2, 10000]])
-        config.data.cache_mb = 16
+        values.update({
+            "backbone.options.depth": 2, "backbone.options.embed_dim": 32,
+            "backbone.losa": {"clip_frames": 4, "dim": 32},
+            "localizer.options.embed_dim": 32, "localizer.options.head_dim": 32, "localizer.options.num_heads": 2,
+            "localizer.options.window_size": 3, "localizer.options.num_branch_blocks": 1,
+            "localizer.options.regression_ranges": [[0, 2], [2, 10000]],
+            "data.cache_mb": 16,
+        })
     if epochs is not None:
         if epochs <= 0:
             raise ValueError(f"--epochs must be positive, got {epochs}")
-        config.optim.epochs = epochs
-        config.optim.warmup_epochs = min(1.0, epochs / 4)
-        config.eval.every = epochs
-        config.backbone.schedule.end_epoch = max(1.0, 0.6 * epochs)
+        values.update({"optim.epochs": epochs, "optim.warmup_epochs": min(1.0, epochs / 4), "eval.every": epochs,
+                       "backbone.schedule.end_epoch": max(1.0, 0.6 * epochs)})
+    config = demo_config(out, quick=quick).with_values(values, source="revtal study")
     return config
 
 
@@ -397,7 +398,7 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from revtal.engine.config import dump_config
-    from revtal.engine.data import prepare_annotations
+    from revtal.engine.data import load_dataset_annotations, resolve_dataset
 
     if args.threads is not None:
         if args.threads <= 0:
@@ -413,9 +414,10 @@ def run(args) -> int:
     print(f"revtal study → {out}  ({len(entries)} entries; torch {torch.__version__}, {torch.get_num_threads()} threads)")
 
     base = base_config(out, quick=args.quick, epochs=args.epochs)
-    annotations = prepare_annotations(base, out)  # one dataset for every run (fills data.annotations / video_dir)
+    base = resolve_dataset(base, out)  # one dataset for every run
+    annotations = load_dataset_annotations(base)
     print(f"dataset: {len(annotations.videos)} videos, {len(annotations.classes)} classes → {base.data.annotations}")
-    base.backbone.pretrained = pretrained_checkpoint(args, base, out, seed=0)["checkpoint"]
+    base = base.with_values({"backbone.pretrained": pretrained_checkpoint(args, base, out, seed=0)["checkpoint"]})
     base_yaml = out / "base_config.yaml"
     dump_config(base, base_yaml)
 

@@ -50,7 +50,7 @@ def load_checkpoint(path: str | Path) -> dict:
 def apply_trained_coefficients(model, state: dict) -> None:
     """Put a Dr²Net model at the (α, β) it was last trained with (the schedule's ``last_applied`` in ``state``);
     a checkpoint without a schedule leaves the model's coefficients as built."""
-    last = (state.get("coefficients") or {}).get("last_applied")
+    last = ((state.get("mode") or {}).get("coefficients") or {}).get("last_applied")
     if last:
         from revtal.reversible import set_coefficients
 

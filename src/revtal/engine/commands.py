@@ -51,8 +51,7 @@ def _restore(trainer, checkpoint: str) -> None:
     trainer.model.load_state_dict(state["model"])
     if trainer.ema is not None and state.get("ema"):
         trainer.ema.load_state_dict(state["ema"])
-    if trainer.coefficients is not None and state.get("coefficients"):
-        trainer.coefficients.load_state_dict(state["coefficients"])
+    trainer.hooks.load_state_dict(state["mode"])
     apply_trained_coefficients(trainer.model, state)
 
 

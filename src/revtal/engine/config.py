@@ -1,29 +1,157 @@
-"""Training configuration: typed dataclasses, loaded from YAML and validated.
+"""Training configuration: typed, immutable dataclasses, loaded from YAML and validated once.
 
-Every key of a recipe must be a known field of the right type: a typo or a wrong type raises a :class:`ConfigError`
-naming the dotted key and the file, instead of silently training something else. ``--set a.b=c`` overrides parse
-their value as YAML (``--set optim.head_lr=3e-4``, ``--set backbone.mode=re2``).
+Every key of a recipe must be a known field of the right type: a typo, a wrong type or a value a section rejects
+raises a :class:`ConfigError` naming the dotted key and the file, at load time, instead of silently training
+something else (or failing an hour in). ``--set a.b=c`` overrides parse their value as YAML (``--set
+optim.head_lr=3e-4``, ``--set backbone.mode=re2``).
+
+A loaded :class:`Config` is frozen: nothing changes it while a job runs, so the ``config.yaml`` a run saves is the
+whole job (:meth:`Config.with_values` derives a changed copy, validated like a loaded one). Sections that configure
+another component's settings class are derived from that class rather than copying its fields
+(:func:`settings_section`): ``localizer.options`` is :class:`~revtal.localizers.actionformer.ActionFormerConfig`,
+``localizer.postprocess`` :class:`~revtal.localizers.postprocess.PostprocessConfig`, ``backbone.losa``
+:class:`~revtal.adapters.losa.LoSAConfig`, and ``backbone.schedule`` every argument of
+:class:`~revtal.reversible.schedule.CoefficientSchedule` (plus those of its ``calibrate``, prefixed ``calibrate_``,
+used by ``end: auto``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import yaml
 
-BACKBONE_MODES = ("frozen", "conventional", "checkpoint", "re2", "hard", "dr2net", "scratch", "losa")
+from revtal.adapters.losa import LoSAConfig
+from revtal.localizers.actionformer import ActionFormerConfig
+from revtal.localizers.postprocess import PostprocessConfig
+from revtal.reversible.schedule import CoefficientSchedule
 
 
 class ConfigError(ValueError):
     pass
 
 
-@dataclass
+class FrozenDict(dict):
+    """A read-only ``dict`` (free-form option mappings of an immutable config); picklable, YAML-dumpable via
+    :meth:`Config.to_dict`."""
+
+    def _readonly(self, *args, **kwargs):
+        raise TypeError("the config is immutable after loading: derive a changed copy with Config.with_values")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _readonly
+
+    def __reduce__(self):
+        return (FrozenDict, (dict(self),))
+
+    def __deepcopy__(self, memo):
+        return self  # immutable all the way down
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return FrozenDict({k: _freeze(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _thaw(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_thaw(v) for v in value]
+    return value
+
+
+# ------------------------------------------------------------------------------------- sections from other classes
+
+def settings_section(
+    name: str,
+    target: Callable,
+    fields: list[tuple[str, Any, Any]],
+    doc: str,
+    build: Callable[[Any], Any],
+) -> type:
+    """A frozen config section with ``fields`` ((name, type, default) each), whose ``build()`` returns ``target``'s
+    object. Loading validates the section by building it once, so a value ``target`` rejects fails at load."""
+    section = dataclasses.make_dataclass(
+        name,
+        [(n, t, field(default=_freeze(d))) for n, t, d in fields],
+        frozen=True,
+        namespace={"build": build, "__doc__": doc, "settings_class": target},
+    )
+    section.__module__ = __name__
+    return section
+
+
+def _fields_of_dataclass(cls: type) -> list[tuple[str, Any, Any]]:
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        out.append((f.name, hints[f.name], default))
+    return out
+
+
+def _fields_of_signature(fn: Callable, exclude: set[str], prefix: str = "",
+                         defaults: Mapping[str, Any] | None = None) -> list[tuple[str, Any, Any]]:
+    hints = typing.get_type_hints(fn)
+    out = []
+    for p in inspect.signature(fn).parameters.values():
+        if p.name in exclude or p.name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        default = (defaults or {}).get(p.name, p.default)
+        out.append((prefix + p.name, hints[p.name], default))
+    return out
+
+
+def _dataclass_section(name: str, cls: type, doc: str) -> type:
+    names = [f.name for f in dataclasses.fields(cls)]
+
+    def build(self):
+        return cls(**{n: getattr(self, n) for n in names})
+
+    return settings_section(name, cls, _fields_of_dataclass(cls), doc, build)
+
+
+LocalizerOptions = _dataclass_section("LocalizerOptions", ActionFormerConfig, "ActionFormerConfig fields.")
+PostprocessOptions = _dataclass_section("PostprocessOptions", PostprocessConfig, "PostprocessConfig fields.")
+LoSAOptions = _dataclass_section("LoSAOptions", LoSAConfig, "LoSAConfig fields (``backbone.mode: losa``).")
+
+# the schedule's iteration count comes from the data loader, its calibration's model and input from the run
+_SCHEDULE_RUNTIME = {"iters_per_epoch"}
+_CALIBRATE_RUNTIME = {"model", "example_input", "loss_fn", "autocast_dtype"}
+_SCHEDULE_FIELDS = _fields_of_signature(CoefficientSchedule.__init__, _SCHEDULE_RUNTIME, defaults={"end_epoch": 5.0})
+_CALIBRATE_FIELDS = _fields_of_signature(CoefficientSchedule.calibrate, _CALIBRATE_RUNTIME, prefix="calibrate_")
+
+
+def _build_schedule(self, iters_per_epoch: int = 1) -> CoefficientSchedule:
+    return CoefficientSchedule(**{n: getattr(self, n) for n, _, _ in _SCHEDULE_FIELDS}, iters_per_epoch=iters_per_epoch)
+
+
+ScheduleConfig = settings_section(
+    "ScheduleConfig", CoefficientSchedule, _SCHEDULE_FIELDS + _CALIBRATE_FIELDS,
+    "Dr²Net coefficient schedule: every CoefficientSchedule argument (see revtal.reversible.schedule), and the "
+    "calibrate_* arguments of the end: auto search.", _build_schedule,
+)
+
+
+def calibrate_options(schedule: Any) -> dict[str, Any]:
+    """The ``calibrate_*`` fields of a schedule section as keyword arguments of ``CoefficientSchedule.calibrate``."""
+    return {n[len("calibrate_"):]: getattr(schedule, n) for n, _, _ in _CALIBRATE_FIELDS}
+
+
+# ----------------------------------------------------------------------------------------------- own sections
+
+@dataclass(frozen=True)
 class SyntheticConfig:
     """The embedded default dataset, generated on first use when ``data.annotations`` is empty."""
 
@@ -36,7 +164,7 @@ class SyntheticConfig:
     max_duration: float = 32.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     annotations: str = ""  # ActivityNet-format JSON; empty → synthetic dataset under <out>/data
     video_dir: str = ""
@@ -52,35 +180,20 @@ class DataConfig:
     cache_mb: float = 0.0  # keep decoded frames in memory up to this many MiB per process (small datasets)
     # training crops (revtal.data.crop): a random [low, high] fraction of each sequence; null: ActionFormer's THUMOS
     # [0.9, 1.0] on features_dir, none on videos (whose frames are one backbone input); [1, 1] turns it off
-    crop_ratio: list | None = None
+    crop_ratio: tuple[float, float] | None = None
     max_seq_len: int | None = None  # training sequences longer than this are cut to it; items padded to it
     trunc_thresh: float = 0.5  # a cropped action keeping less of its length is dropped from the item
-    mean: list = field(default_factory=lambda: [0.45, 0.45, 0.45])
-    std: list = field(default_factory=lambda: [0.225, 0.225, 0.225])
+    mean: tuple[float, ...] = (0.45, 0.45, 0.45)
+    std: tuple[float, ...] = (0.225, 0.225, 0.225)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
-@dataclass
-class ScheduleConfig:
-    """Dr²Net coefficient schedule (see revtal.reversible.schedule)."""
-
-    alpha0: float = 1.0
-    alpha_end: float = 0.3
-    beta0: float = 0.1
-    beta_end: float = 0.7
-    policy: str = "linear"
-    order: str = "simultaneous"
-    every: int = 1
-    unit: str = "epoch"
-    end_epoch: float = 5.0
-
-
-@dataclass
+@dataclass(frozen=True)
 class BackboneConfig:
     name: str = "vit_tiny_video"
     pretrained: str = ""  # local checkpoint path of the backbone network
-    options: dict = field(default_factory=dict)  # extra keyword arguments of revtal.backbones.build
-    mode: str = "dr2net"
+    options: dict = field(default_factory=FrozenDict)  # extra keyword arguments of revtal.backbones.build
+    mode: str = "dr2net"  # a registered training mode (revtal.engine.modes)
     backprop: str = "exact"  # memory-free arithmetic of reversible modes: exact | reversible
     alpha: float = 0.3  # fixed coefficients of `hard` mode
     beta: float = 0.7
@@ -89,17 +202,17 @@ class BackboneConfig:
     monitor_every: int = 50
     monitor_tolerance: float = 1e-3
     monitor_fallback: str = "exact"
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    losa: dict = field(default_factory=dict)  # LoSAConfig fields for `losa` mode
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)  # type: ignore[valid-type]
+    losa: LoSAOptions = field(default_factory=LoSAOptions)  # type: ignore[valid-type]
 
 
-@dataclass
+@dataclass(frozen=True)
 class LocalizerConfig:
-    options: dict = field(default_factory=dict)  # ActionFormerConfig fields
-    postprocess: dict = field(default_factory=dict)  # PostprocessConfig fields
+    options: LocalizerOptions = field(default_factory=LocalizerOptions)  # type: ignore[valid-type]
+    postprocess: PostprocessOptions = field(default_factory=PostprocessOptions)  # type: ignore[valid-type]
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimConfig:
     epochs: int = 10
     backbone_lr: float = 1e-5
@@ -114,13 +227,13 @@ class OptimConfig:
     amp: str = "none"  # none | bf16 | fp16 (fp16 on CUDA only)
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalConfig:
-    tiou: list = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7])
+    tiou: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)
     every: int = 1  # evaluate every N epochs (and always after the last)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     out_dir: str = "runs/train"
     seed: int = 0
@@ -129,7 +242,7 @@ class TrainConfig:
     deterministic: bool = False
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -139,11 +252,13 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self, source: str = "<config>") -> "Config":
+        from revtal.engine.modes import mode_names
+
         def bad(key: str, value: Any, allowed) -> ConfigError:
             return ConfigError(f"{source}: {key} must be one of {list(allowed)}, got {value!r}")
 
-        if self.backbone.mode not in BACKBONE_MODES:
-            raise bad("backbone.mode", self.backbone.mode, BACKBONE_MODES)
+        if self.backbone.mode not in mode_names():
+            raise bad("backbone.mode", self.backbone.mode, mode_names())
         if self.backbone.backprop not in ("exact", "reversible"):
             raise bad("backbone.backprop", self.backbone.backprop, ("exact", "reversible"))
         if self.backbone.monitor_fallback not in ("exact", "vanilla"):
@@ -172,8 +287,18 @@ class Config:
         return self
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Plain dicts, lists and scalars (YAML, checkpoints); :func:`config_from_dict` reads it back equal."""
+        return _thaw(self)
 
+    def with_values(self, values: Mapping[str, Any], source: str = "<derived config>") -> "Config":
+        """A copy with dotted keys set (``{"data.annotations": path}``), validated like a loaded config."""
+        data = self.to_dict()
+        for key, value in values.items():
+            _set_dotted(data, key, _thaw(value), source)
+        return config_from_dict(data, source)
+
+
+# ------------------------------------------------------------------------------------------------------ loading
 
 def _check_type(value: Any, annotation: Any, key: str, source: str) -> Any:
     origin = typing.get_origin(annotation)
@@ -190,7 +315,7 @@ def _check_type(value: Any, annotation: Any, key: str, source: str) -> Any:
             return None
         raise ConfigError(f"{source}: {key} must be null, got {value!r}")
     if dataclasses.is_dataclass(annotation):
-        if not isinstance(value, dict):
+        if not isinstance(value, Mapping):
             raise ConfigError(f"{source}: {key} must be a mapping, got {type(value).__name__} {value!r}")
         return _build(annotation, value, key, source)
     if annotation is float:
@@ -207,13 +332,27 @@ def _check_type(value: Any, annotation: Any, key: str, source: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{source}: {key} must be an integer, got {type(value).__name__} {value!r}")
         return value
-    expected = {bool: bool, str: str, dict: dict, list: list}.get(annotation if origin is None else origin)
-    if expected is not None and not isinstance(value, expected):
-        raise ConfigError(f"{source}: {key} must be a {expected.__name__}, got {type(value).__name__} {value!r}")
+    if origin in (tuple, list) or annotation in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: {key} must be a list, got {type(value).__name__} {value!r}")
+        args = typing.get_args(annotation)
+        if not args:
+            return _freeze(value)
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):  # fixed length: tuple[float, float]
+            if len(value) != len(args):
+                raise ConfigError(f"{source}: {key} must have {len(args)} entries, got {len(value)}: {value!r}")
+            return tuple(_check_type(v, a, f"{key}[{i}]", source) for i, (v, a) in enumerate(zip(value, args)))
+        return tuple(_check_type(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value))
+    if annotation is dict or origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{source}: {key} must be a mapping, got {type(value).__name__} {value!r}")
+        return _freeze(value)
+    if annotation in (bool, str) and not isinstance(value, annotation):
+        raise ConfigError(f"{source}: {key} must be a {annotation.__name__}, got {type(value).__name__} {value!r}")
     return value
 
 
-def _build(cls: type, data: dict, prefix: str, source: str):
+def _build(cls: type, data: Mapping, prefix: str, source: str):
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     for key in data:
@@ -224,20 +363,30 @@ def _build(cls: type, data: dict, prefix: str, source: str):
         name: _check_type(value, hints[name], f"{prefix}.{name}" if prefix else name, source)
         for name, value in data.items()
     }
-    return cls(**kwargs)
+    section = cls(**kwargs)
+    if hasattr(section, "settings_class"):
+        try:
+            section.build()  # the settings class validates its values: fail now, naming the section
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"{source}: {prefix}: {err}") from None
+    return section
+
+
+def _set_dotted(data: dict, key: str, value: Any, source: str) -> None:
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{source}: {key}: {part!r} is not a section")
+    node[parts[-1]] = value
 
 
 def _apply_override(data: dict, assignment: str) -> None:
     if "=" not in assignment:
         raise ConfigError(f"--set expects key=value, got {assignment!r}")
     key, raw = assignment.split("=", 1)
-    parts = key.strip().split(".")
-    node = data
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"--set {key}: {part!r} is not a section")
-    node[parts[-1]] = yaml.safe_load(raw)
+    _set_dotted(data, key, yaml.safe_load(raw), f"--set {key}")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -259,7 +408,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return _build(Config, data, "", source + (" (with --set overrides)" if overrides else "")).validate(source)
 
 
-def config_from_dict(data: dict, source: str = "<dict>") -> Config:
+def config_from_dict(data: Mapping, source: str = "<dict>") -> Config:
     return _build(Config, data, "", source).validate(source)
 
 

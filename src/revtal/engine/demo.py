@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from pathlib import Path
@@ -114,7 +113,7 @@ def pretrain_backbone(config: Config, out: Path, steps: int, seed: int = 0) -> d
 
 
 def run(args) -> int:
-    from revtal.engine.data import prepare_annotations, synthetic_dir
+    from revtal.engine.data import load_dataset_annotations, resolve_dataset
     from revtal.engine.inference import Detector
     from revtal.engine.trainer import Trainer
 
@@ -126,7 +125,8 @@ def run(args) -> int:
     print(f"revtal demo → {out}  (torch {torch.__version__}, {torch.get_num_threads()} threads)")
 
     print("[1/5] synthetic dataset")
-    annotations = prepare_annotations(copy.deepcopy(base), out)
+    base = resolve_dataset(base, out)
+    annotations = load_dataset_annotations(base)
     s = base.data.synthetic
     print(f"      {len(annotations.videos)} videos, {len(annotations.classes)} classes ({', '.join(annotations.classes)})")
 
@@ -137,16 +137,14 @@ def run(args) -> int:
     rows = []
     for index, mode in enumerate(modes):
         print(f"[3/5] TAL training, mode {mode} ({index + 1}/{len(modes)})")
-        config = copy.deepcopy(base)
-        config.backbone.mode = mode
-        config.backbone.pretrained = pretrain["checkpoint"]
-        config.train.out_dir = str(out / mode)
+        config = base.with_values({"backbone.mode": mode, "backbone.pretrained": pretrain["checkpoint"],
+                                   "train.out_dir": str(out / mode)}, source=f"revtal demo ({mode})")
         trainer = Trainer(config)
         history = trainer.fit()
         last = history[-1]
         rows.append({
             "mode": mode,
-            "backprop": config.backbone.backprop if mode == "dr2net" else "autograd" if mode != "frozen" else "none",
+            "backprop": backprop_label(trainer.model),
             "average_mAP": last.metrics.get("average_mAP", float("nan")),
             "mAP": last.metrics.get("mAP", []),
             "backbone_saved_bytes": last.backbone_memory_bytes,
@@ -166,7 +164,7 @@ def run(args) -> int:
     best_mode = modes[0]
     detector = Detector.from_checkpoint(out / best_mode / "last.pt")
     val_ids = [v for v, a in annotations.videos.items() if a.subset == "validation"][: (2 if args.quick else 6)]
-    video_dir = synthetic_dir(base, out) / "videos"
+    video_dir = Path(base.data.video_dir)
     for video_id in val_ids:
         path = next(video_dir.glob(f"{video_id}.*"))
         result = detector.detect_file(path, duration=annotations.videos[video_id].duration)
@@ -188,6 +186,16 @@ def run(args) -> int:
     (out / "summary.md").write_text(table + "\n")
     print(f"done in {summary['wall_time_s'] / 60:.1f} min; summary in {out / 'summary.json'}")
     return 0
+
+
+def backprop_label(model) -> str:
+    """How the backbone backpropagates: its reversible stages' arithmetic, autograd, or none (frozen)."""
+    import revtal
+
+    if model.frozen_backbone:
+        return "none"
+    stages = revtal.reversible_stages(model.extractor)
+    return stages[0].backprop if stages else "autograd"
 
 
 def format_table(rows: list[dict]) -> str:

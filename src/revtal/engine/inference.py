@@ -14,7 +14,7 @@ from revtal.engine.checkpoint import apply_trained_coefficients, load_checkpoint
 from revtal.engine.config import Config, config_from_dict
 from revtal.engine.model import TALModel, build_model
 from revtal.engine.visualize import plot_timeline
-from revtal.localizers.postprocess import PostprocessConfig, detections_to_seconds
+from revtal.localizers.postprocess import detections_to_seconds
 
 
 class Detector:
@@ -24,7 +24,7 @@ class Detector:
         self.classes = classes
         d = config.data
         self.transform = build_transforms(False, d.img_size, d.mean, d.std)
-        self.postprocess = PostprocessConfig(**config.localizer.postprocess)
+        self.postprocess = config.localizer.postprocess.build()
 
     @classmethod
     def from_checkpoint(cls, path: str | Path) -> "Detector":
@@ -32,8 +32,9 @@ class Detector:
         for key in ("config", "classes", "model"):
             if key not in state:
                 raise ValueError(f"{path}: not a revtal training checkpoint (no {key!r} entry)")
-        config = config_from_dict(state["config"], source=f"{path} (embedded config)")
-        config.backbone.pretrained = ""  # the trained weights come from the checkpoint itself
+        # the trained weights come from the checkpoint itself
+        config = config_from_dict(state["config"], source=f"{path} (embedded config)").with_values(
+            {"backbone.pretrained": ""})
         model = build_model(config, len(state["classes"]))
         weights = state["ema"]["shadow"] if state.get("ema") else state["model"]
         model.load_state_dict(weights)

@@ -1,40 +1,24 @@
-"""The TAL model: video → feature extractor (a backbone in one of the training modes, or LoSA) → ActionFormer.
+"""The TAL model: video → feature extractor (a backbone prepared by its training mode) → ActionFormer.
 
-Training modes of the backbone (``backbone.mode``):
-
-==============  ===========================================================================================
-``frozen``       backbone under ``no_grad`` in eval mode; only the localizer trains (head-only baseline)
-``conventional`` full end-to-end finetuning with plain autograd
-``checkpoint``   end to end, each block under ``torch.utils.checkpoint`` (non-reentrant)
-``re2``          Re²TAL: rewired to α=0, β=1 from the pretrained weights, float reversible backprop
-``hard``         Dr²Net "hard" finetuning: reversible at fixed (α, β) from the pretrained weights, no schedule
-``dr2net``       Dr²Net dynamic finetuning: starts at (α0, β0) ≈ the pretrained network and follows the schedule
-``scratch``      a reversible network at the schedule's end point trained from random initialisation
-``losa``         frozen backbone + LoSA adapters (no gradient through the backbone)
-==============  ===========================================================================================
+What each training mode builds and trains is :mod:`revtal.engine.modes`; this module only assembles the extractor
+a mode returns with the localizer.
 """
 
 from __future__ import annotations
 
-import dataclasses
+from pathlib import Path
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import revtal
-from revtal.backbones import build as build_backbone
 from revtal.engine.config import Config
-from revtal.localizers.actionformer import ActionFormer, ActionFormerConfig
-from revtal.reversible.schedule import CoefficientSchedule
+from revtal.engine.modes import TrainingMode, get_mode
+from revtal.localizers.actionformer import ActionFormer
 from revtal.utils.memory import SavedTensorMeter
 
 
-BACKBONE_MODES_BUILT = ("frozen", "conventional", "checkpoint", "re2", "hard", "dr2net", "scratch", "losa")
-
-
 class TALModel(nn.Module):
-    def __init__(self, extractor: nn.Module, localizer: ActionFormer, mode: str):
+    def __init__(self, extractor: nn.Module, localizer: ActionFormer, mode: TrainingMode):
         super().__init__()
         self.extractor = extractor
         self.localizer = localizer
@@ -46,7 +30,7 @@ class TALModel(nn.Module):
 
     @property
     def frozen_backbone(self) -> bool:
-        return self.mode == "frozen"
+        return not self.mode.backbone_grad
 
     @property
     def temporal_stride(self) -> int:
@@ -54,8 +38,7 @@ class TALModel(nn.Module):
 
     def train(self, mode: bool = True) -> "TALModel":
         super().train(mode)
-        if self.frozen_backbone:
-            self.extractor.eval()  # frozen means frozen BatchNorm statistics and no dropout too
+        self.mode.set_training(self.extractor, mode)
         return self
 
     def features(self, video: Tensor, frame_mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -70,10 +53,7 @@ class TALModel(nn.Module):
         return feats, feature_mask(frame_mask, self.temporal_stride, feats.shape[-1])
 
     def _extract(self, video: Tensor) -> Tensor:
-        if self.frozen_backbone:
-            with torch.no_grad():
-                return self.extractor(video)
-        return self.extractor(video)
+        return self.mode.features(self.extractor, video)
 
     def forward(self, video: Tensor, frame_mask: Tensor):
         feats, mask = self.features(video, frame_mask)
@@ -100,14 +80,6 @@ def feature_mask(frame_mask: Tensor, stride: int, length: int) -> Tensor:
     return pooled[:, :length] > 0
 
 
-def build_schedule(config: Config, iters_per_epoch: int) -> CoefficientSchedule:
-    s = config.backbone.schedule
-    return CoefficientSchedule(
-        s.alpha0, s.alpha_end, s.beta0, s.beta_end, policy=s.policy, order=s.order, every=s.every, unit=s.unit,
-        end_epoch=s.end_epoch, iters_per_epoch=iters_per_epoch,
-    )
-
-
 class PrecomputedFeatures(nn.Module):
     """Stands in for the backbone when training on features written by ``revtal extract``."""
 
@@ -123,7 +95,6 @@ class PrecomputedFeatures(nn.Module):
 
 def feature_channels(features_dir: str) -> int:
     import numpy as np
-    from pathlib import Path
 
     files = sorted(Path(features_dir).glob("*.npy"))
     if not files:
@@ -131,53 +102,15 @@ def feature_channels(features_dir: str) -> int:
     return int(np.load(files[0], mmap_mode="r").shape[0])
 
 
-def build_model(config: Config, num_classes: int) -> TALModel:
-    bcfg = config.backbone
-    mode = bcfg.mode
+def build_extractor(config: Config) -> nn.Module:
+    """The backbone of ``config`` as its training mode prepares it (or the stand-in for precomputed features)."""
     if config.data.features_dir:
-        extractor = PrecomputedFeatures(feature_channels(config.data.features_dir))
-        return TALModel(extractor, _localizer(config, extractor.out_channels, num_classes), mode)
-    # LoSA runs the backbone over clips of clip_frames; every other mode feeds it the whole sampled video
-    frames = config.data.num_frames
-    if mode == "losa":
-        from revtal.adapters.losa import LoSAConfig
-
-        frames = LoSAConfig.from_mapping(bcfg.losa, source="backbone.losa").clip_frames
-    backbone = build_backbone(bcfg.name, num_frames=frames, img_size=config.data.img_size, **bcfg.options)
-    if bcfg.pretrained and mode != "scratch":
-        backbone.load_checkpoint(bcfg.pretrained)
-    apply_backbone_mode(backbone, config)
-    extractor: nn.Module = backbone
-    if mode == "losa":
-        from revtal.adapters.losa import LoSA, LoSAConfig
-
-        extractor = LoSA(backbone, LoSAConfig.from_mapping(bcfg.losa, source="backbone.losa"))
-    elif mode == "frozen":
-        for p in backbone.parameters():
-            p.requires_grad_(False)
-    return TALModel(extractor, _localizer(config, extractor.out_channels, num_classes), mode)
+        return PrecomputedFeatures(feature_channels(config.data.features_dir))
+    mode = get_mode(config.backbone.mode)
+    return mode.build_extractor(config.backbone, config.data.num_frames, config.data.img_size)
 
 
-def _localizer(config: Config, in_channels: int, num_classes: int) -> ActionFormer:
-    known = {f.name for f in dataclasses.fields(ActionFormerConfig)}
-    unknown = sorted(set(config.localizer.options) - known)
-    if unknown:
-        raise ValueError(f"localizer.options: unknown ActionFormerConfig fields {unknown}")
-    options = {k: (tuple(map(tuple, v)) if k == "regression_ranges" else v) for k, v in config.localizer.options.items()}
-    return ActionFormer(in_channels, num_classes, ActionFormerConfig(**options))
-
-
-def apply_backbone_mode(backbone: nn.Module, config: Config) -> None:
-    """Convert the backbone for its training mode (in place)."""
-    bcfg = config.backbone
-    mode = bcfg.mode
-    if mode == "checkpoint":
-        revtal.convert(backbone, "original", backprop="checkpoint")
-    elif mode == "re2":
-        revtal.convert(backbone, "re2", backprop="reversible")
-    elif mode in ("hard", "scratch"):
-        alpha, beta = (bcfg.alpha, bcfg.beta) if mode == "hard" else (bcfg.schedule.alpha_end, bcfg.schedule.beta_end)
-        revtal.convert(backbone, "dr2net", alpha=alpha, beta=beta, backprop=bcfg.backprop, beta_bits=bcfg.beta_bits)
-    elif mode == "dr2net":
-        s = bcfg.schedule
-        revtal.convert(backbone, "dr2net", alpha=s.alpha0, beta=s.beta0, backprop=bcfg.backprop, beta_bits=bcfg.beta_bits)
+def build_model(config: Config, num_classes: int) -> TALModel:
+    extractor = build_extractor(config)
+    localizer = ActionFormer(extractor.out_channels, num_classes, config.localizer.options.build())
+    return TALModel(extractor, localizer, get_mode(config.backbone.mode))

@@ -26,13 +26,11 @@ from revtal.data.annotations import AnnotationSet, write_predictions
 from revtal.engine import distributed as dist_utils
 from revtal.engine.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
 from revtal.engine.config import Config, dump_config
-from revtal.engine.data import build_datasets, make_loader, prepare_annotations
-from revtal.engine.model import TALModel, build_model, build_schedule
+from revtal.engine.data import build_datasets, load_dataset_annotations, make_loader, resolve_dataset
+from revtal.engine.model import TALModel, build_model
 from revtal.engine.optim import ModelEMA, build_optimizer, warmup_cosine
 from revtal.evaluation.detection import evaluate_detection
-from revtal.localizers.postprocess import PostprocessConfig, detections_to_seconds
-from revtal.reversible import reversible_stages
-from revtal.reversible.safety import ReconstructionMonitor
+from revtal.localizers.postprocess import detections_to_seconds
 
 
 def model_inputs(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,7 +103,6 @@ class MetricLog:
 
 class Trainer:
     def __init__(self, config: Config, *, resume: str | Path | None = None, progress: bool = True):
-        self.config = config
         self.device = resolve_device(config.train.device)
         self.rank, self.world = dist_utils.init_from_env(self.device.type)
         if self.device.type == "cuda":
@@ -113,14 +110,16 @@ class Trainer:
         self.out_dir = Path(config.train.out_dir)
         self.main = dist_utils.is_main()
         self.progress = progress and self.main
+        config = resolve_dataset(config, self.out_dir)
+        self.config = config
         if self.main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            dump_config(config, self.out_dir / "config.yaml")
+            dump_config(config, self.out_dir / "config.yaml")  # the whole job: re-running it repeats the run
         seed_everything(config.train.seed)
         if config.train.deterministic:
             torch.use_deterministic_algorithms(True)
 
-        self.annotations: AnnotationSet = prepare_annotations(config, self.out_dir)
+        self.annotations: AnnotationSet = load_dataset_annotations(config)
         self.classes = self.annotations.classes
         self.train_set, self.val_set = build_datasets(config, self.annotations)
         self.train_loader = make_loader(self.train_set, config, train=True, rank=self.rank, world=self.world)
@@ -143,20 +142,12 @@ class Trainer:
             total_steps=ocfg.epochs * self.iters_per_epoch,
             min_ratio=ocfg.min_lr_ratio,
         )
-        self.coefficients = (
-            build_schedule(config, len(self.train_loader)) if config.backbone.mode == "dr2net" else None
-        )
+        self.hooks = self.model.mode.hooks(self.model, config.backbone, len(self.train_loader))
         self.ema = ModelEMA(self.model, ocfg.ema_decay) if ocfg.ema else None
-        self.monitor = None
-        bcfg = config.backbone
-        if bcfg.monitor_every > 0 and any(s.backprop == "reversible" for s in reversible_stages(self.model)):
-            self.monitor = ReconstructionMonitor(
-                self.model, every=bcfg.monitor_every, tolerance=bcfg.monitor_tolerance, fallback=bcfg.monitor_fallback
-            )
         self.scaler = torch.amp.GradScaler("cuda", enabled=ocfg.amp == "fp16" and self.device.type == "cuda")
         if ocfg.amp == "fp16" and self.device.type != "cuda":
             raise ValueError("optim.amp=fp16 needs CUDA; use bf16 on CPU")
-        self.postprocess = PostprocessConfig(**config.localizer.postprocess)
+        self.postprocess = config.localizer.postprocess.build()
         self.start_epoch = 0
         self.step = 0
         self.best_metric = -1.0
@@ -169,6 +160,16 @@ class Trainer:
         if self.progress:
             tqdm.write(f"{config.backbone.mode}: {counts['learnable']:,} learnable of {counts['total']:,} parameters")
 
+    @property
+    def coefficients(self):
+        """The mode's coefficient schedule (Dr²Net), or None."""
+        return self.hooks.schedule
+
+    @property
+    def monitor(self):
+        """The mode's float-reconstruction monitor, or None."""
+        return self.hooks.monitor
+
     # --------------------------------------------------------------------------------------------- checkpoints
     def state(self, epoch: int) -> dict:
         return {
@@ -177,8 +178,7 @@ class Trainer:
             "lr_schedule": self.lr_schedule.state_dict(),
             "scaler": self.scaler.state_dict(),
             "ema": self.ema.state_dict() if self.ema else None,
-            "coefficients": self.coefficients.state_dict() if self.coefficients else None,
-            "monitor": self.monitor.state_dict() if self.monitor else None,
+            "mode": self.hooks.state_dict(),
             "rng": rng_state(),
             "epoch": epoch,
             "step": self.step,
@@ -195,10 +195,7 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         if self.ema and state.get("ema"):
             self.ema.load_state_dict(state["ema"])
-        if self.coefficients and state.get("coefficients"):
-            self.coefficients.load_state_dict(state["coefficients"])
-        if self.monitor and state.get("monitor"):
-            self.monitor.load_state_dict(state["monitor"])
+        self.hooks.load_state_dict(state["mode"])
         set_rng_state(state["rng"])
         self.start_epoch = state["epoch"] + 1
         self.step = state["step"]
@@ -238,18 +235,16 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         alpha = beta = None
         for it, batch in enumerate(bar):
-            start = time.perf_counter()
-            if self.coefficients is not None:
-                alpha, beta = self.coefficients.apply(self.model, epoch, it)
             video, frame_mask = model_inputs(batch, self.device)
+            if epoch == self.start_epoch and it == 0:
+                self._start_hooks(video)
+            start = time.perf_counter()
+            coefficients = self.hooks.before_step(epoch, it, self.step)
+            if coefficients is not None:
+                alpha, beta = coefficients
             segments, labels = self._targets(batch)
             if it == 0 and self.device.type == "cpu":
                 self.model.measure_next_features = True
-            if self.monitor is not None:
-                self.monitor.before_forward(self.step)
-            verify_exact = self._exact_stages() if (epoch == self.start_epoch and it == 0) else []
-            for stage in verify_exact:
-                stage.verify_next_backward()
             with self.autocast():
                 output = self.net(video, frame_mask)
                 loss_dict = self.model.localizer.loss(output, segments, labels)
@@ -259,21 +254,11 @@ class Trainer:
                     f"non-finite loss at epoch {epoch + 1} step {it} (alpha={alpha}, beta={beta}): {loss_dict}"
                 )
             self.scaler.scale(loss / accumulate).backward()
-            for stage in verify_exact:
-                check = stage.last_check
-                if check is None or not check.bitwise:
-                    raise RuntimeError(
-                        f"exact backprop did not reconstruct the input of stage {stage.stage_name!r} bitwise on the "
-                        f"first training step (max abs error {getattr(check, 'max_abs_error', float('nan'))}): the "
-                        "blocks do not recompute deterministically. On CUDA set train.deterministic: true "
-                        "(torch.use_deterministic_algorithms) and CUBLAS_WORKSPACE_CONFIG=:4096:8."
-                    )
-            if self.monitor is not None:
-                for event in self.monitor.after_backward():
-                    self.log.log(self.step, {"safety/relative_error": event.relative_error, "safety/stage": event.stage,
-                                             "safety/fallback": event.fallback})
-                    if self.main:
-                        tqdm.write(event.message())
+            for event in self.hooks.after_backward():
+                self.log.log(self.step, {"safety/relative_error": event.relative_error, "safety/stage": event.stage,
+                                         "safety/fallback": event.fallback})
+                if self.main:
+                    tqdm.write(event.message())
             if (it + 1) % accumulate == 0 or it + 1 == len(self.train_loader):
                 if cfg.optim.clip_grad > 0:
                     self.scaler.unscale_(self.optimizer)
@@ -302,8 +287,11 @@ class Trainer:
             memory = torch.cuda.max_memory_allocated(self.device)
         return EpochStats(epoch, float(np.mean(losses)), float(np.median(times)), int(memory), memory_kind, alpha, beta)
 
-    def _exact_stages(self) -> list:
-        return [s for s in reversible_stages(self.model) if s.backprop == "exact"]
+    def _start_hooks(self, video: torch.Tensor) -> None:
+        """The mode's once-per-run preparation on the first batch (the end point of an ``end: auto`` schedule)."""
+        report = self.hooks.start(self.model.extractor, video)
+        if report and self.progress:
+            tqdm.write(report)
 
     def fit(self, max_epochs: int | None = None) -> list[EpochStats]:
         """Train from ``start_epoch`` to the configured end (or for at most ``max_epochs`` epochs of it: an

@@ -1,0 +1,66 @@
+"""One TrainingMode object per mode: the benchmark builds exactly the module the trainer trains."""
+
+import pytest
+import torch
+
+import revtal
+from revtal.bench.configs import PEER_MODES, BenchConfig
+from revtal.bench.modes import build_target
+from revtal.engine.config import config_from_dict
+from revtal.engine.modes import get_mode, mode_names
+from revtal.engine.trainer import Trainer
+
+# each benchmark mode, and the backbone section of the training recipe it claims to measure
+TRAINED_AS = {
+    "conventional": {"mode": "conventional"},
+    "frozen": {"mode": "frozen"},
+    "checkpoint": {"mode": "checkpoint"},
+    "re2": {"mode": "re2"},
+    "dr2net_float": {"mode": "hard", "alpha": 0.5, "beta": 0.5, "backprop": "reversible"},
+    "dr2net_exact": {"mode": "dr2net", "backprop": "exact", "schedule": {"alpha0": 1.0, "beta0": 0.1}},
+    "losa": {"mode": "losa", "losa": {"clip_frames": 4}},
+}
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("modes")
+
+
+def _structure(module: torch.nn.Module) -> list[tuple[str, str, bool]]:
+    return [(name, type(m).__name__, m.training) for name, m in module.named_modules()]
+
+
+@pytest.mark.parametrize("bench_mode", sorted(TRAINED_AS))
+def test_bench_module_is_the_trainers_module(bench_mode, data_root):
+    assert set(TRAINED_AS) | set(PEER_MODES) == set(__import__("revtal.bench.configs").bench.configs.MODES)
+    bench = build_target(BenchConfig("vit_tiny_video", bench_mode, depth=2, frames=4, img_size=16, batch=1)).target
+    config = config_from_dict({
+        "data": {"num_frames": 4, "img_size": 16,
+                 "synthetic": {"videos": 4, "classes": 2, "size": 16, "fps": 1.0, "min_duration": 4.0,
+                               "max_duration": 5.0}},
+        "backbone": {"name": "vit_tiny_video", "options": {"depth": 2}, **TRAINED_AS[bench_mode]},
+        "localizer": {"options": {"embed_dim": 16, "head_dim": 16, "num_heads": 2, "window_size": 3,
+                                  "num_branch_blocks": 1, "regression_ranges": [[0, 2], [2, 10000]]}},
+        "train": {"out_dir": str(data_root / bench_mode), "seed": 0},
+    })
+    trainer = Trainer(config, progress=False)
+    trained, benched = trainer.model.extractor, bench.features
+    trainer.model.train()
+    bench.train()
+    assert _structure(benched) == _structure(trained)
+    assert bench.frozen == trainer.model.frozen_backbone
+    assert [(n, p.requires_grad) for n, p in benched.named_parameters()] == \
+        [(n, p.requires_grad) for n, p in trained.named_parameters()]
+    trained_state = trained.state_dict()
+    for key, value in benched.state_dict().items():
+        assert torch.equal(value, trained_state[key]), key
+    assert [(s.alpha, s.beta, s.backprop) for s in revtal.reversible_stages(benched)] == \
+        [(s.alpha, s.beta, s.backprop) for s in revtal.reversible_stages(trained)]
+
+
+def test_registry_names_and_errors():
+    assert set(mode_names()) == {"frozen", "conventional", "checkpoint", "re2", "hard", "dr2net", "scratch", "losa"}
+    assert get_mode("dr2net").name == "dr2net"
+    with pytest.raises(ValueError, match="unknown training mode 'magic'"):
+        get_mode("magic")
