@@ -251,7 +251,11 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: in
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         gop = str(max(1, int(round(gop_s * fps))))
         if codec == "libx264":
-            stream.options = {"crf": str(crf), "preset": "veryfast", "g": gop, "keyint_min": gop}
+            # mbtree=0: x264's macroblock-tree rate control (SIMD path) encodes the same frames into different
+            # bitstreams from run to run, even single-threaded, so two generations of the dataset differed
+            # and so did every training on them; without it the output is bitwise repeatable (asm=0 also is)
+            stream.options = {"crf": str(crf), "preset": "veryfast", "g": gop, "keyint_min": gop,
+                              "x264-params": "mbtree=0"}
         else:
             stream.options = {"qscale": "2", "g": gop}
         for k, image in enumerate(frames):
