@@ -34,8 +34,9 @@ DEFAULTS = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "kind", choices=[*KINDS, "report"],
-        help="memory: one measured step; speed: median of --repeats; report: merge --inputs of earlier runs",
+        "kind", choices=[*KINDS, "report", "localizer"],
+        help="memory: one measured step; speed: median of --repeats; report: merge --inputs of earlier runs; "
+        "localizer: revtal's localizer against the reference ActionFormer on synthetic features",
     )
     parser.add_argument("--inputs", nargs="+", metavar="JSON", help="report: JSON files written by --json")
     parser.add_argument("--models", nargs="+", help=f"backbone names (default {DEFAULTS['models']})")
@@ -73,6 +74,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="OUT", help="write machine info and records as JSON")
     parser.add_argument("--plot", metavar="DIR", help="write memory_vs_depth.png and memory_vs_frames.png")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from revtal.bench import localizer
+
+    localizer.add_arguments(parser)
 
 
 def _choice(args: argparse.Namespace, name: str):
@@ -116,6 +120,10 @@ def _default_device() -> str:
 def run(args: argparse.Namespace) -> int:
     if args.kind == "report":
         return _report(args)
+    if args.kind == "localizer":
+        from revtal.bench import localizer
+
+        return localizer.run(args)
     from revtal.backbones import list_backbones
     from revtal.bench.runner import machine_info, run_configs
 
