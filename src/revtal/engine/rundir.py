@@ -1,0 +1,106 @@
+"""Where commands write, so that no command destroys a run.
+
+* ``revtal train`` writes ``train.out_dir``. A directory that already holds a run (``config.yaml``, ``last.pt``,
+  ``best.pt``, ``metrics.csv``, ...) is refused, with a message naming the two ways on: ``--resume OUT/last.pt``
+  continues that run, ``--overwrite`` deletes its files and starts afresh. (The synthetic dataset a run generates
+  under ``OUT/data`` is a cache, not a result: it is kept.)
+* ``revtal eval`` writes its own directory (``--out``, by default ``eval/<checkpoint name>`` beside the checkpoint),
+  ``revtal extract`` the ``--features`` directory and ``revtal detect`` its ``--out`` directory. Each refuses a
+  directory holding results of its own kind unless ``--overwrite``, and none writes into a training run's files.
+* Every command that claims a directory first removes the temporary files interrupted writes left there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from revtal.errors import UserError
+from revtal.utils.io import remove_stray_temporaries
+
+# what a training run writes into its directory
+RUN_FILES = ("config.yaml", "last.pt", "best.pt", "metrics.csv", "eval.json", "predictions.json", "tensorboard")
+
+
+class OutputExistsError(UserError, FileExistsError):
+    """The output directory already holds results; the message says how to continue or replace them."""
+
+
+def existing_results(directory: str | os.PathLike, names: Iterable[str]) -> list[str]:
+    directory = Path(directory)
+    return [name for name in names if (directory / name).exists()]
+
+
+def claim_output_dir(
+    directory: str | os.PathLike,
+    *,
+    results: Sequence[str] | None = None,
+    suffix: str | None = None,
+    overwrite: bool,
+    what: str,
+    how: str = "pass --overwrite to replace them, or choose another directory with --out",
+) -> Path:
+    """Create ``directory`` for a command's results. Existing results (the ``results`` names, or files ending in
+    ``suffix``) are refused with :class:`OutputExistsError` unless ``overwrite``, which deletes them first."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(f"output path {directory} exists and is not a directory")
+    found = existing_results(directory, results or ())
+    if suffix is not None and directory.is_dir():
+        found += sorted(p.name for p in directory.iterdir() if p.name.endswith(suffix) and not p.name.startswith("."))
+    if found:
+        if not overwrite:
+            shown = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
+            raise OutputExistsError(f"{directory} already holds {what} ({shown}): {how}")
+        for name in found:
+            path = directory / name
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    directory.mkdir(parents=True, exist_ok=True)
+    remove_stray_temporaries(directory)
+    return directory
+
+
+def claim_run_dir(directory: str | os.PathLike, *, resume: bool, overwrite: bool) -> Path:
+    """The training run directory: continued (``resume``), replaced (``overwrite``) or new; see the module doc."""
+    if resume and overwrite:
+        raise UserError("--resume continues a run and --overwrite replaces it: pass one of them")
+    if resume:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        remove_stray_temporaries(directory)
+        return Path(directory)
+    return claim_output_dir(
+        directory, results=RUN_FILES, overwrite=overwrite, what="a training run",
+        how=f"continue it with --resume {Path(directory) / 'last.pt'}, replace it with --overwrite, or train into "
+            "another directory with --out",
+    )
+
+
+def default_eval_dir(checkpoint: str | os.PathLike) -> Path:
+    """``eval/<checkpoint name>`` beside the checkpoint: ``runs/x/best.pt`` → ``runs/x/eval/best``."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.parent / "eval" / checkpoint.stem
+
+
+def unique_output_names(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """One output name per input file: its stem, or, where different files share a stem (``a/bikes.mp4``,
+    ``b/bikes.mp4``), the stem prefixed with as many parent folders as tell them apart (``a_bikes``, ``b_bikes``);
+    a file given twice (or a name still taken) is numbered (``bikes_2``)."""
+    resolved = [Path(p).resolve() for p in paths]
+    names = [p.stem for p in resolved]
+    for stem in set(names):
+        distinct = sorted({r for r in resolved if r.stem == stem})
+        if len(distinct) < 2:
+            continue
+        for depth in range(1, max(len(r.parent.parts) for r in distinct) + 1):
+            labels = {r: "_".join([*r.parent.parts[-depth:], stem]).lstrip("/_") for r in distinct}
+            if len(set(labels.values())) == len(distinct):
+                break
+        names = [labels.get(r, n) if r.stem == stem else n for r, n in zip(resolved, names)]
+    seen: dict[str, int] = {}
+    unique = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        unique.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+    return unique
