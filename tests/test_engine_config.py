@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from revtal.engine.config import ConfigError, load_config
 
@@ -101,3 +102,43 @@ def test_saved_config_round_trips_exactly(tmp_path):
     dump_config(c, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == c
     assert config_from_dict(c.to_dict()) == c
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("optim.head_lr", -1e-3, "optim.head_lr must be >= 0, got -0.001"),
+    ("optim.backbone_lr", float("nan"), "optim.backbone_lr must be >= 0, got nan"),
+    ("backbone.alpha", 1.5, "backbone.alpha must be in [0, 1], got 1.5"),
+    ("backbone.beta", 0, "backbone.beta must be in (0, 1], got 0.0"),
+    ("backbone.schedule.beta0", 1.5, "backbone.schedule.beta0 must be in (0, 1], got 1.5"),
+    ("backbone.schedule.beta0", 0.0, "backbone.schedule.beta0 must be in (0, 1], got 0.0"),
+    ("optim.epochs", 0, "optim.epochs must be >= 1, got 0"),
+    ("optim.ema_decay", 1.0, "optim.ema_decay must be in [0, 1), got 1.0"),
+    ("eval.tiou", [0.5, 1.2], "eval.tiou[1] must be in (0, 1], got 1.2"),
+    ("data.std", [0.2, 0.0, 0.2], "data.std[1] must be > 0, got 0.0"),
+])
+def test_out_of_range_values_name_the_key_and_the_file(tmp_path, key, value, message):
+    section, _, name = key.rpartition(".")
+    recipe = tmp_path / "recipe.yaml"
+    nested: dict = {name: value}
+    for part in reversed(section.split(".")):
+        nested = {part: nested}
+    recipe.write_text(yaml.safe_dump(nested))
+    with pytest.raises(ConfigError) as error:
+        load_config(recipe)
+    assert str(error.value) == f"{recipe}: {message}"
+
+
+def test_exact_beta_that_rounds_to_zero_names_the_key():
+    with pytest.raises(ConfigError, match=r"backbone.beta=0.001 rounds to 0 with backbone.beta_bits=8 .*raise backbone.beta_bits"):
+        load_config(None, ["backbone.mode=hard", "backbone.beta=0.001"])
+    load_config(None, ["backbone.mode=hard", "backbone.beta=0.001", "backbone.beta_bits=12"])
+    with pytest.raises(ConfigError, match=r"backbone.schedule.beta0=0.001 rounds to 0"):
+        load_config(None, ["backbone.schedule.beta0=0.001"])
+
+
+def test_bad_yaml_is_one_line_with_its_position(tmp_path):
+    f = tmp_path / "broken.yaml"
+    f.write_text("optim:\n  epochs: [1, 2\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(f)
+    assert "\n" not in str(error.value) and str(error.value).startswith(f"{f}: not valid YAML (line ")

@@ -278,6 +278,19 @@ class Config:
             raise ConfigError(f"{source}: data.max_seq_len must be positive or null, got {self.data.max_seq_len!r}")
         if not 0 <= self.data.trunc_thresh <= 1:
             raise ConfigError(f"{source}: data.trunc_thresh must be in [0, 1], got {self.data.trunc_thresh!r}")
+        synthetic = self.data.synthetic
+        if synthetic.max_duration < synthetic.min_duration:
+            raise ConfigError(f"{source}: data.synthetic.max_duration ({synthetic.max_duration:g}) is below "
+                              f"data.synthetic.min_duration ({synthetic.min_duration:g})")
+        if self.backbone.backprop == "exact":  # exact arithmetic rounds β to p/2^k, k <= beta_bits
+            smallest = 2.0 ** -(self.backbone.beta_bits + 1)  # and below this, to 0
+            betas = {"hard": [("backbone.beta", self.backbone.beta)],
+                     "dr2net": [("backbone.schedule.beta0", self.backbone.schedule.beta0),
+                                ("backbone.schedule.beta_end", self.backbone.schedule.beta_end)]}
+            for key, beta in betas.get(self.backbone.mode, []):
+                if beta <= smallest:
+                    raise ConfigError(f"{source}: {key}={beta:g} rounds to 0 with backbone.beta_bits="
+                                      f"{self.backbone.beta_bits} (exact backprop); raise backbone.beta_bits")
         if self.optim.amp not in ("none", "bf16", "fp16"):
             raise bad("optim.amp", self.optim.amp, ("none", "bf16", "fp16"))
         for key in ("data.num_frames", "data.img_size", "data.batch_size", "optim.epochs", "optim.accumulate"):
@@ -352,6 +365,61 @@ def _check_type(value: Any, annotation: Any, key: str, source: str) -> Any:
     return value
 
 
+# Ranges of every numeric field with a meaning, checked at load (before a settings class sees the value, so the
+# error names the dotted key and the file): "[a, b]" closed, "(a, b)" open, "inf" unbounded. Lists: each entry.
+RANGES: dict[str, str] = {
+    "data.num_frames": "[1, inf)", "data.img_size": "[1, inf)", "data.batch_size": "[1, inf)",
+    "data.num_workers": "[0, inf)", "data.cache_mb": "[0, inf)", "data.std": "(0, inf)",
+    "data.synthetic.videos": "[1, inf)", "data.synthetic.classes": "[1, inf)", "data.synthetic.seed": "[0, inf)",
+    "data.synthetic.size": "[1, inf)", "data.synthetic.fps": "(0, inf)", "data.synthetic.min_duration": "(0, inf)",
+    "data.synthetic.max_duration": "(0, inf)",
+    "backbone.alpha": "[0, 1]", "backbone.beta": "(0, 1]", "backbone.beta_bits": "[0, 30]",
+    "backbone.monitor_every": "[0, inf)", "backbone.monitor_tolerance": "(0, inf)",
+    "backbone.schedule.alpha0": "[0, 1]", "backbone.schedule.alpha_end": "[0, 1]",
+    "backbone.schedule.beta0": "(0, 1]", "backbone.schedule.beta_end": "(0, 1]",
+    "backbone.schedule.every": "[1, inf)", "backbone.schedule.end_epoch": "(0, inf)",
+    "backbone.schedule.curvature": "(0, inf)", "backbone.schedule.tolerance": "(0, inf)",
+    "optim.epochs": "[1, inf)", "optim.backbone_lr": "[0, inf)", "optim.head_lr": "[0, inf)",
+    "optim.weight_decay": "[0, inf)", "optim.warmup_epochs": "[0, inf)", "optim.min_lr_ratio": "[0, 1]",
+    "optim.clip_grad": "[0, inf)", "optim.accumulate": "[1, inf)", "optim.ema_decay": "[0, 1)",
+    "eval.tiou": "(0, 1]", "eval.every": "[1, inf)",
+    "train.seed": "[0, 4294967295]", "train.log_every": "[1, inf)",
+}
+
+
+def _parse_interval(text: str) -> tuple[float, float, bool, bool]:
+    low, high = (float(part) for part in text[1:-1].split(","))
+    return low, high, text[0] == "[", text[-1] == "]"
+
+
+def _describe_interval(text: str) -> str:
+    low, high, closed_low, _ = _parse_interval(text)
+    if high == float("inf"):
+        return f"{'>=' if closed_low else '>'} {low:g}"
+    return f"in {text}"
+
+
+def _in_interval(value: float, text: str) -> bool:
+    low, high, closed_low, closed_high = _parse_interval(text)
+    above = value >= low if closed_low else value > low
+    below = value <= high if closed_high else value < high
+    return above and below  # false for nan
+
+
+def _check_ranges(section: Any, prefix: str, source: str) -> None:
+    for f in dataclasses.fields(section):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        interval = RANGES.get(key)
+        if interval is None:
+            continue
+        value = getattr(section, f.name)
+        values = list(enumerate(value)) if isinstance(value, (list, tuple)) else [(None, value)]
+        for index, v in values:
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and not _in_interval(v, interval):
+                where = key if index is None else f"{key}[{index}]"
+                raise ConfigError(f"{source}: {where} must be {_describe_interval(interval)}, got {v!r}")
+
+
 def _build(cls: type, data: Mapping, prefix: str, source: str):
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
@@ -364,6 +432,7 @@ def _build(cls: type, data: Mapping, prefix: str, source: str):
         for name, value in data.items()
     }
     section = cls(**kwargs)
+    _check_ranges(section, prefix, source)
     if hasattr(section, "settings_class"):
         try:
             section.build()  # the settings class validates its values: fail now, naming the section
@@ -400,7 +469,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
         except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+            mark = getattr(err, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+            reason = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ConfigError(f"{path}: not valid YAML{where}: {reason}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
     for assignment in overrides:
