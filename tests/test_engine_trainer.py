@@ -2,11 +2,14 @@
 
 import json
 import os
+import shutil
 import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+
+import revtal
 
 from revtal.cli import main as cli_main
 from revtal.engine.config import config_from_dict
@@ -46,7 +49,7 @@ def dataset_root(tmp_path_factory):
 
 def _config(dataset_root, out, **overrides):
     _, annotations, video_dir = dataset_root
-    return tiny_config(out, data__annotations=annotations, data__video_dir=video_dir, **overrides)
+    return tiny_config(out, **{"data__annotations": annotations, "data__video_dir": video_dir, **overrides})
 
 
 @pytest.mark.parametrize("mode", mode_names())
@@ -168,9 +171,14 @@ def test_first_step_verifies_exact_reconstruction(dataset_root, tmp_path, monkey
 
 
 def test_eval_and_extract_commands(dataset_root, tmp_path, capsys):
-    from revtal.engine.config import dump_config
+    import numpy as np
 
-    config = _config(dataset_root, tmp_path / "run", backbone__mode="conventional")
+    from revtal.data.annotations import load_annotations
+    from revtal.engine.config import dump_config
+    from revtal.engine.data import video_dataset
+
+    config = _config(dataset_root, tmp_path / "run", backbone__mode="conventional", optim__ema=True,
+                     optim__ema_decay=0.5)
     trainer = Trainer(config, progress=False)
     trained = trainer.fit()[-1].metrics["average_mAP"]
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
@@ -178,14 +186,25 @@ def test_eval_and_extract_commands(dataset_root, tmp_path, capsys):
     dump_config(config, recipe)
     assert cli_main(["eval", str(recipe), "--checkpoint", str(tmp_path / "run" / "last.pt"),
                      "--out", str(tmp_path / "eval")]) == 0
-    assert f"average mAP {100 * trained:.2f}" in capsys.readouterr().out  # same weights, same score
-    assert cli_main(["extract", str(recipe), "--features", str(tmp_path / "features"), "--out", str(tmp_path / "x")]) == 0
-    files = sorted((tmp_path / "features").glob("*.npy"))
-    import numpy as np
+    assert f"average mAP {100 * trained:.2f}" in capsys.readouterr().out  # same (EMA) weights, same score
+    assert not (tmp_path / "eval" / "config.yaml").exists()  # evaluation is not a training run
+    assert (tmp_path / "eval" / "eval.json").exists()
 
-    assert len(files) == len(trainer.train_set) + len(trainer.val_set)
-    feats = np.load(files[0])
-    assert feats.shape[0] == trainer.model.extractor.out_channels and feats.ndim == 2
+    # the trained backbone, on every video (also those the training subset would drop), with evaluation transforms
+    for run in ("a", "b"):
+        assert cli_main(["extract", str(recipe), "--checkpoint", str(tmp_path / "run" / "last.pt"),
+                         "--features", str(tmp_path / run), "--out", str(tmp_path / "x")]) == 0
+    annotations = load_annotations(config.data.annotations)
+    files = sorted((tmp_path / "a").glob("*.npy"))
+    assert [f.stem for f in files] == sorted(annotations.videos)
+    for f in files:
+        assert np.array_equal(np.load(f), np.load(tmp_path / "b" / f.name)), f.name  # two runs, identical
+    item = video_dataset(config, annotations, subset=None)[0]
+    with torch.no_grad():
+        expected = trainer.evaluation_model().extractor.eval()(item["video"][None])[0].numpy()
+        last_step = trainer.model.extractor.eval()(item["video"][None])[0].numpy()
+    assert np.allclose(np.load(tmp_path / "a" / f"{item['video_id']}.npy"), expected, rtol=0, atol=1e-6)
+    assert not np.allclose(last_step, expected)  # the EMA weights, not the last step's
 
 
 def test_bf16_autocast_accumulation_and_ema(dataset_root, tmp_path):
@@ -201,15 +220,40 @@ def test_bf16_autocast_accumulation_and_ema(dataset_root, tmp_path):
 
 
 def test_frozen_training_on_extracted_features(dataset_root, tmp_path):
-    config = _config(dataset_root, tmp_path / "run", backbone__mode="frozen")
-    Trainer(config, progress=False)  # builds the same frozen backbone the features come from
-    from revtal.engine.config import dump_config
+    import numpy as np
 
+    from revtal.backbones import build
+    from revtal.data.annotations import load_annotations
+    from revtal.engine.config import dump_config
+    from revtal.engine.data import video_dataset
+
+    torch.manual_seed(0)
+    backbone = build("vit_tiny_video", num_frames=8, img_size=16, patch_size=8, tubelet_size=2, depth=2, embed_dim=32)
+    torch.save(backbone.net.state_dict(), tmp_path / "backbone.pt")
+    # one more video, in a subset of its own and without actions: neither the training nor the validation subset
+    _, annotations_file, video_dir = dataset_root
+    database = json.loads(open(annotations_file).read())
+    videos = tmp_path / "videos"
+    shutil.copytree(video_dir, videos)
+    first = sorted(database["database"])[0]
+    shutil.copy(videos / f"{first}.mp4", videos / "unlabelled.mp4")
+    database["database"]["unlabelled"] = {**database["database"][first], "subset": "test", "annotations": []}
+    (tmp_path / "annotations.json").write_text(json.dumps(database))
+    config = _config(dataset_root, tmp_path / "run", backbone__mode="dr2net",
+                     backbone__pretrained=str(tmp_path / "backbone.pt"),
+                     data__annotations=str(tmp_path / "annotations.json"), data__video_dir=str(videos))
     recipe = tmp_path / "recipe.yaml"
     dump_config(config, recipe)
     assert cli_main(["extract", str(recipe), "--features", str(tmp_path / "features"), "--out", str(tmp_path / "x")]) == 0
+    annotations = load_annotations(config.data.annotations)
+    assert sorted(f.stem for f in (tmp_path / "features").glob("*.npy")) == sorted(annotations.videos)
+    # the pretrained backbone as it is (not the recipe's Dr²Net conversion) on an evaluation-transformed video
+    item = video_dataset(config, annotations, subset=None)[1]
+    with torch.no_grad():
+        expected = backbone.eval()(item["video"][None])[0].numpy()
+    assert np.array_equal(np.load(tmp_path / "features" / f"{item['video_id']}.npy"), expected)
     features = _config(dataset_root, tmp_path / "feat", backbone__mode="frozen",
-                       data__features_dir=str(tmp_path / "features"))
+                       data__features_dir=str(tmp_path / "features"), data__annotations=str(tmp_path / "annotations.json"))
     trainer = Trainer(features, progress=False)
     assert trainer.model.extractor.out_channels == 32 and trainer.model.temporal_stride == 1
     metrics = trainer.fit()[-1].metrics
@@ -252,8 +296,17 @@ def test_pretrained_checkpoint_layout_is_inferred_in_training(dataset_root, tmp_
                   pos_embed="learned", init_values=0.5, use_mean_pooling=False)
     torch.nn.init.normal_(donor.net.pos_embed)
     torch.save(donor.net.state_dict(), tmp_path / "backbone.pt")
-    trainer = Trainer(_config(dataset_root, tmp_path / "run", backbone__mode="conventional",
+    trainer = Trainer(_config(dataset_root, tmp_path / "run", backbone__mode="dr2net",
                               backbone__pretrained=str(tmp_path / "backbone.pt")), progress=False)
     loaded = trainer.model.extractor.net.state_dict()
     for key, value in donor.net.state_dict().items():
         assert torch.equal(loaded[key], value), key
+    trainer.fit()
+    # and the trained model rebuilds from its checkpoint (whose config still names the default layout)
+    from revtal.engine.inference import Predictor
+
+    predictor = Predictor.from_checkpoint(tmp_path / "run" / "last.pt")
+    for key, value in trainer.model.state_dict().items():
+        assert torch.equal(predictor.model.state_dict()[key], value), key
+    stage = revtal.reversible_stages(predictor.model)[0]
+    assert (stage.alpha, stage.beta) == tuple(trainer.coefficients.last_applied.values())[:2]

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import fnmatch
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from torchvision.models import video as tv_video
 from torchvision.ops import StochasticDepth
 
 from revtal.backbones.backbone import ResNet3dBackbone, Swin3dBackbone, VideoBackbone, VideoViTBackbone
-from revtal.backbones.checkpoint import StateDict, load_checked, read_state_dict
+from revtal.backbones.checkpoint import StateDict, load_checked, read_state_dict, unwrap_state_dict
 from revtal.backbones.inflate import inflate_state_dict
 from revtal.backbones.video_vit import infer_layout, video_vit
 
@@ -51,23 +51,29 @@ def list_backbones(pattern: str = "*") -> list[str]:
 
 def build(
     name: str,
-    pretrained: str | Path | None = None,
+    pretrained: str | Path | StateDict | None = None,
     num_frames: int = 16,
     img_size: int = 224,
     strict: bool = True,
     **opts,
 ) -> VideoBackbone:
-    """Build backbone ``name`` for clips of ``num_frames`` × ``img_size``² and, if ``pretrained`` is a local file,
-    load it (``strict``: any missing / unexpected / mis-shaped key raises, listing them; ``strict=False`` loads what
+    """Build backbone ``name`` for clips of ``num_frames`` × ``img_size``² and, if ``pretrained`` is a local file
+    (or a state dict already in memory), load it; the architecture options the checkpoint implies (a ViT's pooling
+    layout, position embedding, layer scale) come from it unless ``opts`` fix them (``strict``: any missing / unexpected / mis-shaped key raises, listing them; ``strict=False`` loads what
     fits and warns). ``opts`` go to the factory (e.g. ``depth=2``, ``drop_path_rate=0.1``,
     ``stochastic_depth_prob=0.0``)."""
     if name not in _BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; registered: {', '.join(list_backbones())}")
-    checkpoint = read_state_dict(pretrained) if pretrained is not None else None
+    if isinstance(pretrained, Mapping):
+        checkpoint, source = unwrap_state_dict(pretrained), "<state dict>"
+    elif pretrained is not None:
+        checkpoint, source = read_state_dict(pretrained), str(pretrained)
+    else:
+        checkpoint, source = None, ""
     backbone = _BACKBONES[name](num_frames=num_frames, img_size=img_size, checkpoint=checkpoint, strict=strict, **opts)
     backbone.name = name
     if checkpoint is not None:
-        backbone.load_checkpoint(checkpoint, strict=strict, source=str(pretrained))
+        backbone.load_checkpoint(checkpoint, strict=strict, source=source)
     return backbone
 
 

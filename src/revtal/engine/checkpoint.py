@@ -1,9 +1,11 @@
-"""Training checkpoints: full state, atomic writes, exact resume.
+"""Training checkpoints: full state, atomic writes, exact resume — and the one module that knows their layout.
 
 A checkpoint holds everything a run needs to continue bit-for-bit on CPU: model, optimizer, LR scheduler, AMP
-scaler, EMA weights, the Dr²Net coefficient schedule, random-generator states (torch, CUDA, numpy, python) and the
-epoch/step counters. It is written to a temporary file in the same directory and renamed over the target, so a
-crash mid-write never leaves a truncated ``last.pt``.
+scaler, EMA weights, the training mode's state (the Dr²Net coefficient schedule, the reconstruction monitor),
+random-generator states (torch, CUDA, numpy, python), the epoch/step counters, the class names and the run's
+config. It is written to a temporary file in the same directory and renamed over the target, so a crash mid-write
+never leaves a truncated ``last.pt``. :func:`training_state` writes that layout and :class:`TrainingCheckpoint`
+reads it (resume, evaluation, extraction, detection): nothing else indexes into a checkpoint.
 """
 
 from __future__ import annotations
@@ -47,11 +49,83 @@ def load_checkpoint(path: str | Path) -> dict:
         raise ValueError(f"{path}: not a readable revtal checkpoint ({type(err).__name__}: {err})") from None
 
 
-def apply_trained_coefficients(model, state: dict) -> None:
-    """Put a Dr²Net model at the (α, β) it was last trained with (the schedule's ``last_applied`` in ``state``);
-    a checkpoint without a schedule leaves the model's coefficients as built."""
-    last = ((state.get("mode") or {}).get("coefficients") or {}).get("last_applied")
-    if last:
+REQUIRED_KEYS = ("model", "config", "classes")
+
+
+def training_state(*, model, optimizer, lr_schedule, scaler, ema, mode_hooks, epoch: int, step: int,
+                   best_metric: float, classes: list[str], config) -> dict:
+    """The checkpoint of a training run (the layout :class:`TrainingCheckpoint` reads)."""
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "lr_schedule": lr_schedule.state_dict(),
+        "scaler": scaler.state_dict(),
+        "ema": ema.state_dict() if ema is not None else None,
+        "mode": mode_hooks.state_dict(),
+        "rng": rng_state(),
+        "epoch": epoch,
+        "step": step,
+        "best_metric": best_metric,
+        "classes": list(classes),
+        "config": config.to_dict(),
+    }
+
+
+class TrainingCheckpoint:
+    """A revtal training checkpoint read from ``path``; a file that is not one raises naming the file."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.state = load_checkpoint(self.path)
+        missing = [k for k in REQUIRED_KEYS if not isinstance(self.state, dict) or k not in self.state]
+        if missing:
+            raise ValueError(f"{self.path}: not a revtal training checkpoint (no {missing[0]!r} entry)")
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.state["classes"])
+
+    def config(self):
+        """The run's config, as it was saved with the weights."""
+        from revtal.engine.config import config_from_dict
+
+        return config_from_dict(self.state["config"], source=f"{self.path} (embedded config)")
+
+    @property
+    def mode_state(self) -> dict:
+        return self.state.get("mode") or {}
+
+    def inference_weights(self) -> dict:
+        """The model weights to run: the EMA average when the run kept one, else the trained weights."""
+        ema = self.state.get("ema")
+        return ema["shadow"] if ema else self.state["model"]
+
+    def trained_coefficients(self) -> tuple[float, float] | None:
+        """(α, β) of the last training step of a coefficient schedule, or None (no schedule)."""
+        last = (self.mode_state.get("coefficients") or {}).get("last_applied")
+        return (last["alpha"], last["beta"]) if last else None
+
+    def restore_training(self, *, model, optimizer, lr_schedule, scaler, ema, mode_hooks) -> dict:
+        """Put a training run back where this checkpoint left it (everything :func:`training_state` saved, random
+        generators included); returns the counters ``{"epoch", "step", "best_metric"}``."""
+        state = self.state
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        lr_schedule.load_state_dict(state["lr_schedule"])
+        scaler.load_state_dict(state["scaler"])
+        if ema is not None and state.get("ema"):
+            ema.load_state_dict(state["ema"])
+        mode_hooks.load_state_dict(self.mode_state)
+        set_rng_state(state["rng"])
+        return {"epoch": state["epoch"], "step": state["step"], "best_metric": state["best_metric"]}
+
+    def restore_model(self, model) -> None:
+        """Load :meth:`inference_weights` into ``model`` and put it at the trained coefficients."""
+        from revtal.backbones.checkpoint import load_model_state
         from revtal.reversible import set_coefficients
 
-        set_coefficients(model, last["alpha"], last["beta"])
+        load_model_state(model, self.inference_weights(), source=str(self.path),
+                         hint="the model is built from the checkpoint's own config")
+        coefficients = self.trained_coefficients()
+        if coefficients is not None:
+            set_coefficients(model, *coefficients)

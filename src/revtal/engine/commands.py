@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-import torch
 
 
 def _config_arguments(parser) -> None:
@@ -44,30 +42,31 @@ class train:
         return 0
 
 
-def _restore(trainer, checkpoint: str) -> None:
-    from revtal.engine.checkpoint import apply_trained_coefficients, load_checkpoint
+def _located(args):
+    """The CLI's config with its dataset located, and its annotations (no Trainer: nothing is written but the
+    synthetic dataset, when none is configured)."""
+    from revtal.engine.data import load_dataset_annotations, resolve_dataset
 
-    state = load_checkpoint(checkpoint)
-    trainer.model.load_state_dict(state["model"])
-    if trainer.ema is not None and state.get("ema"):
-        trainer.ema.load_state_dict(state["ema"])
-    trainer.hooks.load_state_dict(state["mode"])
-    apply_trained_coefficients(trainer.model, state)
+    config = _load(args)
+    config = resolve_dataset(config, config.train.out_dir)
+    return config, load_dataset_annotations(config)
 
 
 class evaluate:
     @staticmethod
     def add_arguments(parser) -> None:
         _config_arguments(parser)
-        parser.add_argument("--checkpoint", required=True)
+        parser.add_argument("--checkpoint", required=True, help="a revtal training checkpoint (last.pt / best.pt)")
 
     @staticmethod
     def run(args) -> int:
-        from revtal.engine.trainer import Trainer
+        from revtal.engine.data import evaluation_dataset
+        from revtal.engine.inference import Predictor, resolve_device
 
-        trainer = Trainer(_load(args))
-        _restore(trainer, args.checkpoint)
-        metrics = trainer.evaluate()
+        config, annotations = _located(args)
+        predictor = Predictor.from_checkpoint(args.checkpoint, config=config,
+                                              device=resolve_device(config.train.device), progress=True)
+        metrics = predictor.evaluate(evaluation_dataset(config, annotations), annotations, out_dir=config.train.out_dir)
         for t, m in zip(metrics["tiou"], metrics["mAP"]):
             print(f"tIoU {t:.2f}: mAP {100 * m:.2f}")
         print(f"average mAP {100 * metrics['average_mAP']:.2f}")
@@ -79,34 +78,28 @@ class extract:
     def add_arguments(parser) -> None:
         _config_arguments(parser)
         parser.add_argument("--features", required=True, help="directory for <video_id>.npy features (C, T')")
+        parser.add_argument("--checkpoint", default=None,
+                            help="extract with this training checkpoint's trained backbone (default: the config's "
+                                 "pretrained backbone, unconverted)")
 
     @staticmethod
     def run(args) -> int:
-        from tqdm import tqdm
+        from revtal.engine.data import video_dataset
+        from revtal.engine.inference import Predictor, resolve_device
 
-        from revtal.engine.trainer import Trainer
-
-        config = _load(args)
-        trainer = Trainer(config)
-        out = Path(args.features)
-        out.mkdir(parents=True, exist_ok=True)
-        model = trainer.model.eval()
-        count = 0
-        for dataset in (trainer.train_set, trainer.val_set):
-            loader = torch.utils.data.DataLoader(dataset, batch_size=1, collate_fn=_collate())
-            for batch in tqdm(loader, desc="extract"):
-                with torch.no_grad():
-                    feats = model.extractor(batch["video"].to(trainer.device))[0]
-                np.save(out / f"{batch['video_id'][0]}.npy", feats.float().cpu().numpy())
-                count += 1
-        print(f"wrote {count} feature files to {out}")
+        config, annotations = _located(args)
+        if config.data.features_dir:
+            raise ValueError("revtal extract reads videos: unset data.features_dir (it names features to train on)")
+        device = resolve_device(config.train.device)
+        if args.checkpoint:
+            predictor = Predictor.from_checkpoint(args.checkpoint, config=config, device=device, progress=True)
+        else:  # the pretrained backbone as it is: the features a frozen backbone gives
+            frozen = config.with_values({"backbone.mode": "frozen"}, source="revtal extract")
+            predictor = Predictor.from_config(frozen, annotations.classes, device=device, progress=True)
+        # every video of the annotations, with evaluation transforms (no crop, flip or jitter; none left out)
+        count = predictor.extract(video_dataset(config, annotations, subset=None), args.features)
+        print(f"wrote {count} feature files to {args.features}")
         return 0
-
-
-def _collate():
-    from revtal.data.dataset import collate_tal
-
-    return collate_tal
 
 
 class detect:
@@ -120,9 +113,9 @@ class detect:
 
     @staticmethod
     def run(args) -> int:
-        from revtal.engine.inference import Detector
+        from revtal.engine.inference import Predictor
 
-        detector = Detector.from_checkpoint(args.checkpoint)
+        detector = Predictor.from_checkpoint(args.checkpoint)
         ground_truth = None
         if args.gt:
             from revtal.data.annotations import load_annotations

@@ -46,19 +46,27 @@ def load_dataset_annotations(config: Config) -> AnnotationSet:
 
 
 def build_datasets(config: Config, annotations: AnnotationSet):
+    """The (training, validation) datasets: videos, or precomputed features with ``data.features_dir``."""
+    return (tal_dataset(config, annotations, config.data.train_subset, train=True),
+            evaluation_dataset(config, annotations))
+
+
+def evaluation_dataset(config: Config, annotations: AnnotationSet):
+    """The validation subset as evaluation sees it (no augmentation, every video kept)."""
+    return tal_dataset(config, annotations, config.data.val_subset, train=False)
+
+
+def tal_dataset(config: Config, annotations: AnnotationSet, subset: str | None, train: bool):
     from revtal.data.crop import THUMOS_CROP_RATIO
     from revtal.data.dataset import FeatureTALDataset
 
     d = config.data
     if d.features_dir:
         ratio = THUMOS_CROP_RATIO if d.crop_ratio is None else d.crop_ratio
-        return tuple(
-            FeatureTALDataset(d.features_dir, annotations, subset, train=train, seed=config.train.seed,
-                              skip_bad_videos=d.skip_bad_videos, crop_ratio=ratio, window=d.max_seq_len,
-                              trunc_thresh=d.trunc_thresh)
-            for subset, train in ((d.train_subset, True), (d.val_subset, False))
-        )
-    return video_dataset(config, annotations, d.train_subset, train=True), video_dataset(config, annotations, d.val_subset)
+        return FeatureTALDataset(d.features_dir, annotations, subset, train=train, seed=config.train.seed,
+                                 skip_bad_videos=d.skip_bad_videos, crop_ratio=ratio, window=d.max_seq_len,
+                                 trunc_thresh=d.trunc_thresh)
+    return video_dataset(config, annotations, subset, train=train)
 
 
 def video_dataset(config: Config, annotations: AnnotationSet, subset: str | None, train: bool = False):

@@ -114,7 +114,7 @@ def pretrain_backbone(config: Config, out: Path, steps: int, seed: int = 0) -> d
 
 def run(args) -> int:
     from revtal.engine.data import load_dataset_annotations, resolve_dataset
-    from revtal.engine.inference import Detector
+    from revtal.engine.inference import Predictor
     from revtal.engine.trainer import Trainer
 
     started = time.perf_counter()
@@ -162,7 +162,7 @@ def run(args) -> int:
     print("[5/5] detections and timeline plots")
     detections_dir = out / "detections"
     best_mode = modes[0]
-    detector = Detector.from_checkpoint(out / best_mode / "last.pt")
+    detector = Predictor.from_checkpoint(out / best_mode / "last.pt")
     val_ids = [v for v, a in annotations.videos.items() if a.subset == "validation"][: (2 if args.quick else 6)]
     video_dir = Path(base.data.video_dir)
     for video_id in val_ids:

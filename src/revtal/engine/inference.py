@@ -1,63 +1,169 @@
-"""Running a trained checkpoint on video files: ``revtal detect`` and the demo's timeline plots."""
+"""Inference without the Trainer: one :class:`Predictor` for ``revtal eval``, ``revtal extract``, ``revtal detect``,
+the trainer's own evaluation and the demo's timeline plots.
+
+A predictor is a TAL model in eval mode with its config and class names, built either from a training checkpoint
+(:meth:`Predictor.from_checkpoint`: the run's own config, the EMA weights when it kept them, the trained α/β; the
+backbone is rebuilt through :func:`revtal.backbones.build` from the checkpoint's backbone weights, so its layout is
+inferred as when it was first loaded) or from a config (:meth:`Predictor.from_config`: the configured pretrained
+backbone). No process group, optimizer or run directory is created.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import torch
+from tqdm import tqdm
 
-from revtal.data.annotations import AnnotationSet
+from revtal.data.annotations import AnnotationSet, write_predictions
 from revtal.data.decoding import decode_frames, probe_video, sample_timestamps_evenly
 from revtal.data.timeline import grid_for_frames
 from revtal.data.transforms import build_transforms, to_float_video
-from revtal.engine.checkpoint import apply_trained_coefficients, load_checkpoint
-from revtal.engine.config import Config, config_from_dict
+from revtal.engine import distributed as dist_utils
+from revtal.engine.checkpoint import TrainingCheckpoint
+from revtal.engine.config import Config
 from revtal.engine.model import TALModel, build_model
 from revtal.engine.visualize import plot_timeline
 from revtal.localizers.postprocess import detections_to_seconds
 
 
-class Detector:
-    def __init__(self, model: TALModel, config: Config, classes: list[str]):
-        self.model = model.eval()
+def model_inputs(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(video, frame mask) of a video batch, or (features, mask) of a precomputed-feature batch."""
+    if "video" in batch:
+        return batch["video"].to(device, non_blocking=True), batch["frame_mask"].to(device)
+    return batch["features"].to(device, non_blocking=True), batch["mask"].to(device)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``train.device``: auto | cpu | cuda."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, amp: str):
+    """The autocast context of ``optim.amp`` (none | bf16 | fp16) on ``device``."""
+    if amp == "none":
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+class Predictor:
+    def __init__(self, model: TALModel, config: Config, classes: list[str], device: torch.device | str = "cpu",
+                 progress: bool = False):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
         self.config = config
-        self.classes = classes
-        d = config.data
-        self.transform = build_transforms(False, d.img_size, d.mean, d.std)
+        self.classes = list(classes)
+        self.progress = progress
         self.postprocess = config.localizer.postprocess.build()
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path) -> "Detector":
-        state = load_checkpoint(path)
-        for key in ("config", "classes", "model"):
-            if key not in state:
-                raise ValueError(f"{path}: not a revtal training checkpoint (no {key!r} entry)")
-        # the trained weights come from the checkpoint itself
-        config = config_from_dict(state["config"], source=f"{path} (embedded config)").with_values(
-            {"backbone.pretrained": ""})
-        model = build_model(config, len(state["classes"]))
-        weights = state["ema"]["shadow"] if state.get("ema") else state["model"]
-        model.load_state_dict(weights)
-        apply_trained_coefficients(model, state)
-        return cls(model, config, list(state["classes"]))
+    def from_checkpoint(cls, path: str | Path, config: Config | None = None, device: torch.device | str = "cpu",
+                        progress: bool = False) -> "Predictor":
+        """The trained model of a checkpoint, built from the run's own config. ``config``: the data, evaluation and
+        post-processing settings to run it with (default: the run's own too)."""
+        checkpoint = TrainingCheckpoint(path)
+        trained = checkpoint.config()
+        weights = checkpoint.inference_weights()
+        backbone = {k[len("extractor."):]: v for k, v in weights.items() if k.startswith("extractor.")}
+        model = build_model(trained, len(checkpoint.classes), backbone_weights=backbone or None)
+        checkpoint.restore_model(model)
+        return cls(model, config or trained, checkpoint.classes, device, progress)
 
+    @classmethod
+    def from_config(cls, config: Config, classes: list[str], device: torch.device | str = "cpu",
+                    progress: bool = False) -> "Predictor":
+        """The model ``config`` trains, as built before training (pretrained backbone, untrained localizer)."""
+        torch.manual_seed(config.train.seed)
+        return cls(build_model(config, len(classes)), config, classes, device, progress)
+
+    # ------------------------------------------------------------------------------------------------ datasets
+    @torch.no_grad()
+    def predict(self, dataset, rank: int = 0, world: int = 1) -> dict[str, list[dict]]:
+        """ActivityNet results for ``dataset`` (this rank's share, gathered from every rank under DDP)."""
+        from revtal.engine.data import make_loader
+
+        self.model.eval()
+        results: dict[str, list[dict]] = {}
+        indices = list(range(rank, len(dataset), world))
+        loader = make_loader(torch.utils.data.Subset(dataset, indices), self.config, train=False)
+        for batch in tqdm(loader, desc="evaluate", disable=not self.progress, leave=False):
+            video, frame_mask = model_inputs(batch, self.device)
+            with autocast(self.device, self.config.optim.amp):
+                output = self.model(video, frame_mask)
+            for det, vid, grid, duration in zip(self.model.localizer.predict(output, self.postprocess),
+                                                batch["video_id"], batch["grid"], batch["duration"]):
+                results[vid] = self._detections(det, grid, duration)
+        merged: dict[str, list[dict]] = {}
+        for part in dist_utils.gather_objects(results):
+            merged.update(part)
+        return merged
+
+    def evaluate(self, dataset, annotations: AnnotationSet, out_dir: str | Path | None = None, rank: int = 0,
+                 world: int = 1) -> dict:
+        """Detection mAP on ``dataset`` (``data.val_subset`` of ``annotations``, ``eval.tiou``); with ``out_dir``,
+        writes ``predictions.json`` and ``eval.json`` there."""
+        from revtal.evaluation.detection import evaluate_detection
+
+        if list(annotations.classes) != self.classes:
+            raise ValueError(f"the model was trained on classes {self.classes}, the annotations have "
+                             f"{list(annotations.classes)}: evaluate on annotations of the same classes")
+        predictions = self.predict(dataset, rank, world)
+        metrics = evaluate_detection(annotations, {"results": predictions}, list(self.config.eval.tiou),
+                                     subset=self.config.data.val_subset).to_json()
+        if out_dir is not None:
+            out = Path(out_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            write_predictions(out / "predictions.json", predictions)
+            (out / "eval.json").write_text(json.dumps(metrics, indent=2))
+        return metrics
+
+    @torch.no_grad()
+    def features(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, C, T, H, W) video → (B, C', T') features of the extractor in eval mode."""
+        self.model.eval()
+        return self.model.extractor(video.to(self.device))
+
+    def extract(self, dataset, out_dir: str | Path) -> int:
+        """``<video_id>.npy`` (C', T') features of every item of ``dataset``; returns how many were written."""
+        from revtal.data.dataset import collate_tal
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=1, collate_fn=collate_tal)
+        count = 0
+        for batch in tqdm(loader, desc="extract", disable=not self.progress, dynamic_ncols=True):
+            feats = self.features(batch["video"])[0]
+            np.save(out / f"{batch['video_id'][0]}.npy", feats.float().cpu().numpy())
+            count += 1
+        return count
+
+    # --------------------------------------------------------------------------------------------- video files
     @torch.no_grad()
     def detect_file(self, path: str | Path, duration: float | None = None) -> dict:
         """Decode ``num_frames`` frames spread over the video, localize, and return ActivityNet-style detections."""
+        d = self.config.data
         duration = duration or probe_video(path).duration
-        num_frames = self.config.data.num_frames
-        frames, _ = decode_frames(path, sample_timestamps_evenly(duration, num_frames), size=self.config.data.img_size)
-        video = self.transform(to_float_video(frames), None)[None]
+        frames, _ = decode_frames(path, sample_timestamps_evenly(duration, d.num_frames), size=d.img_size)
+        video = build_transforms(False, d.img_size, list(d.mean), list(d.std))(to_float_video(frames), None)[None]
         mask = torch.ones(1, video.shape[2], dtype=torch.bool)
-        output = self.model(video, mask)
+        self.model.eval()
+        output = self.model(video.to(self.device), mask.to(self.device))
         det = self.model.localizer.predict(output, self.postprocess)[0]
-        grid = grid_for_frames(duration, num_frames).coarsened(self.model.temporal_stride)
-        det = detections_to_seconds(det, grid, duration)
-        detections = [
+        detections = self._detections(det, grid_for_frames(duration, d.num_frames), duration)
+        return {"video": str(path), "duration": float(duration), "detections": detections}
+
+    def _detections(self, det: dict, grid, duration: float) -> list[dict]:
+        det = detections_to_seconds(det, grid.coarsened(self.model.temporal_stride), duration)
+        return [
             {"label": self.classes[int(c)], "score": float(s), "segment": [float(a), float(b)]}
             for (a, b), s, c in zip(det["segments"].tolist(), det["scores"].tolist(), det["labels"].tolist())
         ]
-        return {"video": str(path), "duration": float(duration), "detections": detections}
 
     def plot(self, result: dict, out: str | Path, ground_truth: AnnotationSet | None = None, min_score: float = 0.2):
         video_id = Path(result["video"]).stem

@@ -102,15 +102,16 @@ def feature_channels(features_dir: str) -> int:
     return int(np.load(files[0], mmap_mode="r").shape[0])
 
 
-def build_extractor(config: Config) -> nn.Module:
-    """The backbone of ``config`` as its training mode prepares it (or the stand-in for precomputed features)."""
+def build_extractor(config: Config, backbone_weights: dict | None = None) -> nn.Module:
+    """The backbone of ``config`` as its training mode prepares it (or the stand-in for precomputed features);
+    ``backbone_weights``: see :meth:`~revtal.engine.modes.TrainingMode.build_extractor`."""
     if config.data.features_dir:
         return PrecomputedFeatures(feature_channels(config.data.features_dir))
     mode = get_mode(config.backbone.mode)
-    return mode.build_extractor(config.backbone, config.data.num_frames, config.data.img_size)
+    return mode.build_extractor(config.backbone, config.data.num_frames, config.data.img_size, backbone_weights)
 
 
-def build_model(config: Config, num_classes: int) -> TALModel:
-    extractor = build_extractor(config)
+def build_model(config: Config, num_classes: int, backbone_weights: dict | None = None) -> TALModel:
+    extractor = build_extractor(config, backbone_weights)
     localizer = ActionFormer(extractor.out_channels, num_classes, config.localizer.options.build())
     return TALModel(extractor, localizer, get_mode(config.backbone.mode))

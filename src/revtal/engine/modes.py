@@ -50,12 +50,17 @@ class TrainingMode:
         """Frames of one backbone input: the whole sampled video, except for modes that run it over clips."""
         return video_frames
 
-    def build_extractor(self, settings: "BackboneConfig", video_frames: int, img_size: int) -> nn.Module:
+    def build_extractor(self, settings: "BackboneConfig", video_frames: int, img_size: int,
+                        weights: dict | None = None) -> nn.Module:
         """The feature extractor this mode trains: backbone built (and loaded from ``settings.pretrained`` through
-        :func:`revtal.backbones.build`, which infers the checkpoint's layout), converted, wrapped and frozen."""
+        :func:`revtal.backbones.build`, which infers the checkpoint's layout), converted, wrapped and frozen.
+        ``weights``: a trained extractor's state dict to build from instead (rebuilding a trained model: the layout
+        is inferred from it the same way, whatever the mode)."""
         from revtal.backbones import build
 
         pretrained = settings.pretrained if (settings.pretrained and self.loads_pretrained) else None
+        if weights is not None:
+            pretrained = weights
         backbone = build(settings.name, pretrained=pretrained, num_frames=self.backbone_frames(settings, video_frames),
                          img_size=img_size, **settings.options)
         self.convert(backbone, settings)

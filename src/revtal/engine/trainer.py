@@ -10,7 +10,6 @@ step), and evaluation predictions are gathered from all ranks.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import random
 import time
@@ -22,36 +21,20 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from revtal.data.annotations import AnnotationSet, write_predictions
+from revtal.data.annotations import AnnotationSet
 from revtal.engine import distributed as dist_utils
-from revtal.engine.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
+from revtal.engine.checkpoint import TrainingCheckpoint, atomic_save, training_state
 from revtal.engine.config import Config, dump_config
 from revtal.engine.data import build_datasets, load_dataset_annotations, make_loader, resolve_dataset
 from revtal.engine.model import TALModel, build_model
+from revtal.engine.inference import Predictor, autocast, model_inputs, resolve_device
 from revtal.engine.optim import ModelEMA, build_optimizer, warmup_cosine
-from revtal.evaluation.detection import evaluate_detection
-from revtal.localizers.postprocess import detections_to_seconds
-
-
-def model_inputs(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(video, frame mask) of a video batch, or (features, mask) of a precomputed-feature batch."""
-    if "video" in batch:
-        return batch["video"].to(device, non_blocking=True), batch["frame_mask"].to(device)
-    return batch["features"].to(device, non_blocking=True), batch["mask"].to(device)
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is available")
-    return torch.device(name)
 
 
 @dataclass
@@ -147,7 +130,6 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=ocfg.amp == "fp16" and self.device.type == "cuda")
         if ocfg.amp == "fp16" and self.device.type != "cuda":
             raise ValueError("optim.amp=fp16 needs CUDA; use bf16 on CPU")
-        self.postprocess = config.localizer.postprocess.build()
         self.start_epoch = 0
         self.step = 0
         self.best_metric = -1.0
@@ -172,41 +154,21 @@ class Trainer:
 
     # --------------------------------------------------------------------------------------------- checkpoints
     def state(self, epoch: int) -> dict:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "lr_schedule": self.lr_schedule.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "ema": self.ema.state_dict() if self.ema else None,
-            "mode": self.hooks.state_dict(),
-            "rng": rng_state(),
-            "epoch": epoch,
-            "step": self.step,
-            "best_metric": self.best_metric,
-            "classes": self.classes,
-            "config": self.config.to_dict(),
-        }
+        return training_state(model=self.model, optimizer=self.optimizer, lr_schedule=self.lr_schedule,
+                              scaler=self.scaler, ema=self.ema, mode_hooks=self.hooks, epoch=epoch, step=self.step,
+                              best_metric=self.best_metric, classes=self.classes, config=self.config)
 
     def _resume(self, path: str | Path) -> None:
-        state = load_checkpoint(path)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.lr_schedule.load_state_dict(state["lr_schedule"])
-        self.scaler.load_state_dict(state["scaler"])
-        if self.ema and state.get("ema"):
-            self.ema.load_state_dict(state["ema"])
-        self.hooks.load_state_dict(state["mode"])
-        set_rng_state(state["rng"])
-        self.start_epoch = state["epoch"] + 1
-        self.step = state["step"]
-        self.best_metric = state["best_metric"]
+        counters = TrainingCheckpoint(path).restore_training(
+            model=self.model, optimizer=self.optimizer, lr_schedule=self.lr_schedule, scaler=self.scaler,
+            ema=self.ema, mode_hooks=self.hooks)
+        self.start_epoch = counters["epoch"] + 1
+        self.step = counters["step"]
+        self.best_metric = counters["best_metric"]
 
     # --------------------------------------------------------------------------------------------------- train
     def autocast(self):
-        amp = self.config.optim.amp
-        if amp == "none":
-            return torch.autocast(self.device.type, enabled=False)
-        return torch.autocast(self.device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+        return autocast(self.device, self.config.optim.amp)
 
     def _targets(self, batch: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Segments from seconds to feature-grid units, through each video's grid (the one mapping)."""
@@ -334,31 +296,6 @@ class Trainer:
         dist_utils.barrier()
 
     # ------------------------------------------------------------------------------------------------ evaluate
-    @torch.no_grad()
-    def predict(self, dataset, model: TALModel | None = None) -> dict[str, list[dict]]:
-        """ActivityNet results for this rank's share of ``dataset`` gathered from every rank."""
-        model = model or self.model
-        model.eval()
-        results: dict[str, list[dict]] = {}
-        indices = list(range(self.rank, len(dataset), self.world))
-        loader = make_loader(torch.utils.data.Subset(dataset, indices), self.config, train=False)
-        for batch in tqdm(loader, desc="evaluate", disable=not self.progress, leave=False):
-            video, frame_mask = model_inputs(batch, self.device)
-            with self.autocast():
-                output = model(video, frame_mask)
-            for det, vid, grid, duration in zip(
-                model.localizer.predict(output, self.postprocess), batch["video_id"], batch["grid"], batch["duration"]
-            ):
-                det = detections_to_seconds(det, grid.coarsened(model.temporal_stride), duration)
-                results[vid] = [
-                    {"label": self.classes[int(c)], "score": float(s), "segment": [float(a), float(b)]}
-                    for (a, b), s, c in zip(det["segments"].tolist(), det["scores"].tolist(), det["labels"].tolist())
-                ]
-        merged: dict[str, list[dict]] = {}
-        for part in dist_utils.gather_objects(results):
-            merged.update(part)
-        return merged
-
     def evaluation_model(self) -> TALModel:
         if self.ema is None:
             return self.model
@@ -369,11 +306,8 @@ class Trainer:
         return model
 
     def evaluate(self, write: bool = True) -> dict:
-        predictions = self.predict(self.val_set, self.evaluation_model())
-        result = evaluate_detection(self.annotations, {"results": predictions}, self.config.eval.tiou,
-                                    subset=self.config.data.val_subset)
-        metrics = result.to_json()
-        if write and self.main:
-            write_predictions(self.out_dir / "predictions.json", predictions)
-            (self.out_dir / "eval.json").write_text(json.dumps(metrics, indent=2))
-        return metrics
+        """Detection mAP of the evaluation model (EMA weights when kept) on the validation subset, gathered from
+        every rank; rank 0 writes predictions.json and eval.json (``write``)."""
+        predictor = Predictor(self.evaluation_model(), self.config, self.classes, self.device, self.progress)
+        out_dir = self.out_dir if write and self.main else None
+        return predictor.evaluate(self.val_set, self.annotations, out_dir, rank=self.rank, world=self.world)
