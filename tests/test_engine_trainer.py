@@ -96,10 +96,10 @@ def test_two_runs_with_two_threads_give_identical_metrics(tmp_path, mode):
     try:
         runs = []
         for name in ("a", "b"):
-            config = tiny_config(tmp_path / name, backbone__mode=mode)
             # the demo's video size and rate: the old x264 settings encoded these differently from run to run
-            synthetic = config.data.synthetic
-            synthetic.size, synthetic.fps, synthetic.min_duration, synthetic.max_duration = 32, 4.0, 16.0, 32.0
+            config = tiny_config(tmp_path / name, backbone__mode=mode).with_values({
+                "data.synthetic.size": 32, "data.synthetic.fps": 4.0, "data.synthetic.min_duration": 16.0,
+                "data.synthetic.max_duration": 32.0})
             trainer = Trainer(config, progress=False)
             trainer.fit()
             runs.append(trainer)
