@@ -115,13 +115,14 @@ def pretrain_backbone(config: Config, out: Path, steps: int, seed: int = 0) -> d
 def run(args) -> int:
     from revtal.engine.data import load_dataset_annotations, resolve_dataset
     from revtal.engine.inference import Predictor
+    from revtal.engine.modes import get_mode
     from revtal.engine.trainer import Trainer
 
     started = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     base = demo_config(out, quick=args.quick)
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    modes = [get_mode(m.strip()).name for m in args.modes.split(",") if m.strip()]  # unknown: an error, now
     print(f"revtal demo → {out}  (torch {torch.__version__}, {torch.get_num_threads()} threads)")
 
     print("[1/5] synthetic dataset")

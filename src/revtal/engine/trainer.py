@@ -217,37 +217,46 @@ class Trainer:
                 )
             self.scaler.scale(loss / accumulate).backward()
             for event in self.hooks.after_backward():
-                self.log.log(self.step, {"safety/relative_error": event.relative_error, "safety/stage": event.stage,
-                                         "safety/fallback": event.fallback})
-                if self.main:
-                    tqdm.write(event.message())
+                self._log_reconstruction(event)
             if (it + 1) % accumulate == 0 or it + 1 == len(self.train_loader):
-                if cfg.optim.clip_grad > 0:
-                    self.scaler.unscale_(self.optimizer)
-                    torch.nn.utils.clip_grad_norm_(
-                        [p for p in self.model.parameters() if p.requires_grad], cfg.optim.clip_grad
-                    )
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.lr_schedule.step()
-                if self.ema is not None:
-                    self.ema.update(self.model)
-                self.step += 1
+                self._optimizer_step()
             if it == 0 and self.model.last_saved_bytes is not None:
                 memory = self.model.last_saved_bytes
             times.append(time.perf_counter() - start)
             losses.append(loss.detach().item())
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", **({"a": f"{alpha:.2f}", "b": f"{beta:.3f}"} if alpha is not None else {}))
             if self.step % cfg.train.log_every == 0:
-                values = {f"train/{k}": v.detach().item() for k, v in loss_dict.items() if k in ("total", "cls", "reg")}
-                values.update({f"lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(self.optimizer.param_groups)})
-                if alpha is not None:
-                    values.update({"dr2net/alpha": alpha, "dr2net/beta": beta})
-                self.log.log(self.step, values)
+                self._log_step(loss_dict, alpha, beta)
         if self.device.type == "cuda":
             memory = torch.cuda.max_memory_allocated(self.device)
         return EpochStats(epoch, float(np.mean(losses)), float(np.median(times)), int(memory), memory_kind, alpha, beta)
+
+    def _optimizer_step(self) -> None:
+        """Clip, step (through the AMP scaler), schedule the LR, update the EMA; one optimizer step."""
+        clip = self.config.optim.clip_grad
+        if clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.lr_schedule.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.step += 1
+
+    def _log_step(self, loss_dict: dict, alpha: float | None, beta: float | None) -> None:
+        values = {f"train/{k}": v.detach().item() for k, v in loss_dict.items() if k in ("total", "cls", "reg")}
+        values.update({f"lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(self.optimizer.param_groups)})
+        if alpha is not None:
+            values.update({"dr2net/alpha": alpha, "dr2net/beta": beta})
+        self.log.log(self.step, values)
+
+    def _log_reconstruction(self, event) -> None:
+        self.log.log(self.step, {"safety/relative_error": event.relative_error, "safety/stage": event.stage,
+                                 "safety/fallback": event.fallback})
+        if self.main:
+            tqdm.write(event.message())
 
     def _start_hooks(self, video: torch.Tensor) -> None:
         """The mode's once-per-run preparation on the first batch (the end point of an ``end: auto`` schedule)."""
