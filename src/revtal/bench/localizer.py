@@ -136,8 +136,6 @@ def _score(annotations, predictions) -> dict:
 
 
 def run_revtal(root: Path, out: Path, seed: int, epochs: int, warmup_epochs: int, lr: float, overrides=()) -> dict:
-    from dataclasses import replace
-
     from revtal.engine.config import load_config
     from revtal.engine.trainer import Trainer
 
@@ -148,19 +146,25 @@ def run_revtal(root: Path, out: Path, seed: int, epochs: int, warmup_epochs: int
     seconds = time.perf_counter() - start
     return {
         "parameters": sum(p.numel() for p in trainer.model.localizer.parameters()),
-        "final": _score(trainer.annotations, trainer.predict(trainer.val_set, trainer.model)),
-        "ema": _score(trainer.annotations, trainer.predict(trainer.val_set, trainer.evaluation_model())),
+        "final": _score(trainer.annotations, _predict(trainer, trainer.model)),
+        "ema": _score(trainer.annotations, _predict(trainer, trainer.evaluation_model())),
         "train_seconds": seconds,
-        **_without_voting(trainer, replace),
+        **_without_voting(trainer),
     }
 
 
-def _without_voting(trainer, replace) -> dict:
+def _predict(trainer, model, config=None) -> dict:
+    from revtal.engine.inference import Predictor
+
+    return Predictor(model, config or trainer.config, trainer.classes, trainer.device).predict(trainer.val_set)
+
+
+def _without_voting(trainer) -> dict:
     """The final weights scored again without segment voting (the reference votes only when class-agnostic)."""
-    if trainer.postprocess.voting_threshold is None:
+    if trainer.config.localizer.postprocess.voting_threshold is None:
         return {}
-    trainer.postprocess = replace(trainer.postprocess, voting_threshold=None)
-    return {"final_no_voting": _score(trainer.annotations, trainer.predict(trainer.val_set, trainer.model))}
+    config = trainer.config.with_values({"localizer.postprocess.voting_threshold": None})
+    return {"final_no_voting": _score(trainer.annotations, _predict(trainer, trainer.model, config))}
 
 
 # --------------------------------------------------------------------------------------------- reference
