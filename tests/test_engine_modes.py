@@ -64,3 +64,22 @@ def test_registry_names_and_errors():
     assert get_mode("dr2net").name == "dr2net"
     with pytest.raises(ValueError, match="unknown training mode 'magic'"):
         get_mode("magic")
+
+
+@pytest.mark.parametrize("mode, schedule, monitor, exact_checked", [
+    ("conventional", False, False, False), ("frozen", False, False, False), ("re2", False, True, False),
+    ("hard", False, False, True), ("dr2net", True, False, True), ("losa", False, False, False),
+])
+def test_each_mode_owns_its_hooks(mode, schedule, monitor, exact_checked):
+    from revtal.engine.config import load_config
+    from revtal.engine.model import build_model
+
+    config = load_config(None, [f"backbone.mode={mode}", "backbone.options={depth: 1}", "data.num_frames=4",
+                                "data.img_size=16", "backbone.losa.clip_frames=4"])
+    model = build_model(config, 2)
+    hooks = model.mode.hooks(model, config.backbone, iters_per_epoch=3)
+    assert (hooks.schedule is not None, hooks.monitor is not None) == (schedule, monitor)
+    assert bool(hooks._unverified_exact) == exact_checked
+    state = hooks.state_dict()
+    assert set(state) == {"coefficients", "monitor"}
+    assert (state["coefficients"] is not None, state["monitor"] is not None) == (schedule, monitor)

@@ -68,6 +68,15 @@ def test_one_epoch_per_mode(dataset_root, tmp_path, mode):
         assert backbone_moved, f"{mode}: the backbone did not train"
     assert (tmp_path / "last.pt").exists() and (tmp_path / "metrics.csv").exists()
     assert json.loads((tmp_path / "eval.json").read_text())["tiou"] == [0.3, 0.5, 0.7]
+    # the checkpoint rebuilds, through the same mode object, into the model that was trained
+    from revtal.engine.inference import Predictor
+
+    rebuilt = Predictor.from_checkpoint(tmp_path / "last.pt").model
+    assert type(rebuilt.mode) is type(trainer.model.mode)
+    trained_state = trainer.model.state_dict()
+    assert all(torch.equal(v, trained_state[k]) for k, v in rebuilt.state_dict().items())
+    assert [(s.alpha, s.beta, s.backprop) for s in revtal.reversible_stages(rebuilt)] == \
+        [(s.alpha, s.beta, s.backprop) for s in revtal.reversible_stages(trainer.model)]
 
 
 def test_resume_continues_bit_for_bit(dataset_root, tmp_path):
