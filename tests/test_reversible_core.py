@@ -8,7 +8,7 @@ from torch import nn
 
 import revtal
 from revtal.reversible import Branch, Coupling, ReversibleStage, reversible_stages
-from revtal.reversible.function import ReversibleStageFunction
+from revtal.reversible.function import ReversibleBranchFunction
 from revtal.utils.memory import saved_bytes
 from tests.helpers import (
     assert_bitwise_same_network,
@@ -183,7 +183,7 @@ def test_no_grad_and_eval_use_no_custom_function(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("custom Function used without grad")
 
-    monkeypatch.setattr(ReversibleStageFunction, "apply", forbidden)
+    monkeypatch.setattr(ReversibleBranchFunction, "apply", forbidden)
     with torch.no_grad():
         assert torch.equal(model(x), expected)
     for p in model.parameters():

@@ -150,11 +150,13 @@ class Swin3dBackbone(VideoBackbone):
 
     def forward_features(self, video: Tensor, return_intermediates: bool = False) -> Features:
         self._check_video(video)
+        from revtal.reversible.stage import between_stages
+
         net = self.net
-        x = net.pos_drop(net.patch_embed(video))  # channels last: (B, T', H', W', C)
+        x = net.pos_drop(between_stages(net, net.patch_embed, video))  # channels last: (B, T', H', W', C)
         intermediates = []
         for layer in net.features:
-            x = layer(x)
+            x = between_stages(net, layer, x) if isinstance(layer, (PatchMerging2d, PatchMerging3d)) else layer(x)
             if return_intermediates and not isinstance(layer, (PatchMerging2d, PatchMerging3d)):
                 intermediates.append(x.permute(0, 4, 1, 2, 3))
         final = net.norm(x).permute(0, 4, 1, 2, 3)

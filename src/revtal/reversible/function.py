@@ -1,15 +1,15 @@
 """Memory-free backprop through a reversible stage.
 
-:class:`ReversibleStageFunction` runs the whole stage under ``no_grad`` and saves only the final pair of streams
-(x_n, y_n) — plus, with exact arithmetic, k-bit remainders. Its backward walks the blocks in reverse: it
-reconstructs each block input from the streams above it, re-runs that block's branch with grad enabled (same RNG,
-autocast and BatchNorm state as the forward, see :mod:`revtal.reversible.replay`), takes the vector-Jacobian
-product, and drops everything of the block before moving down. Peak memory is one block's activations, whatever
-the depth.
+:func:`run_memory_free` runs the stage under ``no_grad``, one :class:`ReversibleBranchFunction` node per residual
+branch, and saves only the final pair of streams (x_n, y_n) — plus, with exact arithmetic, k-bit remainders.
+Backward walks the branches in reverse: each node reconstructs its branch's input from the streams above it,
+re-runs the branch with grad enabled (same RNG, autocast and BatchNorm state as the forward, see
+:mod:`revtal.reversible.replay`), takes the vector-Jacobian product, and drops everything of the branch before the
+node below runs. Peak memory is one branch's activations and one branch's parameter gradients, whatever the depth.
 
-Parameters are passed to the Function as inputs and their gradients returned from ``backward``: gradients reach
-``.grad`` through ordinary autograd accumulation, so DDP's hooks, gradient accumulation and hooks on parameters all
-behave as with any other layer.
+The parameters of a branch's owner are inputs of its node and their gradients are returned from its ``backward``:
+gradients reach ``.grad`` through ordinary autograd accumulation, so DDP's hooks, gradient accumulation,
+``torch.autograd.grad`` and hooks on parameters all behave as with any other layer.
 """
 
 from __future__ import annotations
@@ -99,8 +99,7 @@ class StageRun:
     branches: list[Branch]
     coupling: Coupling
     arithmetic: StreamArithmetic
-    params: list[Tensor]
-    param_slots: list[list[int]]  # per branch: indices into ``params`` of its owner's trainable parameters
+    params: list[list[Tensor]]  # per branch: its owner's trainable parameters
     preserve_rng: bool
     verify: bool = False
     on_verified: Callable[[ReconstructionCheck], None] | None = None
@@ -109,82 +108,102 @@ class StageRun:
     norms: dict[int, list] = field(default_factory=dict)
     name: str = ""
     check_finite: bool = True
+    streams: tuple[Any, Any] | None = None  # the streams between two nodes (forward: above; backward: below)
+    verified_input: Tensor | None = None
 
     def branch_output(self, i: int, v: Tensor) -> Tensor:
         return self.branches[i].g(v, self.coupling)
 
 
-class ReversibleStageFunction(torch.autograd.Function):
+class ReversibleBranchFunction(torch.autograd.Function):
+    """One branch of a memory-free stage as one autograd node.
+
+    The nodes of a stage are chained through their stream outputs, so autograd runs their backwards top-down and
+    takes each branch's parameter gradients as soon as that branch is done: backward holds one branch's parameter
+    gradients beside the accumulated ``.grad``, not the whole stage's (for a stage run on many clips of a video
+    that doubled the gradients in memory). The streams themselves do not pass through autograd's saved tensors:
+    the top node saves (x_n, y_n) and every node hands the streams it reconstructs to the node below through
+    ``run.streams``. A node's outputs are its streams as floats (the arithmetic's ``view``): links for the
+    gradients, which nothing holds once the next node has run.
+    """
+
     @staticmethod
-    def forward(ctx, run: StageRun, x0: Tensor, *params: Tensor):
+    def forward(ctx, run: StageRun, i: int, x_in: Tensor, y_in: Tensor | None, *params: Tensor):
         arith, c = run.arithmetic, run.coupling
-        run.autocast = AutocastState.capture(x0.device.type)
+        last = i == len(run.branches) - 1
         with torch.no_grad():
-            arith.start_forward()
-            x, y = arith.begin(x0, c)
-            first = x.clone() if run.verify else None
-            residues: list[Tensor | None] = []
-            for i in range(len(run.branches)):
-                if run.preserve_rng:
-                    run.rng_states.append(RngState.capture(x0.device))
-                g = run.branch_output(i, arith.view(x, x0))
-                x, y, residue = arith.advance(x, y, g, c)
-                residues.append(residue)
-            arith.finish_forward()
-            out_x, out_y = arith.view(x, x0), arith.view(y, x0)
-        stored = [r for r in residues if r is not None]
-        ctx.residue_present = [r is not None for r in residues]
-        ctx.run = run
-        ctx.like = (x0.dtype, x0.device)
-        streams = (out_x, out_y) if not arith.exact else (x, y)
-        ctx.save_for_backward(*streams, *stored, *([first] if first is not None else []))
+            if i == 0:
+                run.autocast = AutocastState.capture(x_in.device.type)
+                arith.start_forward()
+                x, y = arith.begin(x_in, c)
+                run.verified_input = x.clone() if run.verify else None
+                branch_input = arith.view(x, x_in)
+            else:
+                x, y = run.streams
+                branch_input = x_in  # the previous node's x output is the float view of x
+            if run.preserve_rng:
+                run.rng_states.append(RngState.capture(x_in.device))
+            x, y, residue = arith.advance(x, y, run.branch_output(i, branch_input), c)
+            if last:
+                arith.finish_forward()
+            out_x, out_y = arith.view(x, x_in), arith.view(y, x_in)
+        run.streams = None if last else (x, y)
+        ctx.run, ctx.i, ctx.like = run, i, (x_in.dtype, x_in.device)
+        # the top node keeps the stage output; exact streams are kept in their own (integer) representation
+        streams = (((out_x, out_y) if not arith.exact else (x, y)) if last else ())
+        extra = [run.verified_input] if last and run.verified_input is not None else []
+        ctx.layout = (len(streams), residue is not None)
+        ctx.save_for_backward(*streams, *([residue] if residue is not None else []), *extra)
         return out_x, out_y
 
     @staticmethod
     def backward(ctx, grad_x: Tensor | None, grad_y: Tensor | None):
         run: StageRun = ctx.run
+        i = ctx.i
         arith, c = run.arithmetic, run.coupling
         saved = list(ctx.saved_tensors)
-        x, y = saved[0], saved[1]
-        n_stored = sum(ctx.residue_present)
-        stored = iter(saved[2:2 + n_stored])
-        residues = [next(stored) if present else None for present in ctx.residue_present]
-        first = saved[2 + n_stored] if run.verify else None
+        n_streams, has_residue = ctx.layout
+        if n_streams:
+            run.streams = (saved[0], saved[1])
+        residue = saved[n_streams] if has_residue else None
+        if run.verify and n_streams:
+            run.verified_input = saved[n_streams + has_residue]
         del saved
+        x, y = run.streams
+        run.streams = None
         dtype, device = ctx.like
         like = torch.empty((), dtype=dtype, device=device)
-        shape_src = arith.view(x, like)
-        grad_x = torch.zeros_like(shape_src) if grad_x is None else grad_x
-        grad_y = torch.zeros_like(shape_src) if grad_y is None else grad_y
-        del shape_src
-        param_grads: list[Tensor | None] = [None] * len(run.params)
+        if grad_x is None or grad_y is None:
+            shape_src = arith.view(x, like)
+            grad_x = torch.zeros_like(shape_src) if grad_x is None else grad_x
+            grad_y = torch.zeros_like(shape_src) if grad_y is None else grad_y
+            del shape_src
 
-        for i in reversed(range(len(run.branches))):
-            x_prev = arith.recover_input(x, y, residues[i], c)
-            residues[i] = None
-            v = arith.view(x_prev, like).detach().requires_grad_(True)
-            rng = run.rng_states[i].restored() if run.preserve_rng else contextlib.nullcontext()
-            owner = run.branches[i].owner
-            norms = run.norms.setdefault(i, batchnorm_modules(owner))
-            slots = run.param_slots[i]
-            inputs = [v] + [run.params[j] for j in slots]
-            # running stats are put back only after autograd.grad: BatchNorm's backward checks they are unmodified
-            with frozen_running_stats(norms):
-                with torch.enable_grad(), rng, run.autocast.scope():
-                    g = run.branch_output(i, v)
-                grads = torch.autograd.grad(g, inputs, grad_x, allow_unused=True)
-            y_prev = arith.recover_y(x, g.detach())
-            del g
-            grad_v = grads[0] if grads[0] is not None else torch.zeros_like(v)
-            for j, gp in zip(slots, grads[1:]):
-                if gp is not None:
-                    param_grads[j] = gp if param_grads[j] is None else param_grads[j] + gp
-            grad_x, grad_y = grad_v + c.beta * grad_y, grad_x
-            x, y = x_prev, y_prev
-            del v, grads, grad_v
+        x_prev = arith.recover_input(x, y, residue, c)
+        del residue
+        v = arith.view(x_prev, like).detach().requires_grad_(True)
+        rng = run.rng_states[i].restored() if run.preserve_rng else contextlib.nullcontext()
+        norms = run.norms.setdefault(i, batchnorm_modules(run.branches[i].owner))
+        # running stats are put back only after autograd.grad: BatchNorm's backward checks they are unmodified
+        with frozen_running_stats(norms):
+            with torch.enable_grad(), rng, run.autocast.scope():
+                g = run.branch_output(i, v)
+            grad_v, *param_grads = torch.autograd.grad(g, [v, *run.params[i]], grad_x, allow_unused=True)
+        y_prev = arith.recover_y(x, g.detach())
+        del g, x, y
+        if grad_v is None:
+            grad_v = torch.zeros_like(v)
+        del v
+        grad_x, grad_y = grad_v + (grad_y if c.beta == 1.0 else c.beta * grad_y), grad_x
+        del grad_v
+        ctx.run = None
 
-        if run.verify and first is not None:
-            run_check = _compare(x, first, arith, like)
+        if i > 0:
+            run.streams = (x_prev, y_prev)
+            return (None, None, grad_x, grad_y, *param_grads)
+        if run.verify and run.verified_input is not None:
+            run_check = _compare(x_prev, run.verified_input, arith, like)
+            run.verified_input = None
             if run.on_verified is not None:
                 run.on_verified(run_check)
         grad_input = c.input_gradient(grad_x, grad_y)
@@ -194,10 +213,17 @@ class ReversibleStageFunction(torch.autograd.Function):
                 f"arithmetic={getattr(arith, 'name', type(arith).__name__)}); float reconstruction is unstable at "
                 "small beta: use backprop='exact' or a larger beta"
             )
-        if not ctx.needs_input_grad[1]:
+        if not ctx.needs_input_grad[2]:
             grad_input = None
-        ctx.run = None
-        return (None, grad_input, *param_grads)
+        return (None, None, grad_input, None, *param_grads)
+
+
+def run_memory_free(run: StageRun, x0: Tensor) -> tuple[Tensor, Tensor]:
+    """The stage's forward as a chain of :class:`ReversibleBranchFunction` nodes; returns the streams (x_n, y_n)."""
+    x, y = x0, None
+    for i in range(len(run.branches)):
+        x, y = ReversibleBranchFunction.apply(run, i, x, y, *run.params[i])
+    return x, y
 
 
 def _compare(reconstructed: Any, truth: Any, arith: StreamArithmetic, like: Tensor) -> ReconstructionCheck:

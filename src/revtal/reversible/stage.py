@@ -25,11 +25,14 @@ from __future__ import annotations
 from typing import Callable, Iterable, Mapping
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from revtal.reversible.coupling import Coupling, FloatArithmetic
 from revtal.reversible.exact import ExactArithmetic, nearest_dyadic
-from revtal.reversible.function import Branch, ReconstructionCheck, ReversibleStageFunction, StageRun, run_plain
+from revtal.reversible.function import (
+    Branch, ReconstructionCheck, StageRun, run_memory_free, run_plain,
+)
 
 BACKPROP_MODES = ("reversible", "exact", "vanilla", "checkpoint")
 
@@ -164,36 +167,26 @@ class ReversibleStage(nn.Module):
 
     @torch.compiler.disable
     def _memory_free(self, x: Tensor, branches: list[Branch]) -> tuple[Tensor, Tensor]:
-        params: list[Tensor] = []
-        index: dict[int, int] = {}
-        slots_of_owner: dict[int, list[int]] = {}
-        slots: list[list[int]] = []
+        trainable_of_owner: dict[int, list[Tensor]] = {}
+        params: list[list[Tensor]] = []
         for branch in branches:
             key = id(branch.owner)
-            if key not in slots_of_owner:
-                owner_slots = []
-                for p in branch.owner.parameters():
-                    if p.requires_grad:
-                        if id(p) not in index:
-                            index[id(p)] = len(params)
-                            params.append(p)
-                        owner_slots.append(index[id(p)])
-                slots_of_owner[key] = owner_slots
-            slots.append(slots_of_owner[key])
+            if key not in trainable_of_owner:
+                trainable_of_owner[key] = [p for p in branch.owner.parameters() if p.requires_grad]
+            params.append(trainable_of_owner[key])
         verify, self._verify_next = self._verify_next, False
         run = StageRun(
             branches=branches,
             coupling=self.coupling,
             arithmetic=self.arithmetic,
             params=params,
-            param_slots=slots,
             preserve_rng=self.preserve_rng and self.training,
             verify=verify,
             on_verified=self._record_check,
             name=self.stage_name,
             check_finite=self.check_finite,
         )
-        return ReversibleStageFunction.apply(run, x, *params)
+        return run_memory_free(run, x)
 
     def _record_check(self, check: ReconstructionCheck) -> None:
         self.last_check = check
@@ -210,3 +203,20 @@ class ReversibleStage(nn.Module):
 
 def reversible_stages(model: nn.Module) -> list[ReversibleStage]:
     return [m for m in model.modules() if isinstance(m, ReversibleStage)]
+
+
+MEMORY_FREE_MODES = ("reversible", "exact")
+
+
+def between_stages(model: nn.Module, layer: nn.Module, x: Tensor) -> Tensor:
+    """Run ``layer``, a non-reversible part of ``model`` between its stages (patch embedding, patch merging). Once
+    the stages are memory-free these parts are what a step keeps (a patch merging saves its normalisation's input
+    and its projection's input: twice the stage output the reversible stage already keeps as its two streams); so
+    in a model whose stages run memory-free they run under non-reentrant checkpointing, which keeps only their
+    input and recomputes them in backward (the same function: gradients are unchanged). Layers with BatchNorm are
+    run plainly (a recompute would update running statistics twice); so is everything under no_grad."""
+    if not (torch.is_grad_enabled() and any(s.backprop in MEMORY_FREE_MODES for s in reversible_stages(model))):
+        return layer(x)
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in layer.modules()):
+        return layer(x)
+    return torch.utils.checkpoint.checkpoint(layer, x, use_reentrant=False)
