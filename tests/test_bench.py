@@ -65,6 +65,19 @@ def test_reversible_mode_saves_its_two_streams_and_conventional_saves_far_more()
     assert saved["conventional"] > 2 * (2 + 3 + 4 + 4) * TOKEN_MAP_BYTES * 0.9
 
 
+def test_clips_run_through_the_backbone_one_by_one_and_are_counted():
+    from revtal.bench.worker import measure
+
+    one, two = (measure(BenchConfig(**TINY, mode="re2", clips=n)) for n in (1, 2))
+    assert (one["clips"], two["clips"]) == (1, 2)
+    # every clip's graph lives until the step's backward: two streams (and pooled features) per clip
+    assert 2 * TOKEN_MAP_BYTES <= one["saved_bytes"] < 3 * TOKEN_MAP_BYTES
+    assert two["saved_bytes"] == pytest.approx(2 * one["saved_bytes"], rel=0.01)
+    for record in (one, two):
+        assert record["param_grad_bytes"] == 4 * record["trainable_params"]
+        assert record["peak_bytes"] == max(record["forward_peak_bytes"], record["backward_peak_bytes"])
+
+
 def test_missing_peer_library_is_reported_not_raised(monkeypatch, capsys):
     from revtal.bench import worker
 
@@ -81,8 +94,8 @@ def test_cli_quick_run_in_a_subprocess_writes_json_and_plots(tmp_path):
 
     out, plots = tmp_path / "bench.json", tmp_path / "figures"
     # one configuration (one worker process: starting one costs seconds on a loaded machine)
-    code = main(["bench", "memory", "--quick", "--modes", "conventional", "--json", str(out), "--plot", str(plots),
-                 "--no-progress"])
+    code = main(["bench", "memory", "--quick", "--clips", "2", "--modes", "conventional", "--json", str(out),
+                 "--plot", str(plots), "--no-progress"])
     assert code == 0
     data = json.loads(out.read_text())
     assert {"cpu_model", "cpu_cores", "torch", "device"} <= set(data["machine"])
@@ -90,14 +103,15 @@ def test_cli_quick_run_in_a_subprocess_writes_json_and_plots(tmp_path):
     record = data["records"][0]
     assert {"model", "mode", "depth", "frames", "img_size", "batch", "saved_bytes", "peak_bytes",
             "step_time_s"} <= set(record)
-    assert (record["model"], record["mode"], record["depth"], record["frames"], record["img_size"],
-            record["batch"]) == ("vit_tiny_video", "conventional", 2, 8, 96, 2)
+    assert (record["model"], record["mode"], record["depth"], record["frames"], record["img_size"], record["batch"],
+            record["clips"], record["clip_batch"]) == ("vit_tiny_video", "conventional", 2, 8, 96, 2, 2, 1)
+    assert {"forward_peak_bytes", "after_forward_bytes", "backward_peak_bytes", "param_grad_bytes"} <= set(record)
     assert record["malloc_mmap_threshold"] == "65536"  # measured in a worker process started with the setting
     # the step's activations (tens of token maps of 72 KiB, each its own mapping) raise the resident set
     assert record["peak_bytes"] > 4 * TOKEN_MAP_BYTES
     assert record["saved_bytes"] > 0 and record["step_time_s"] > 0
     assert record["saved_vs_conventional"] == 1.0
-    for name in ("memory_vs_depth.png", "memory_vs_frames.png"):
+    for name in ("memory_vs_depth.png", "memory_vs_frames.png", "memory_vs_clips.png"):
         assert (plots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

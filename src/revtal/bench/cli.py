@@ -24,11 +24,11 @@ KINDS = {
 # small enough for a test: a 2-block tiny ViT on 8×96² clips, one intra-op thread (see --threads)
 QUICK = {
     "models": ["vit_tiny_video"], "modes": ["conventional", "checkpoint", "re2"], "depths": [2], "frames": [8],
-    "img_sizes": [96], "batches": [2], "repeats": 2, "threads": 1,
+    "img_sizes": [96], "batches": [2], "clips": [1], "repeats": 2, "threads": 1,
 }
 DEFAULTS = {
     "models": ["vit_s_video"], "modes": [m for m in MODES], "depths": [12], "frames": [16], "img_sizes": [112],
-    "batches": [1],
+    "batches": [1], "clips": [1],
 }
 
 
@@ -47,7 +47,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--depths", nargs="+", type=int, help="ViT depths (default 12; other models keep their own)")
     parser.add_argument("--frames", nargs="+", type=int, help="frames per clip (default 16)")
     parser.add_argument("--img-sizes", nargs="+", type=int, help="square frame sizes in pixels (default 112)")
-    parser.add_argument("--batches", nargs="+", type=int, help="clips per batch (default 1)")
+    parser.add_argument("--batches", nargs="+", type=int, help="samples (videos) per batch (default 1)")
+    parser.add_argument(
+        "--clips", nargs="+", type=int,
+        help="clips of --frames frames per sample (default 1): a video of clips × frames frames, run through the "
+        "backbone clip by clip and laid end to end for the head, as in end-to-end TAL",
+    )
+    parser.add_argument(
+        "--clip-batch", type=int, default=1,
+        help="clips per backbone call when --clips > 1 (default 1; LoSA cuts its clips itself)",
+    )
     parser.add_argument("--warmup", type=int, help="untimed steps before measuring (default: memory 1, speed 2)")
     parser.add_argument("--repeats", type=int, help="timed steps (default: memory 1, speed 10)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
@@ -99,6 +108,7 @@ def build_grid(args: argparse.Namespace) -> Grid:
         "threads": args.threads if args.threads is not None else (QUICK["threads"] if args.quick else None),
         "float_coefficients": tuple(args.dr2net_float),
         "exact_coefficients": tuple(args.dr2net_exact),
+        "clip_batch": args.clip_batch,
     }
     return Grid(
         models=_choice(args, "models"),
@@ -107,6 +117,7 @@ def build_grid(args: argparse.Namespace) -> Grid:
         frames=_choice(args, "frames"),
         img_sizes=_choice(args, "img_sizes"),
         batches=_choice(args, "batches"),
+        clips=_choice(args, "clips"),
         options=options,
     )
 
@@ -125,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
 
         return localizer.run(args)
     from revtal.backbones import list_backbones
-    from revtal.bench.runner import machine_info, run_configs
+    from revtal.bench.runner import machine_info, run_configs, write_json
 
     grid = build_grid(args)
     unknown = [m for m in grid.models if m not in list_backbones()]
@@ -142,7 +153,13 @@ def run(args: argparse.Namespace) -> int:
     machine = machine_info(grid.options["device"])
     print(f"revtal bench {args.kind}: {len(configs)} configurations on {machine['cpu_model']} "
           f"({machine['cpu_cores_available']} cores), device {machine['device']}, torch {machine['torch']}")
-    result = run_configs(configs, timeout_s=args.timeout, progress=not args.no_progress, rounds=args.rounds)
+    def write_partial(partial) -> None:  # a long run killed halfway keeps what it measured
+        if args.json:
+            write_json(args.json, machine, partial, partial=True)
+
+    result = run_configs(
+        configs, timeout_s=args.timeout, progress=not args.no_progress, rounds=args.rounds, on_progress=write_partial
+    )
     machine["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     _output(args, machine, result)
     failed = [e for e in result.skipped if e["status"] == "error"]

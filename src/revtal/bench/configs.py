@@ -43,6 +43,8 @@ class BenchConfig:
     frames: int
     img_size: int
     batch: int
+    clips: int = 1  # clips of ``frames`` frames per sample: a video of clips·frames frames (see revtal.bench.clips)
+    clip_batch: int = 1  # clips per backbone call when clips > 1 (the video runs in chunks of this many clips)
     device: str = "cpu"
     warmup: int = 1
     repeats: int = 1
@@ -54,7 +56,7 @@ class BenchConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODE_DESCRIPTIONS:
             raise ValueError(f"unknown benchmark mode {self.mode!r}; modes: {', '.join(MODES)}")
-        for name in ("frames", "img_size", "batch"):
+        for name in ("frames", "img_size", "batch", "clips", "clip_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"benchmark config field {name!r} must be ≥ 1, got {getattr(self, name)}")
         if self.depth is not None and self.depth < 1:
@@ -94,6 +96,7 @@ class Grid:
     frames: list[int]
     img_sizes: list[int]
     batches: list[int]
+    clips: list[int] = field(default_factory=lambda: [1])
     options: dict = field(default_factory=dict)  # remaining BenchConfig fields, the same for every configuration
 
     def configs(self) -> tuple[list[BenchConfig], list[str]]:
@@ -102,8 +105,8 @@ class Grid:
         seen: set[BenchConfig] = set()
         out: list[BenchConfig] = []
         notes: list[str] = []
-        for model, frames, img, batch, depth, mode in itertools.product(
-            self.models, self.frames, self.img_sizes, self.batches, self.depths, self.modes
+        for model, frames, img, batch, clips, depth, mode in itertools.product(
+            self.models, self.frames, self.img_sizes, self.batches, self.clips, self.depths, self.modes
         ):
             if mode in PEER_MODES and not is_vit(model):
                 note = f"{mode} skipped for {model}: the peer stacks are built from ViT blocks only"
@@ -111,7 +114,7 @@ class Grid:
                     notes.append(note)
                 continue
             config = BenchConfig(
-                model, mode, depth if is_vit(model) else None, frames, img, batch, **self.options
+                model, mode, depth if is_vit(model) else None, frames, img, batch, clips=clips, **self.options
             )
             if config not in seen:
                 seen.add(config)

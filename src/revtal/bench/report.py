@@ -16,9 +16,13 @@ def _mode_rank(mode: str) -> int:
     return MODE_ORDER.index(mode) if mode in MODE_ORDER else len(MODE_ORDER)
 
 
+def _clips(record: dict) -> int:
+    return record.get("clips", 1)  # records written before clips existed are one-clip runs
+
+
 def _sort_key(record: dict) -> tuple:
     return (
-        record["model"], record["frames"], record["img_size"], record["batch"], record["depth"] or 0,
+        record["model"], record["frames"], record["img_size"], record["batch"], _clips(record), record["depth"] or 0,
         _mode_rank(record["mode"]),
     )
 
@@ -41,7 +45,7 @@ def markdown_table(records: list[dict]) -> str:
     """One row per record; ratios are to conventional (×conv) and to checkpointing (×ckpt) at the same shape; step
     time is the median over all timed steps (with their minimum and count when the run pooled them)."""
     cuda = any(r.get("cuda_max_allocated_bytes") is not None for r in records)
-    head = ["model", "mode", "depth", "clip", "batch", "saved MiB", "×conv", "×ckpt", "peak MiB", "×conv", "×ckpt"]
+    head = ["model", "mode", "depth", "clip", "clips", "batch", "saved MiB", "×conv", "×ckpt", "peak MiB", "×conv", "×ckpt"]
     if cuda:
         head += ["CUDA max MiB", "×conv", "×ckpt"]
     head += ["step s", "×conv", "×ckpt"]
@@ -52,7 +56,7 @@ def markdown_table(records: list[dict]) -> str:
     for r in sorted(records, key=_sort_key):
         row = [
             r["model"], _mode_label(r), "–" if r["depth"] is None else str(r["depth"]),
-            f"{r['frames']}×{r['img_size']}²", str(r["batch"]),
+            f"{r['frames']}×{r['img_size']}²", str(_clips(r)), str(r["batch"]),
             _mib(r["saved_bytes"]), _ratio(r.get("saved_vs_conventional")), _ratio(r.get("saved_vs_checkpoint")),
             _mib(r["peak_bytes"]), _ratio(r.get("peak_vs_conventional")), _ratio(r.get("peak_vs_checkpoint")),
         ]
@@ -68,10 +72,18 @@ def markdown_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _panels(records: list[dict]) -> list[tuple[str, str]]:
-    panels = [("saved_bytes", "saved for backward (MiB, log scale)"), ("peak_bytes", "process peak − baseline (MiB)")]
+def _field(record: dict, name: str):
+    return _clips(record) if name == "clips" else record.get(name)
+
+
+def _panels(records: list[dict]) -> list[tuple[str, str, float]]:
+    """(quantity, axis label, unit divisor) of each panel of a plot row."""
+    panels = [
+        ("saved_bytes", "saved for backward (MiB, log scale)", MIB), ("peak_bytes", "process peak − baseline (MiB)", MIB),
+    ]
     if any(r.get("cuda_max_allocated_bytes") is not None for r in records):
-        panels.append(("cuda_max_allocated_bytes", "CUDA max allocated (MiB)"))
+        panels.append(("cuda_max_allocated_bytes", "CUDA max allocated (MiB)", MIB))
+    panels.append(("step_time_s", "step time (s, median)", 1.0))
     return panels
 
 
@@ -84,15 +96,15 @@ def _plot(records: list[dict], x_field: str, fixed: tuple[str, ...], x_label: st
 
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
-        if r.get(x_field) is not None:
-            groups[(r["model"], *(r[f] for f in fixed))].append(r)
+        if _field(r, x_field) is not None:
+            groups[(r["model"], *(_field(r, f) for f in fixed))].append(r)
     if not groups:
         return None
     # the group with the most distinct x values per model: a sweep, not a single point
     best: dict[str, tuple] = {}
     for key, group in groups.items():
-        count = len({r[x_field] for r in group})
-        if key[0] not in best or count > len({r[x_field] for r in groups[best[key[0]]]}):
+        count = len({_field(r, x_field) for r in group})
+        if key[0] not in best or count > len({_field(r, x_field) for r in groups[best[key[0]]]}):
             best[key[0]] = key
     panels = _panels(records)
     rows = sorted(best.values())
@@ -103,12 +115,12 @@ def _plot(records: list[dict], x_field: str, fixed: tuple[str, ...], x_label: st
         for r in group:
             by_mode[_mode_label(r)].append(r)
         fixed_text = ", ".join(f"{f}={v}" for f, v in zip(fixed, key[1:]))
-        for col, (quantity, label) in enumerate(panels):
+        for col, (quantity, label, unit) in enumerate(panels):
             ax = axes[row][col]
             for mode, series in sorted(by_mode.items(), key=lambda item: _mode_rank(item[1][0]["mode"])):
-                series = sorted((r for r in series if r.get(quantity) is not None), key=lambda r: r[x_field])
+                series = sorted((r for r in series if r.get(quantity) is not None), key=lambda r: _field(r, x_field))
                 if series:
-                    ax.plot([r[x_field] for r in series], [r[quantity] / MIB for r in series], marker="o", label=mode)
+                    ax.plot([_field(r, x_field) for r in series], [r[quantity] / unit for r in series], marker="o", label=mode)
             ax.set_xlabel(x_label)
             ax.set_ylabel(label)
             ax.set_title(f"{key[0]} ({fixed_text})", fontsize=9)
@@ -117,7 +129,7 @@ def _plot(records: list[dict], x_field: str, fixed: tuple[str, ...], x_label: st
             else:
                 ax.set_ylim(bottom=0)
             ax.grid(alpha=0.3)
-            if col == len(panels) - 1:  # the peak panels' upper left stays clear: every mode's peak starts alike
+            if col == 1:  # the peak panel's upper left stays clear: every mode's peak starts alike
                 ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,11 +139,15 @@ def _plot(records: list[dict], x_field: str, fixed: tuple[str, ...], x_label: st
 
 
 def write_plots(records: list[dict], out_dir: str | Path) -> list[Path]:
-    """``memory_vs_depth.png`` (ViT depth sweep at one clip size) and ``memory_vs_frames.png`` (clip-length sweep at
-    one depth); returns the files written."""
+    """``memory_vs_depth.png`` (ViT depth sweep at one clip size), ``memory_vs_frames.png`` (clip-length sweep at one
+    depth) and ``memory_vs_clips.png`` (clips per video at one depth and clip size); returns the files written."""
     out_dir = Path(out_dir)
     written = [
-        _plot(records, "depth", ("frames", "img_size", "batch"), "transformer blocks", out_dir / "memory_vs_depth.png"),
-        _plot(records, "frames", ("depth", "img_size", "batch"), "frames per clip", out_dir / "memory_vs_frames.png"),
+        _plot(records, "depth", ("frames", "img_size", "batch", "clips"), "transformer blocks",
+              out_dir / "memory_vs_depth.png"),
+        _plot(records, "frames", ("depth", "img_size", "batch", "clips"), "frames per clip",
+              out_dir / "memory_vs_frames.png"),
+        _plot(records, "clips", ("depth", "frames", "img_size", "batch"), "clips per video (one training step)",
+              out_dir / "memory_vs_clips.png"),
     ]
     return [p for p in written if p is not None]

@@ -65,11 +65,13 @@ def run_configs(
     progress: bool = True,
     rounds: int = 1,
     measure: Callable[[BenchConfig, float | None], dict] = run_in_subprocess,
+    on_progress: Callable[[RunResult], None] | None = None,
 ) -> RunResult:
     """Measure every configuration, ``rounds`` times over, alternating the order (forward, backward, ...) so that a
     slow drift in what else runs on the machine spreads over all modes instead of landing on whichever ran first.
     Memory is taken from a configuration's first round (``peak_bytes_rounds`` lists every round's); the step times of
-    all rounds are pooled (``step_times_s``) and ``step_time_s`` is their median."""
+    all rounds are pooled (``step_times_s``) and ``step_time_s`` is their median. ``on_progress`` receives the result
+    so far after every measurement (a long run can be written out as it goes)."""
     if rounds < 1:
         raise ValueError(f"rounds must be ≥ 1, got {rounds}")
     from tqdm import tqdm
@@ -81,7 +83,9 @@ def run_configs(
     for config in bar:
         if config in failed:
             continue
-        bar.set_postfix_str(f"{config.model} {config.mode} d={config.depth} {config.frames}x{config.img_size}²")
+        bar.set_postfix_str(
+            f"{config.model} {config.mode} d={config.depth} {config.clips}x{config.frames}x{config.img_size}²"
+        )
         reason = known_unavailable(config)
         entry = json.loads(config.to_json())
         if reason is not None:
@@ -99,12 +103,18 @@ def run_configs(
             pooled["rounds"] += 1
             pooled["peak_bytes_rounds"].append(record["peak_bytes"])
             pooled["step_times_s"] = pooled["step_times_s"] + record["step_times_s"]
+        if on_progress is not None:
+            on_progress(_collect(configs, measured, failed))
+    return _collect(configs, measured, failed)
+
+
+def _collect(configs: list[BenchConfig], measured: dict, failed: dict) -> RunResult:
     result = RunResult()
     for config in configs:
         if config in failed:
             result.skipped.append(failed[config])
         elif config in measured:
-            record = measured[config]
+            record = dict(measured[config])
             record["step_time_s"] = statistics.median(record["step_times_s"])
             record["step_time_min_s"] = min(record["step_times_s"])
             result.records.append(record)
@@ -113,12 +123,14 @@ def run_configs(
 
 
 def _shape_key(record: dict) -> tuple:
-    return tuple(record.get(k) for k in ("model", "depth", "frames", "img_size", "batch", "device"))
+    # records written before clips existed are one-clip runs
+    clips = (record.get("clips", 1), record.get("clip_batch", 1))
+    return (*(record.get(k) for k in ("model", "depth", "frames", "img_size", "batch", "device")), *clips)
 
 
 def add_ratios(records: Iterable[dict]) -> None:
     """Add ``<quantity>_vs_<reference>`` fields (e.g. ``saved_vs_conventional``) to every record that has a record
-    of the reference mode at the same model, depth, clip size, batch and device; ``None`` where there is none (or the
+    of the reference mode at the same model, depth, clip size, batch, clips and device; ``None`` where there is none (or the
     reference value is zero or missing)."""
     records = list(records)
     by_key = {(_shape_key(r), r["mode"]): r for r in records}

@@ -1,5 +1,8 @@
 """One benchmark configuration, measured inside its own process: ``python -m revtal.bench.worker CONFIG_JSON``.
 
+The input is a random video of ``clips × frames`` frames per sample; with more than one clip it runs through the
+backbone clip by clip as in end-to-end TAL (:class:`revtal.bench.clips.ClipChunks`, ``clip_batch`` clips per call).
+
 A fresh process per configuration keeps the measurements of one mode free of what another left behind (allocator
 caches, pages the C library never returned). The parent (:mod:`revtal.bench.runner`) starts it with
 ``MALLOC_MMAP_THRESHOLD_=65536``, so every allocation of 64 KiB or more is its own mapping, returned to the system
@@ -15,7 +18,10 @@ Measured, in this order:
    kernel's high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``) after that step's forward and
    backward, minus the baseline, is what they need: activations, temporaries and the parameter gradients, which
    are freed between steps (``zero_grad(set_to_none=True)``, as revtal's trainer does). The optimizer update is left
-   out of the peak (its temporaries scale with the parameters, not with the activations);
+   out of the peak (its temporaries scale with the parameters, not with the activations). The breakdown: the
+   forward's own peak (``forward_peak_bytes``), what is resident when backward starts (``after_forward_bytes``:
+   saved activations and the graph) and backward's peak (``backward_peak_bytes``, the mark reset in between);
+   ``param_grad_bytes`` is the size of the trainable parameters' gradients, which backward must build in full;
 3. **CUDA** (on a GPU): ``torch.cuda.max_memory_allocated`` over the same stretch, absolute (parameters, gradients
    and optimizer state included, as papers report GPU memory) and above the baseline;
 4. **step time**: forward + backward + optimizer step, each of ``repeats`` steps timed (the first is the one
@@ -35,6 +41,7 @@ import traceback
 
 import torch
 
+from revtal.bench.clips import ClipChunks
 from revtal.bench.configs import RESULT_PREFIX, BenchConfig
 from revtal.bench.modes import ModeUnavailable, build_target
 from revtal.bench.peers import PeerUnavailable
@@ -79,6 +86,21 @@ class PeakRss:
             self.method = "ru_maxrss since process start (not resettable here)"
             self.baseline = rss if rss is not None else _maxrss_bytes()
 
+    def split(self) -> dict:
+        """End of a first phase (the forward): its peak, and the resident set now (what the second phase inherits);
+        the high-water mark restarts from here, the baseline stays. Without a resettable mark the forward's peak is
+        not separable and both entries are None."""
+        if not self.method.startswith("VmHWM"):
+            return {"forward_peak_bytes": None, "after_forward_bytes": None}
+        forward_peak = self.peak()
+        try:
+            with open(_CLEAR_REFS, "w") as handle:
+                handle.write("5")
+        except OSError:
+            pass
+        rss = _status_bytes("VmRSS")
+        return {"forward_peak_bytes": forward_peak, "after_forward_bytes": None if rss is None else rss - self.baseline}
+
     def peak(self) -> int:
         if self.method.startswith("VmHWM"):
             hwm = _status_bytes("VmHWM")
@@ -99,9 +121,12 @@ def measure(config: BenchConfig) -> dict:
     device = torch.device(config.device)
     cuda = device.type == "cuda"
     built = build_target(config)
+    if config.clips > 1 and config.mode != "losa":  # LoSA cuts the video into its clips itself
+        built.target.features = ClipChunks(built.target.features, config.frames, config.clip_batch)
     target = built.target.to(device).train()
     torch.manual_seed(config.seed + 1)
-    video = torch.randn(config.batch, 3, config.frames, config.img_size, config.img_size, device=device)
+    length = config.clips * config.frames
+    video = torch.randn(config.batch, 3, length, config.img_size, config.img_size, device=device)
     trainable = [p for p in target.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-6)
 
@@ -126,6 +151,7 @@ def measure(config: BenchConfig) -> dict:
     rss = PeakRss()
     times: list[float] = []
     peak = cuda_max = cuda_peak = None
+    phases: dict = {}
     for index in range(config.repeats):
         measured = index == 0
         if measured:
@@ -135,10 +161,16 @@ def measure(config: BenchConfig) -> dict:
                 torch.cuda.reset_peak_memory_stats(device)
                 cuda_base = torch.cuda.memory_allocated(device)
         start = time.perf_counter()
-        target(video).backward()
+        loss = target(video)
         if measured:
             sync()
-            peak = rss.peak()
+            phases = rss.split()  # forward's peak; what stays resident into backward; backward's peak follows
+        loss.backward()
+        del loss
+        if measured:
+            sync()
+            phases["backward_peak_bytes"] = rss.peak()
+            peak = max(v for v in (phases["forward_peak_bytes"], phases["backward_peak_bytes"]) if v is not None)
             if cuda:
                 cuda_max = torch.cuda.max_memory_allocated(device)
                 cuda_peak = cuda_max - cuda_base
@@ -158,6 +190,8 @@ def measure(config: BenchConfig) -> dict:
         cuda_peak_bytes=cuda_peak,
         step_time_s=statistics.median(times),
         step_times_s=times,
+        **phases,
+        param_grad_bytes=sum(p.numel() * p.element_size() for p in trainable),
         trainable_params=sum(p.numel() for p in trainable),
         threads=torch.get_num_threads(),
         malloc_mmap_threshold=os.environ.get("MALLOC_MMAP_THRESHOLD_"),  # read by the C library at process start
