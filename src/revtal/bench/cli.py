@@ -81,7 +81,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--quick", action="store_true", help="a tiny preset (seconds); explicit options override it")
     parser.add_argument("--json", metavar="OUT", help="write machine info and records as JSON")
-    parser.add_argument("--plot", metavar="DIR", help="write memory_vs_depth.png and memory_vs_frames.png")
+    parser.add_argument(
+        "--plot", metavar="DIR", help="write memory_vs_depth.png, memory_vs_frames.png and memory_vs_clips.png"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     from revtal.bench import localizer
 
