@@ -94,6 +94,9 @@ class extract:
         if args.checkpoint:
             predictor = Predictor.from_checkpoint(args.checkpoint, config=config, device=device, progress=True)
         else:  # the pretrained backbone as it is: the features a frozen backbone gives
+            if not config.backbone.pretrained:
+                print(f"revtal extract: backbone.pretrained is empty: features of a randomly initialised "
+                      f"{config.backbone.name} (seed {config.train.seed})")
             frozen = config.with_values({"backbone.mode": "frozen"}, source="revtal extract")
             predictor = Predictor.from_config(frozen, annotations.classes, device=device, progress=True)
         # every video of the annotations, with evaluation transforms (no crop, flip or jitter; none left out)
