@@ -55,7 +55,7 @@ def test_exact_works_under_bf16_autocast():
     assert all(torch.isfinite(t).all() for t in grads(model))
 
 
-def test_saved_bytes_are_output_plus_remainders():
+def test_saved_bytes_track_the_information_beta_forgets():
     x = torch.randn(2, 3, 16, 16)
     tokens = 2 * (4 + 1) * 32  # batch x (patches + cls) x dim elements per activation
 
@@ -63,16 +63,12 @@ def test_saved_bytes_are_output_plus_remainders():
         model = revtal.convert(tiny_vit(depth=depth), "dr2net", alpha=1.0, beta=beta, backprop="exact")
         return saved_bytes(lambda: (model(x) ** 2).sum(), model)
 
-    # beta = 1/8: 3 remainder bits per element per branch, stored in uint8 → 8 bits per element per branch
-    per_block = measure(5, 1 / 8) - measure(4, 1 / 8)
-    assert per_block == 2 * tokens * 1, per_block  # two branches per transformer block
-    # beta = 1 needs no remainders: constant in depth
-    assert measure(6, 1.0) == measure(3, 1.0)
-    # the two streams are stored as int64 (16 bytes per element) where float mode stores its two float32 outputs,
-    # one of which the next layer saves anyway (so float mode costs 4 bytes per element of its own)
-    float_model = revtal.convert(tiny_vit(depth=3), "dr2net", alpha=1.0, beta=1.0)
-    float_bytes = saved_bytes(lambda: (float_model(x) ** 2).sum(), float_model)
-    assert measure(3, 1.0) - float_bytes == 2 * tokens * 8 - tokens * 4
+    # beta = 1/8 forgets 3 bits per element per branch: 12 more branches add 36 bits, 4.5 bytes per element, give or
+    # take the byte the output streams' widths and the packing may move
+    grown = measure(10, 1 / 8) - measure(4, 1 / 8)
+    assert 4 * tokens <= grown <= 6 * tokens, grown / tokens
+    # beta = 1 forgets nothing: what is stored (the output streams) does not grow with depth
+    assert abs(measure(6, 1.0) - measure(3, 1.0)) <= tokens
 
 
 def test_beta_is_rounded_to_a_dyadic_and_reported():
@@ -86,7 +82,10 @@ def test_beta_is_rounded_to_a_dyadic_and_reported():
 
 
 def test_overflow_is_refused_clearly():
+    # the fixed point follows each row's magnitude at the stage input, so what overflows is growth inside the stage
     model = revtal.convert(tiny_vit(depth=2), "dr2net", alpha=1.0, beta=1 / 8, backprop="exact", frac_bits=48)
-    x = torch.randn(1, 3, 16, 16) * 1e6
+    with torch.no_grad():
+        model.blocks[0].mlp.fc2.weight.mul_(1e6)
+    x = torch.randn(1, 3, 16, 16)
     with pytest.raises(OverflowError, match="lower frac_bits"):
         (model(x) ** 2).sum().backward()

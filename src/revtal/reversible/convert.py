@@ -71,7 +71,7 @@ def convert(
     output: str | None = None,
     input: str | None = None,
     beta_bits: int = 8,
-    frac_bits: int = 32,
+    frac_bits: int = 28,
     preserve_rng: bool = True,
     families: list[str] | None = None,
 ) -> nn.Module:
@@ -153,7 +153,8 @@ def _ensure_families_loaded() -> None:
 
 
 def set_coefficients(model: nn.Module, alpha: float, beta: float) -> tuple[float, float]:
-    """Set α, β on every reversible stage of ``model``; returns the values in use (β rounded on exact stages)."""
+    """Set α, β on every reversible stage of ``model``; returns the values in use (β rounded on exact stages) as a
+    pair whose ``bits_per_branch`` is the storage that β costs exact backprop (bits per element per branch)."""
     stages = _stages_or_error(model)
     used = [stage.set_coefficients(alpha, beta) for stage in stages]
     return used[0]

@@ -83,35 +83,39 @@ class Coupling:
 
 class StreamArithmetic(Protocol):
     """How the two streams are represented and stepped. Streams may live in any representation (floats, integers);
-    ``view`` turns the x stream into the floating-point tensor the residual branches consume."""
+    ``view`` turns one into the floating-point tensor the residual branches consume. ``tape`` is the arithmetic's
+    own per-call state (None for floats): what one forward call keeps for its backward besides saved tensors."""
 
     exact: bool
 
-    def begin(self, x0: Tensor, c: Coupling) -> tuple[Any, Any]: ...
-
-    def view(self, x: Any, like: Tensor) -> Tensor: ...
-
-    def advance(self, x: Any, y: Any, g: Tensor, c: Coupling) -> tuple[Any, Any, Tensor | None]:
-        """(x_{i-1}, y_{i-1}, G_i(x_{i-1})) → (x_i, y_i, residue the inverse needs, or None)."""
+    def begin(self, x0: Tensor, c: Coupling) -> tuple[Any, Any, Any]:
+        """x_0 → (x_0, y_0, tape) at the start of a memory-free forward."""
         ...
 
-    def recover_input(self, x: Any, y: Any, residue: Tensor | None, c: Coupling) -> Any:
-        """(x_i, y_i, residue) → x_{i-1}."""
+    def view(self, x: Any, like: Tensor, tape: Any) -> Tensor: ...
+
+    def advance(self, x: Any, y: Any, g: Tensor, c: Coupling, tape: Any) -> tuple[Any, Any]:
+        """(x_{i-1}, y_{i-1}, G_i(x_{i-1})) → (x_i, y_i)."""
         ...
 
-    def recover_y(self, x: Any, g: Tensor) -> Any:
+    def finish(self, x: Any, y: Any, tape: Any) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """(x_n, y_n) → (the two float outputs, the tensors the backward needs). The place for checks that need one
+        host synchronisation per stage forward."""
+        ...
+
+    def resume(self, saved: list[Tensor], tape: Any) -> tuple[Any, Any]:
+        """The saved tensors of :meth:`finish` → (x_n, y_n) at the start of the backward walk."""
+        ...
+
+    def recover_input(self, x: Any, y: Any, residue: Any, c: Coupling) -> Any:
+        """(x_i, y_i, tape) → x_{i-1}."""
+        ...
+
+    def recover_y(self, x: Any, g: Tensor, tape: Any) -> Any:
         """(x_i, G_i(x_{i-1})) → y_{i-1}."""
         ...
 
     def check(self, c: Coupling) -> None: ...
-
-    def start_forward(self) -> None:
-        """Called before a memory-free forward of a stage."""
-        ...
-
-    def finish_forward(self) -> None:
-        """Called after it: the place for checks that need one host synchronisation per stage."""
-        ...
 
 
 class FloatArithmetic:
@@ -121,27 +125,27 @@ class FloatArithmetic:
     exact = False
     name = "float"
 
-    def begin(self, x0: Tensor, c: Coupling) -> tuple[Tensor, Tensor]:
+    def begin(self, x0: Tensor, c: Coupling) -> tuple[Tensor, Tensor, None]:
         y0 = x0 if c.input == "duplicate" else c.beta * x0
-        return x0, y0
+        return x0, y0, None
 
-    def view(self, x: Tensor, like: Tensor) -> Tensor:
+    def view(self, x: Tensor, like: Tensor, tape: None) -> Tensor:
         return x
 
-    def advance(self, x: Tensor, y: Tensor, g: Tensor, c: Coupling) -> tuple[Tensor, Tensor, None]:
-        return g + y, c.beta * x, None
+    def advance(self, x: Tensor, y: Tensor, g: Tensor, c: Coupling, tape: None) -> tuple[Tensor, Tensor]:
+        return g + y, c.beta * x
+
+    def finish(self, x: Tensor, y: Tensor, tape: None) -> tuple[Tensor, Tensor, list[Tensor]]:
+        return x, y, [x, y]
+
+    def resume(self, saved: list[Tensor], tape: None) -> tuple[Tensor, Tensor]:
+        return saved[0], saved[1]
 
     def recover_input(self, x: Tensor, y: Tensor, residue: None, c: Coupling) -> Tensor:
         return y if c.beta == 1.0 else y / c.beta
 
-    def recover_y(self, x: Tensor, g: Tensor) -> Tensor:
+    def recover_y(self, x: Tensor, g: Tensor, tape: None) -> Tensor:
         return x - g
-
-    def start_forward(self) -> None:
-        pass
-
-    def finish_forward(self) -> None:
-        pass
 
     def check(self, c: Coupling) -> None:
         if not c.beta > 0:

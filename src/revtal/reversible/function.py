@@ -1,7 +1,8 @@
 """Memory-free backprop through a reversible stage.
 
 :func:`run_memory_free` runs the stage under ``no_grad``, one :class:`ReversibleBranchFunction` node per residual
-branch, and saves only the final pair of streams (x_n, y_n) — plus, with exact arithmetic, k-bit remainders.
+branch, and saves only the final pair of streams (x_n, y_n) — with exact arithmetic, the float x_n and the information buffer
+of :mod:`revtal.reversible.exact`.
 Backward walks the branches in reverse: each node reconstructs its branch's input from the streams above it,
 re-runs the branch with grad enabled (same RNG, autocast and BatchNorm state as the forward, see
 :mod:`revtal.reversible.replay`), takes the vector-Jacobian product, and drops everything of the branch before the
@@ -109,6 +110,7 @@ class StageRun:
     name: str = ""
     check_finite: bool = True
     streams: tuple[Any, Any] | None = None  # the streams between two nodes (forward: above; backward: below)
+    tape: Any = None  # the arithmetic's own state of this call (exact: row scales, information buffer)
     verified_input: Tensor | None = None
 
     def branch_output(self, i: int, v: Tensor) -> Tensor:
@@ -134,54 +136,51 @@ class ReversibleBranchFunction(torch.autograd.Function):
         with torch.no_grad():
             if i == 0:
                 run.autocast = AutocastState.capture(x_in.device.type)
-                arith.start_forward()
-                x, y = arith.begin(x_in, c)
+                x, y, run.tape = arith.begin(x_in, c)
                 run.verified_input = x.clone() if run.verify else None
-                branch_input = arith.view(x, x_in)
+                branch_input = arith.view(x, x_in, run.tape)
             else:
                 x, y = run.streams
                 branch_input = x_in  # the previous node's x output is the float view of x
             if run.preserve_rng:
                 run.rng_states.append(RngState.capture(x_in.device))
-            x, y, residue = arith.advance(x, y, run.branch_output(i, branch_input), c)
+            x, y = arith.advance(x, y, run.branch_output(i, branch_input), c, run.tape)
             if last:
-                arith.finish_forward()
-            out_x, out_y = arith.view(x, x_in), arith.view(y, x_in)
+                out_x, out_y, stored = arith.finish(x, y, run.tape)
+            else:
+                out_x, stored = arith.view(x, x_in, run.tape), []
+                # the y output of an inner node is only a link for its gradient: nothing reads its values
+                out_y = y if not arith.exact else torch.empty_like(out_x)
         run.streams = None if last else (x, y)
         ctx.run, ctx.i, ctx.like = run, i, (x_in.dtype, x_in.device)
-        # the top node keeps the stage output; exact streams are kept in their own (integer) representation
-        streams = (((out_x, out_y) if not arith.exact else (x, y)) if last else ())
         extra = [run.verified_input] if last and run.verified_input is not None else []
-        ctx.layout = (len(streams), residue is not None)
-        ctx.save_for_backward(*streams, *([residue] if residue is not None else []), *extra)
+        ctx.n_stored = len(stored)
+        ctx.save_for_backward(*stored, *extra)
         return out_x, out_y
 
     @staticmethod
     def backward(ctx, grad_x: Tensor | None, grad_y: Tensor | None):
         run: StageRun = ctx.run
         i = ctx.i
-        arith, c = run.arithmetic, run.coupling
+        arith, c, tape = run.arithmetic, run.coupling, run.tape
         saved = list(ctx.saved_tensors)
-        n_streams, has_residue = ctx.layout
-        if n_streams:
-            run.streams = (saved[0], saved[1])
-        residue = saved[n_streams] if has_residue else None
-        if run.verify and n_streams:
-            run.verified_input = saved[n_streams + has_residue]
+        if ctx.n_stored:  # the top node: the streams begin from what the forward stored
+            run.streams = arith.resume(saved[:ctx.n_stored], tape)
+            if run.verify:
+                run.verified_input = saved[ctx.n_stored]
         del saved
         x, y = run.streams
         run.streams = None
         dtype, device = ctx.like
         like = torch.empty((), dtype=dtype, device=device)
         if grad_x is None or grad_y is None:
-            shape_src = arith.view(x, like)
+            shape_src = arith.view(x, like, tape)
             grad_x = torch.zeros_like(shape_src) if grad_x is None else grad_x
             grad_y = torch.zeros_like(shape_src) if grad_y is None else grad_y
             del shape_src
 
-        x_prev = arith.recover_input(x, y, residue, c)
-        del residue
-        v = arith.view(x_prev, like).detach().requires_grad_(True)
+        x_prev = arith.recover_input(x, y, tape, c)
+        v = arith.view(x_prev, like, tape).detach().requires_grad_(True)
         rng = run.rng_states[i].restored() if run.preserve_rng else contextlib.nullcontext()
         norms = run.norms.setdefault(i, batchnorm_modules(run.branches[i].owner))
         # running stats are put back only after autograd.grad: BatchNorm's backward checks they are unmodified
@@ -189,7 +188,7 @@ class ReversibleBranchFunction(torch.autograd.Function):
             with torch.enable_grad(), rng, run.autocast.scope():
                 g = run.branch_output(i, v)
             grad_v, *param_grads = torch.autograd.grad(g, [v, *run.params[i]], grad_x, allow_unused=True)
-        y_prev = arith.recover_y(x, g.detach())
+        y_prev = arith.recover_y(x, g.detach(), tape)
         del g, x, y
         if grad_v is None:
             grad_v = torch.zeros_like(v)
@@ -202,10 +201,11 @@ class ReversibleBranchFunction(torch.autograd.Function):
             run.streams = (x_prev, y_prev)
             return (None, None, grad_x, grad_y, *param_grads)
         if run.verify and run.verified_input is not None:
-            run_check = _compare(x_prev, run.verified_input, arith, like)
+            run_check = _compare(x_prev, run.verified_input, arith, like, tape)
             run.verified_input = None
             if run.on_verified is not None:
                 run.on_verified(run_check)
+        run.tape = None
         grad_input = c.input_gradient(grad_x, grad_y)
         if run.check_finite and not bool(torch.isfinite(grad_input).all()):
             raise NonFiniteGradientError(
@@ -226,8 +226,8 @@ def run_memory_free(run: StageRun, x0: Tensor) -> tuple[Tensor, Tensor]:
     return x, y
 
 
-def _compare(reconstructed: Any, truth: Any, arith: StreamArithmetic, like: Tensor) -> ReconstructionCheck:
-    a, b = arith.view(reconstructed, like), arith.view(truth, like)
+def _compare(reconstructed: Any, truth: Any, arith: StreamArithmetic, like: Tensor, tape: Any) -> ReconstructionCheck:
+    a, b = arith.view(reconstructed, like, tape), arith.view(truth, like, tape)
     return ReconstructionCheck(
         relative_error=relative_error(a, b),
         max_abs_error=float((a.double() - b.double()).abs().max()) if a.numel() else 0.0,

@@ -117,6 +117,7 @@ class CoefficientSchedule:
         self.resolved_end: tuple[float, float] | None = None
         self.report: AutoEndReport | None = None
         self.last_applied: dict[str, float] | None = None
+        self.last_bits_per_branch: float | None = None
         self._validate()
 
     @classmethod
@@ -212,13 +213,30 @@ class CoefficientSchedule:
 
     def apply(self, model: nn.Module, epoch: int, iteration: int = 0) -> tuple[float, float]:
         """Set every reversible stage of ``model`` to the value at (epoch, iteration); returns (α, β in use) —
-        exact stages round β to a dyadic. The values are also kept in ``last_applied`` for logging."""
+        exact stages round β to a dyadic. The values are also kept in ``last_applied`` for logging, and the storage
+        that β costs exact stages in ``last_bits_per_branch`` (bits per element per branch; None in other modes)."""
         from revtal.reversible.convert import set_coefficients
 
         alpha, beta = self.value_at(epoch, iteration)
-        alpha_used, beta_used = set_coefficients(model, alpha, beta)
+        used = set_coefficients(model, alpha, beta)
+        alpha_used, beta_used = used
         self.last_applied = {"alpha": alpha_used, "beta": beta_used, "epoch": epoch, "iteration": iteration}
-        return alpha_used, beta_used
+        self.last_bits_per_branch = used.bits_per_branch
+        return used
+
+    def exact_bits_per_branch(self, beta_bits: int = 8) -> dict[str, float | None]:
+        """The storage exact backprop pays at the schedule's start and end β: log2(1/β) bits per element per branch
+        for the dyadic β = p/2^k (k ≤ ``beta_bits``) an exact stage would use (end None while 'auto' is uncalibrated)."""
+        from revtal.reversible.exact import nearest_dyadic, storage_bits_per_branch
+
+        end = self.resolved_end if self.end == "auto" else (self.alpha_end, self.beta_end)
+
+        def bits(beta: float | None) -> float | None:
+            if beta is None or not beta > 0:
+                return None
+            return storage_bits_per_branch(nearest_dyadic(beta, beta_bits).value, beta_bits)
+
+        return {"start": bits(self.beta0), "end": bits(end[1] if end else None)}
 
     # ----------------------------------------------------------------------------------------------- auto end
     def path_points(self, count: int) -> list[tuple[float, float]]:

@@ -29,7 +29,7 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from revtal.reversible.coupling import Coupling, FloatArithmetic
-from revtal.reversible.exact import ExactArithmetic, nearest_dyadic
+from revtal.reversible.exact import ExactArithmetic, nearest_dyadic, storage_bits_per_branch
 from revtal.reversible.function import (
     Branch, ReconstructionCheck, StageRun, run_memory_free, run_plain,
 )
@@ -37,6 +37,26 @@ from revtal.reversible.function import (
 BACKPROP_MODES = ("reversible", "exact", "vanilla", "checkpoint")
 
 BranchesOf = Callable[[nn.Module, dict], list[Branch]]
+
+
+class Coefficients(tuple):
+    """The (α, β) in use — a plain pair to compare and unpack — carrying what exact backprop stores for that β:
+    ``bits_per_branch`` = log2(1/β) bits per element per branch (None outside exact mode, 0 at β = 1)."""
+
+    bits_per_branch: float | None
+
+    def __new__(cls, alpha: float, beta: float, bits_per_branch: float | None = None):
+        pair = super().__new__(cls, (alpha, beta))
+        pair.bits_per_branch = bits_per_branch
+        return pair
+
+    @property
+    def alpha(self) -> float:
+        return self[0]
+
+    @property
+    def beta(self) -> float:
+        return self[1]
 
 
 class ReversibleStage(nn.Module):
@@ -49,7 +69,7 @@ class ReversibleStage(nn.Module):
         backprop: str = "reversible",
         plain_prefix: int = 0,
         preserve_rng: bool = True,
-        frac_bits: int = 32,
+        frac_bits: int = 28,
         beta_bits: int = 8,
         check_finite: bool = True,
         name: str = "",
@@ -97,9 +117,9 @@ class ReversibleStage(nn.Module):
             (self.exact_arithmetic if mode == "exact" else self.float_arithmetic).check(self.coupling)
         self.backprop = mode
 
-    def set_coefficients(self, alpha: float, beta: float) -> tuple[float, float]:
+    def set_coefficients(self, alpha: float, beta: float) -> Coefficients:
         """Set α and β (one call, at any time). Exact stages round β to the nearest dyadic p/2^k; the values in
-        use are returned."""
+        use are returned, with the storage that β costs in exact mode (``bits_per_branch``)."""
         beta = float(beta)
         if self.backprop == "exact":
             beta = self._round_beta(beta)
@@ -107,7 +127,13 @@ class ReversibleStage(nn.Module):
         if self.backprop in ("reversible", "exact"):
             self.arithmetic.check(candidate)
         self.coupling = candidate
-        return candidate.alpha, candidate.beta
+        return Coefficients(candidate.alpha, candidate.beta, self.storage_bits_per_branch())
+
+    def storage_bits_per_branch(self) -> float | None:
+        """Bits per element per branch exact backprop stores at the current β, log2(1/β) (None in other modes)."""
+        if self.backprop != "exact":
+            return None
+        return storage_bits_per_branch(self.coupling.beta, self.exact_arithmetic.beta_bits)
 
     def _round_beta(self, beta: float) -> float:
         if not beta > 0:
