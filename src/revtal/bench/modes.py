@@ -108,4 +108,21 @@ def build_target(config: BenchConfig) -> BuiltMode:
     if stages:
         info["alpha"], info["beta"] = stages[0].alpha, stages[0].beta
         info["backprop"] = stages[0].backprop
+        if stages[0].backprop == "exact":
+            info["exact_bits_per_branch"] = stages[0].storage_bits_per_branch()
     return BuiltMode(TrainingTarget(features, features.out_channels, mode), depth, info)
+
+
+def exact_storage(target: nn.Module) -> dict:
+    """What the exact stages of ``target`` stored per element in their latest forward (empty outside exact mode):
+    the buffer's bits, and all of it with the float output, per stage (``revtal.reversible.exact.ExactStorage``)."""
+    stored = [s.exact_arithmetic.last_storage for s in revtal.reversible_stages(target) if s.backprop == "exact"]
+    stored = [s for s in stored if s is not None]
+    if not stored:
+        return {}
+    return {
+        "exact_buffer_bits_per_element": [s.buffer_bits for s in stored],
+        "exact_stored_bits_per_element": [s.bits_per_element for s in stored],
+        "exact_information_bits_per_element": [round(s.information_bits, 2) for s in stored],
+    }
+

@@ -37,7 +37,11 @@ def _ratio(value) -> str:
 
 def _mode_label(record: dict) -> str:
     if "alpha" in record and record["mode"].startswith("dr2net"):
-        return f"{record['mode']} ({record['alpha']:g}, {record['beta']:g})"
+        label = f"{record['mode']} ({record['alpha']:g}, {record['beta']:g})"
+        stored = record.get("exact_stored_bits_per_element")
+        if stored:  # what exact mode kept per element: float output + information buffer, and log2(1/β) per branch
+            label += f" {max(stored)} b/el, {record['exact_bits_per_branch']:.2f} b/branch"
+        return label
     return record["mode"]
 
 

@@ -43,7 +43,7 @@ import torch
 
 from revtal.bench.clips import ClipChunks
 from revtal.bench.configs import RESULT_PREFIX, BenchConfig
-from revtal.bench.modes import ModeUnavailable, build_target
+from revtal.bench.modes import ModeUnavailable, build_target, exact_storage
 from revtal.bench.peers import PeerUnavailable
 from revtal.utils.memory import SavedTensorMeter
 
@@ -196,6 +196,7 @@ def measure(config: BenchConfig) -> dict:
         threads=torch.get_num_threads(),
         malloc_mmap_threshold=os.environ.get("MALLOC_MMAP_THRESHOLD_"),  # read by the C library at process start
         **built.info,
+        **exact_storage(target),
     )
     return record
 
