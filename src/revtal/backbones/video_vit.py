@@ -309,6 +309,7 @@ def from_hf_videomae(model: nn.Module, **video_vit_kwargs) -> VideoViT:
     """Build a :class:`VideoViT` holding the weights of a HuggingFace ``VideoMAEModel`` instance (an optional extra;
     needs ``transformers``). ``video_vit_kwargs`` set what the HF config does not say (e.g. ``num_frames``)."""
     config = model.config
+    state_dict = {k: v for k, v in hf_videomae_to_timm(model.state_dict()).items() if not k.startswith("head.")}
     built = VideoViT(
         num_frames=video_vit_kwargs.pop("num_frames", config.num_frames),
         img_size=video_vit_kwargs.pop("img_size", config.image_size),
@@ -319,12 +320,12 @@ def from_hf_videomae(model: nn.Module, **video_vit_kwargs) -> VideoViT:
         depth=config.num_hidden_layers,
         num_heads=config.num_attention_heads,
         mlp_ratio=config.intermediate_size / config.hidden_size,
-        qkv_bias=config.qkv_bias,
+        # from the weights: the config's name for it changed (qkv_bias, transformers 5: qv_bias)
+        qkv_bias=infer_layout(state_dict).get("qkv_bias", True),
         use_mean_pooling=config.use_mean_pooling,
         norm_eps=config.layer_norm_eps,
         **video_vit_kwargs,
     )
-    state_dict = {k: v for k, v in hf_videomae_to_timm(model.state_dict()).items() if not k.startswith("head.")}
     if config.use_mean_pooling and "fc_norm.weight" not in state_dict:
         # VideoMAEModel has no fc_norm (only its classification wrapper does): keep ours identity-initialised
         state_dict.update({f"fc_norm.{k}": v for k, v in built.fc_norm.state_dict().items()})
