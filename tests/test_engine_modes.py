@@ -83,3 +83,24 @@ def test_each_mode_owns_its_hooks(mode, schedule, monitor, exact_checked):
     state = hooks.state_dict()
     assert set(state) == {"coefficients", "monitor"}
     assert (state["coefficients"] is not None, state["monitor"] is not None) == (schedule, monitor)
+
+
+def test_checkpoint_layout_reads_ema_weights_and_trained_coefficients(tmp_path):
+    from revtal.engine.checkpoint import TrainingCheckpoint
+    from revtal.engine.config import load_config
+
+    config = load_config(None)
+    weights, shadow = {"w": torch.zeros(1)}, {"w": torch.ones(1)}
+    applied = {"alpha": 0.5, "beta": 0.25, "epoch": 1, "iteration": 0}
+    common = {"model": weights, "config": config.to_dict(), "classes": ["a", "b"]}
+    torch.save({**common, "ema": {"shadow": shadow}, "mode": {"coefficients": {"last_applied": applied},
+                                                              "monitor": None}}, tmp_path / "now.pt")
+    torch.save({**common, "ema": None, "coefficients": {"last_applied": applied}}, tmp_path / "before.pt")
+    now, before = TrainingCheckpoint(tmp_path / "now.pt"), TrainingCheckpoint(tmp_path / "before.pt")
+    assert now.inference_weights() is not None and torch.equal(now.inference_weights()["w"], shadow["w"])
+    assert torch.equal(before.inference_weights()["w"], weights["w"])
+    assert now.trained_coefficients() == before.trained_coefficients() == (0.5, 0.25)
+    assert now.config() == config and now.classes == ["a", "b"]
+    torch.save({"model": weights}, tmp_path / "bare.pt")
+    with pytest.raises(ValueError, match="bare.pt: not a revtal training checkpoint \\(no 'config' entry\\)"):
+        TrainingCheckpoint(tmp_path / "bare.pt")

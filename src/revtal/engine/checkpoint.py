@@ -93,7 +93,11 @@ class TrainingCheckpoint:
 
     @property
     def mode_state(self) -> dict:
-        return self.state.get("mode") or {}
+        """The training mode's state (:class:`~revtal.engine.modes.ModeHooks`); checkpoints written before it was
+        one entry kept its parts at the top level."""
+        if "mode" in self.state:
+            return self.state["mode"] or {}
+        return {key: self.state.get(key) for key in ("coefficients", "monitor")}
 
     def inference_weights(self) -> dict:
         """The model weights to run: the EMA average when the run kept one, else the trained weights."""
