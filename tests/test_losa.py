@@ -167,6 +167,29 @@ def test_vit_s_swin_and_resnet_backbones(request, name, clip_frames, size):
     assert all(p.grad is not None for p in model.trainable_parameters())
 
 
+def test_default_adapters_are_lightweight_and_the_wide_variant_remains(vit_s):
+    light = LoSA(vit_s, LoSAConfig(clip_frames=CLIP))
+    wide = LoSA(vit_s, LoSAConfig(clip_frames=CLIP, bottleneck=1.0))
+    assert (light.adapter_dim, wide.adapter_dim) == (96, 384)  # ViT-S width 384: d = C/4 by default
+    adapter = light.long_adapters[0]
+    assert adapter.attention.k_proj_weight.shape == (96, 384) and adapter.up.weight.shape == (384, 96)
+    assert [r.project.out_features for r in light.reducers] == [96, 96]
+    assert all(a.up is None for a in wide.short_adapters) and wide.reducers[0].project.out_features == 384
+    # the fused features keep the backbone width and start as the backbone's own, bitwise
+    video = torch.randn(1, 3, 2 * CLIP, SIZE, SIZE)
+    out = light.features(video)
+    assert torch.equal(out.fused, reference_last(vit_s, video, CLIP)) and out.short[0].shape == out.fused.shape
+    # per adapted layer: 2 cross-attentions (q, out: d², k, v: C·d each, up: d·C) + the reduction's C → d
+    c, d = 384, 96
+    per_layer = lambda m, i: sum(p.numel() for mod in (m.reducers[i], m.short_adapters[i], m.long_adapters[i])  # noqa: E731
+                                 for p in mod.parameters())
+    depthwise_and_norms = c * 9 + c + 2 * c + d
+    attention = 2 * d * d + 3 * c * d + 4 * d + c  # weights and biases of q, k, v, out and up
+    norms = 2 * d + 2 * c
+    assert per_layer(light, 0) == depthwise_and_norms + c * d + 2 * (attention + norms)
+    assert per_layer(light, 0) < 0.25 * per_layer(wide, 0)
+
+
 # ------------------------------------------------------------------------------------------------ training run
 def test_a_few_training_steps_lower_the_loss(vit):
     torch.manual_seed(1)
@@ -297,6 +320,8 @@ def test_bad_input_and_config_errors(vit):
         LoSAConfig(layers=[])
     with pytest.raises(ValueError, match="both False"):
         LoSAConfig(use_short=False, use_long=False)
+    with pytest.raises(ValueError, match="bottleneck"):
+        LoSAConfig(bottleneck=0)
     with pytest.raises(ValueError, match=r"my.yaml: unknown LoSA option\(s\) \['gates'\]"):
         LoSAConfig.from_mapping({"gates": "zero"}, source="my.yaml")
     with pytest.raises(ValueError, match="cannot run a clip of clip_frames=8"):

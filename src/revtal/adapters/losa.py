@@ -10,11 +10,15 @@ For a video cut into ``n`` clips, with selected backbone layers ``i`` (shallow �
 * ``F_N`` (B, n·T_N, C): the backbone's own pooled output per clip (``backbone.pool`` of its final map — exactly
   what head-only transfer feeds the localizer), concatenated in time; with ``dim`` ≠ the backbone width it is first
   mapped to ``dim`` by a learnable linear ``last_projection``.
-* Reduction: a convolutional block per layer turns the map (C_i, T_i, H_i, W_i) into a sequence (T_i, C): a spatial
-  (1, k, k) convolution, LayerNorm, GELU, spatial mean, and the projection C_i → C (``reduce`` picks a depthwise
+* Adapters are lightweight (the paper's "memory-and-parameter efficient" design; its Tab. 2 counts LoSA's learnable
+  parameters at 12 M beside SlowFast-101's 62 M and 143 M beside ViT-g's 1012 M): they work at a width
+  d = ``bottleneck``·C (default C/4). ``bottleneck=1`` is the wide variant with every adapter at C.
+* Reduction: a convolutional block per layer turns the map (C_i, T_i, H_i, W_i) into a sequence (T_i, d): a spatial
+  (1, k, k) convolution, LayerNorm, GELU, spatial mean, and the projection C_i → d (``reduce`` picks a depthwise
   separable or a full convolution, or plain pooling).
 * Short-range adapter (per layer): multi-head cross-attention whose queries are one clip's layer-i sequence and whose
-  keys/values are the last-layer features ``F_N`` of all clips (``short_context="clip"``: of that clip only).
+  keys/values are the last-layer features ``F_N`` of all clips (``short_context="clip"``: of that clip only); keys
+  and values are projected C → d inside the attention and its output d → C, so FS_i has the width of ``F_N``.
 * Long-range adapter (per layer): multi-head cross-attention whose queries are the layer-i sequences of the whole
   video concatenated in time, keys/values ``F_N``.
 * Fusion (``fusion="gated"``): ``FS = Σ_i p_i^short·FS_i``, ``FL = Σ_i p_i^long·FL_i`` (each FS_i / FL_i first
@@ -74,7 +78,10 @@ class LoSAConfig:
     """Every LoSA choice. Defaults follow the paper; see the module docstring for the maths."""
 
     clip_frames: int = 16  # frames per backbone clip; the video length must be a multiple
-    dim: int | None = None  # adapter width C; None: the backbone's out_channels (then FT = F_N bitwise at init)
+    dim: int | None = None  # feature width C of F_N and FT; None: the backbone's out_channels (FT = F_N bitwise at init)
+    # adapter width d = bottleneck·C (a multiple of heads): reductions project C_i → d, the cross-attention runs at d
+    # with keys/values projected C → d, and its output goes back up d → C. 1.0: the wide variant (d = C, no down/up)
+    bottleneck: float = 0.25
     heads: int = 4
     layers: str | list[int] = "all"  # "all" | "deeper" | "shallower" | indices into the intermediate layers
     use_short: bool = True
@@ -108,6 +115,8 @@ class LoSAConfig:
         _check_positive_int("reduce_kernel", self.reduce_kernel)
         if self.reduce_kernel % 2 == 0:
             raise ValueError(f"LoSAConfig.reduce_kernel must be odd (centred 'same' padding), got {self.reduce_kernel}")
+        if isinstance(self.bottleneck, bool) or not isinstance(self.bottleneck, (int, float)) or not 0 < self.bottleneck <= 1:
+            raise ValueError(f"LoSAConfig.bottleneck must be in (0, 1] (adapter width / feature width), got {self.bottleneck!r}")
         for name in ("attn_dropout", "dropout"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
@@ -175,6 +184,7 @@ class LoSA(nn.Module):
         if dim % config.heads:
             raise ValueError(f"LoSAConfig: adapter width dim={dim} is not divisible by heads={config.heads}")
         self.last_projection = nn.Linear(backbone.out_channels, dim) if dim != backbone.out_channels else None
+        self.adapter_dim = adapter_dim = adapter_width(dim, config.bottleneck, config.heads)
 
         self.reducers = nn.ModuleList()
         self.short_adapters = nn.ModuleList()
@@ -183,11 +193,10 @@ class LoSA(nn.Module):
         for index in self.layer_indices:
             channels, length = layer_channels[index], layer_lengths[index]
             self.layer_lengths.append(length)
-            self.reducers.append(SpatialReducer(channels, dim, config.reduce, config.reduce_kernel))
-            if config.use_short:
-                self.short_adapters.append(CrossRangeAdapter(dim, config.heads, length, last_length, config))
-            if config.use_long:
-                self.long_adapters.append(CrossRangeAdapter(dim, config.heads, length, last_length, config))
+            self.reducers.append(SpatialReducer(channels, adapter_dim, config.reduce, config.reduce_kernel))
+            for enabled, adapters in ((config.use_short, self.short_adapters), (config.use_long, self.long_adapters)):
+                if enabled:
+                    adapters.append(CrossRangeAdapter(adapter_dim, dim, config.heads, length, last_length, config))
         num = len(self.layer_indices)
         self.fusion = GatedFusion(dim, num, config) if config.fusion == "gated" else None
 
@@ -305,7 +314,8 @@ class LoSA(nn.Module):
     def extra_repr(self) -> str:
         c = self.config
         return (
-            f"layers={self.layer_indices} of {self.num_backbone_layers}, dim={self.out_channels}, heads={c.heads}, "
+            f"layers={self.layer_indices} of {self.num_backbone_layers}, dim={self.out_channels}, "
+            f"adapter_dim={self.adapter_dim}, heads={c.heads}, "
             f"clip_frames={c.clip_frames}, short={c.use_short}, long={c.use_long}, fusion={c.fusion}, "
             f"gate_init={c.gate_init}"
         )
@@ -343,20 +353,24 @@ class SpatialReducer(nn.Module):
 
 
 class CrossRangeAdapter(nn.Module):
-    """Multi-head cross-attention from one layer's sequence (queries) to the last layer's (keys/values), followed by
-    a per-clip linear resampling T_i → T_N when the layer's temporal length differs from the last layer's."""
+    """Multi-head cross-attention at the adapter width d from one layer's sequence (queries, width d) to the last
+    layer's (keys/values, width C, projected to d by the attention), its output projected back up to C when d < C,
+    then a per-clip linear resampling T_i → T_N when the layer's temporal length differs from the last layer's."""
 
-    def __init__(self, dim: int, heads: int, query_length: int, last_length: int, config: LoSAConfig):
+    def __init__(self, dim: int, context_dim: int, heads: int, query_length: int, last_length: int, config: LoSAConfig):
         super().__init__()
         self.position_encoding = config.position_encoding
         self.query_norm = nn.LayerNorm(dim)
-        self.context_norm = nn.LayerNorm(dim)
-        self.attention = nn.MultiheadAttention(dim, heads, dropout=config.attn_dropout, batch_first=True)
+        self.context_norm = nn.LayerNorm(context_dim)
+        self.attention = nn.MultiheadAttention(dim, heads, dropout=config.attn_dropout, batch_first=True,
+                                               kdim=context_dim, vdim=context_dim)
+        self.up = nn.Linear(dim, context_dim) if dim != context_dim else None
         self.dropout = nn.Dropout(config.dropout)
         self.resample = TemporalResample(query_length, last_length) if query_length != last_length else None
 
     def forward(self, query: Tensor, query_time: Tensor, context: Tensor, context_time: Tensor) -> Tensor:
-        """query (N, Lq, C) at frame times ``query_time`` (1 or N, Lq); context (N, Lk, C) at ``context_time``."""
+        """query (N, Lq, d) at frame times ``query_time`` (1 or N, Lq); context (N, Lk, C) at ``context_time``;
+        returns (N, Lq or its resampled length, C)."""
         q = self.query_norm(query)
         kv = self.context_norm(context)
         k = kv
@@ -364,6 +378,8 @@ class CrossRangeAdapter(nn.Module):
             q = q + frame_time_encoding(query_time, q.shape[-1]).to(q.dtype).expand_as(q)
             k = k + frame_time_encoding(context_time, k.shape[-1]).to(k.dtype).expand_as(k)
         out, _ = self.attention(q, k, kv, need_weights=False)
+        if self.up is not None:
+            out = self.up(out)
         out = self.dropout(out)
         return self.resample(out) if self.resample is not None else out
 
@@ -461,6 +477,11 @@ def resolve_layers(layers: str | Sequence[int], num_layers: int) -> list[int]:
     return sorted(resolved)
 
 
+def adapter_width(dim: int, bottleneck: float, heads: int) -> int:
+    """d = bottleneck·dim rounded to a multiple of ``heads`` (at least ``heads``, at most ``dim``)."""
+    return min(dim, max(heads, round(dim * bottleneck / heads) * heads))
+
+
 def initial_gates(mode: str, num: int) -> Tensor:
     if mode == "zero":
         return torch.zeros(num)
@@ -544,5 +565,5 @@ def _device_of(module: nn.Module) -> torch.device:
 
 __all__ = [
     "CrossRangeAdapter", "FusionProjection", "GatedFusion", "LoSA", "LoSAConfig", "LoSAOutput", "SpatialReducer",
-    "TemporalResample", "area_weights", "clip_time_positions", "frame_time_encoding", "resolve_layers",
+    "TemporalResample", "adapter_width", "area_weights", "clip_time_positions", "frame_time_encoding", "resolve_layers",
 ]

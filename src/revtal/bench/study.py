@@ -87,6 +87,8 @@ ENTRIES: tuple[StudyEntry, ...] = (
                ("backbone.mode=dr2net", "backbone.schedule.policy=logarithmic")),
     StudyEntry("checkpoint", "conventional with per-block activation checkpointing", ("backbone.mode=checkpoint",)),
     StudyEntry("losa", "LoSA: short + long adapters, gated fusion, gates start at 0", _LOSA),
+    StudyEntry("losa_wide", "LoSA with wide adapters (width = backbone width, bottleneck 1)",
+               (*_LOSA, "backbone.losa.bottleneck=1.0")),
     StudyEntry("losa_no_long", "LoSA without the long-range adapters", (*_LOSA, "backbone.losa.use_long=false")),
     StudyEntry("losa_no_short", "LoSA without the short-range adapters", (*_LOSA, "backbone.losa.use_short=false")),
     StudyEntry("losa_sum", "LoSA, plain sum fusion (no gates, no projection)", (*_LOSA, "backbone.losa.fusion=sum")),
@@ -116,7 +118,7 @@ TABLES: tuple[StudyTable, ...] = (
     StudyTable("dr2net_tab12", "Dr²Net Tab. 12 — backbone activation memory",
                ("conventional", "checkpoint", "re2", "dr2net", "frozen"), reference="conventional"),
     StudyTable("losa_tab4a", "LoSA Tab. 4a — adapters and their ablations",
-               ("frozen", "conventional", "losa", "losa_no_long", "losa_no_short", "losa_sum", "losa_gate_one"),
+               ("frozen", "conventional", "losa", "losa_wide", "losa_no_long", "losa_no_short", "losa_sum", "losa_gate_one"),
                reference="losa", rows={"frozen": "head only (frozen)", "conventional": "full finetune"}),
 )
 TABLE_BY_NAME = {t.name: t for t in TABLES}
