@@ -77,3 +77,31 @@ def test_bugs_are_not_disguised_as_user_errors(monkeypatch):
     monkeypatch.setattr(cli, "_load", lambda name: Buggy)
     with pytest.raises(ZeroDivisionError):
         revtal_main(["eval"])
+
+
+def test_openmp_waits_passively_set_before_any_command_loads(monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    import revtal.cli as cli
+
+    seen = []
+
+    class Command:
+        add_arguments = staticmethod(lambda parser: None)
+        run = staticmethod(lambda args: 0)
+
+    def load(name):
+        seen.append(os.environ.get("OMP_WAIT_POLICY"))
+        return Command
+
+    monkeypatch.setattr(cli, "_load", load)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert cli.main(["synth"]) == 0 and seen and set(seen) == {"PASSIVE"}
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's choice wins
+    seen.clear()
+    assert cli.main(["synth"]) == 0 and set(seen) == {"ACTIVE"}
+    # the setting only works while torch (and with it OpenMP) is not loaded yet: the CLI module must not import it
+    code = "import sys, revtal.cli; assert 'torch' not in sys.modules, 'revtal.cli imports torch'"
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})

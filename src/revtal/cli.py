@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import traceback
 
@@ -30,6 +31,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("revtal.bench.cli", "memory and speed benchmarks"),
     "study": ("revtal.bench.study", "the papers' tables in miniature on the synthetic dataset"),
 }
+
+
+# OpenMP threads that finish a parallel region spin for a while waiting for the next one. On a machine whose cores
+# are busy with other processes that spinning starves the thread everyone waits for: the demo's conventional
+# training at 2 threads took ~30x longer per step than at 1 (README, "Threads on a busy machine"). Sleeping waiters
+# (PASSIVE) cost nothing measurable there and keep 2 threads as fast as 1 when the cores are busy. OpenMP reads the
+# policy once, when torch loads it, so it is set before any command module (and torch) is imported; a value the
+# user set wins.
+THREAD_ENVIRONMENT = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def set_thread_environment(environ=os.environ) -> dict[str, str]:
+    """Set :data:`THREAD_ENVIRONMENT` where ``environ`` has no value of its own; returns what was set."""
+    applied = {key: value for key, value in THREAD_ENVIRONMENT.items() if key not in environ}
+    environ.update(applied)
+    return applied
 
 
 def _load(name: str):
@@ -60,6 +77,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    set_thread_environment()
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     if args.command is None:
