@@ -319,3 +319,137 @@ def test_pretrained_checkpoint_layout_is_inferred_in_training(dataset_root, tmp_
         assert torch.equal(predictor.model.state_dict()[key], value), key
     stage = revtal.reversible_stages(predictor.model)[0]
     assert (stage.alpha, stage.beta) == tuple(trainer.coefficients.last_applied.values())[:2]
+
+
+# ------------------------------------------------------------------------------------ runs are never destroyed
+
+
+def _recipe(dataset_root, tmp_path, **overrides):
+    from revtal.engine.config import dump_config
+
+    recipe = tmp_path / "recipe.yaml"
+    dump_config(_config(dataset_root, tmp_path / "run", backbone__mode="conventional", **overrides), recipe)
+    return recipe
+
+
+def _snapshot(directory):
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*"))
+            if p.is_file() and "eval" not in p.relative_to(directory).parts[:1]}
+
+
+def _one_error_line(capsys, command):
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"revtal {command}: error: "), lines
+    return lines[0]
+
+
+def test_train_refuses_an_existing_run_and_eval_writes_its_own_directory(dataset_root, tmp_path, capsys, monkeypatch):
+    import stat
+
+    monkeypatch.delenv("REVTAL_DEBUG", raising=False)
+    recipe, run = _recipe(dataset_root, tmp_path), tmp_path / "run"
+    old_umask = os.umask(0o022)
+    try:
+        assert cli_main(["train", str(recipe)]) == 0
+    finally:
+        os.umask(old_umask)
+    assert all(stat.S_IMODE((run / name).stat().st_mode) == 0o644 for name in ("best.pt", "last.pt", "predictions.json"))
+    before = _snapshot(run)
+    capsys.readouterr()
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=2"]) == 2
+    line = _one_error_line(capsys, "train")
+    assert f"{run} already holds a training run" in line and f"--resume {run / 'last.pt'}" in line and "--overwrite" in line
+    assert _snapshot(run) == before
+
+    # eval: the run's own config, its own output directory, nothing of the run touched
+    assert cli_main(["eval", "--checkpoint", str(run / "best.pt")]) == 0
+    assert f"in {run / 'eval' / 'best'}" in capsys.readouterr().out
+    assert (run / "eval" / "best" / "eval.json").exists() and (run / "eval" / "best" / "predictions.json").exists()
+    assert _snapshot(run) == before
+    assert cli_main(["eval", "--checkpoint", str(run / "best.pt")]) == 2
+    assert "already holds an evaluation" in _one_error_line(capsys, "eval")
+    assert cli_main(["eval", "--checkpoint", str(run / "best.pt"), "--overwrite"]) == 0
+    assert cli_main(["extract", "--checkpoint", str(run / "best.pt"), str(recipe), "--features", str(tmp_path / "f")]) == 0
+    capsys.readouterr()
+    assert cli_main(["extract", "--checkpoint", str(run / "best.pt"), str(recipe), "--features", str(tmp_path / "f")]) == 2
+    assert "already holds feature files" in _one_error_line(capsys, "extract")
+    assert _snapshot(run) == before
+
+    assert cli_main(["train", str(recipe), "--overwrite"]) == 0  # replaced on request
+    assert not (run / "eval").exists()  # evaluations of the replaced run go with it
+    assert len(list((run / "tensorboard").iterdir())) == 1  # a fresh log, not appended to
+    assert (run / "metrics.csv").read_bytes().count(b"\n") == before["metrics.csv"].count(b"\n")
+
+
+def test_resume_restores_the_run_config_and_refuses_silent_changes(dataset_root, tmp_path, capsys, monkeypatch):
+    from revtal.engine.checkpoint import TrainingCheckpoint
+
+    monkeypatch.delenv("REVTAL_DEBUG", raising=False)
+    recipe, run = _recipe(dataset_root, tmp_path), tmp_path / "run"
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=2", "--set", "data.batch_size=4"]) == 0
+    stray = run / ".last.pt.4194999.abcdefgh.tmp"  # left by a writer killed mid-write (no such process)
+    stray.write_bytes(b"half a checkpoint")
+    capsys.readouterr()
+    # the recipe without the original --set flags: a different recipe, refused with the changed keys listed
+    assert cli_main(["train", str(recipe), "--resume", str(run / "last.pt")]) == 2
+    line = _one_error_line(capsys, "train")
+    assert "data.batch_size: 4 -> 2" in line and "optim.epochs: 2 -> 1" in line and "--allow-config-change" in line
+    # no config given: the checkpoint's own (2 epochs done of 2: nothing left to train)
+    assert cli_main(["train", "--resume", str(run / "last.pt")]) == 0
+    assert not stray.exists()
+    # a deliberate change, printed
+    assert cli_main(["train", "--resume", str(run / "last.pt"), "--set", "optim.epochs=3", "--allow-config-change"]) == 0
+    assert "config change on resume: optim.epochs: 2 -> 3" in capsys.readouterr().out
+    state = TrainingCheckpoint(run / "last.pt").state
+    assert state["epoch"] == 2 and state["config"]["optim"]["epochs"] == 3 and state["config"]["data"]["batch_size"] == 4
+
+
+def test_detect_names_outputs_uniquely_and_continues_past_a_bad_file(dataset_root, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    monkeypatch.delenv("REVTAL_DEBUG", raising=False)
+    _, annotations, video_dir = dataset_root
+    run = tmp_path / "run"
+    Trainer(_config(dataset_root, run, backbone__mode="conventional"), progress=False).fit()
+    video = sorted(p for p in os.listdir(video_dir) if p.endswith(".mp4"))[0]
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(os.path.join(video_dir, video), tmp_path / folder / "clip.mp4")
+    (tmp_path / "broken.mp4").write_bytes(b"not a video" * 50)
+    videos = [str(tmp_path / "a" / "clip.mp4"), str(tmp_path / "broken.mp4"), str(tmp_path / "b" / "clip.mp4")]
+    capsys.readouterr()
+    assert cli_main(["detect", *videos, "--checkpoint", str(run / "last.pt"), "--out", str(tmp_path / "det")]) == 1
+    err = capsys.readouterr().err
+    assert "broken.mp4" in err and "1 of 3 videos failed" in err and "Traceback" not in err
+    assert sorted(p.name for p in (tmp_path / "det").iterdir()) == ["a_clip.json", "a_clip.png", "b_clip.json", "b_clip.png"]
+    assert json.loads((tmp_path / "det" / "b_clip.json").read_text())["video"] == videos[2]
+
+    # a checkpoint of another model: one line with the summary
+    state = torch.load(run / "last.pt", weights_only=False)
+    state["config"]["backbone"]["options"]["depth"] = 3
+    torch.save(state, tmp_path / "other.pt")
+    assert cli_main(["detect", videos[0], "--checkpoint", str(tmp_path / "other.pt"), "--out", str(tmp_path / "d2")]) == 2
+    line = _one_error_line(capsys, "detect")
+    assert "does not fit this model" in line and "missing" in line and "Likely cause" in line
+
+
+def test_skipped_and_unannotated_videos_are_summarised(dataset_root, tmp_path, capsys):
+    _, annotations, video_dir = dataset_root
+    data = json.loads(open(annotations).read())
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in os.listdir(video_dir):
+        os.symlink(os.path.join(video_dir, name), videos / name)
+    train_ids = [vid for vid, entry in data["database"].items() if entry["subset"] == "training"]
+    data["database"]["broken"] = dict(data["database"][train_ids[0]])
+    (videos / "broken.mp4").write_bytes(b"not a video" * 50)
+    data["database"][train_ids[1]]["annotations"] = []
+    (tmp_path / "ann.json").write_text(json.dumps(data))
+    config = _config(dataset_root, tmp_path / "run", backbone__mode="conventional").with_values(
+        {"data.annotations": str(tmp_path / "ann.json"), "data.video_dir": str(videos), "data.skip_bad_videos": True})
+    capsys.readouterr()
+    Trainer(config, progress=True).fit()
+    out = capsys.readouterr().out
+    total = len(train_ids) + 1
+    assert f"epoch 1: training used {total - 2} of {total} videos: skipped 1 unreadable or missing (broken)" in out
+    assert f"training videos: used {total - 2} of {total} videos" in out and f"without annotations ({train_ids[1]})" in out

@@ -112,8 +112,11 @@ class TrainingCheckpoint:
     def restore_training(self, *, model, optimizer, lr_schedule, scaler, ema, mode_hooks) -> dict:
         """Put a training run back where this checkpoint left it (everything :func:`training_state` saved, random
         generators included); returns the counters ``{"epoch", "step", "best_metric"}``."""
+        from revtal.backbones.checkpoint import load_model_state
+
         state = self.state
-        model.load_state_dict(state["model"])
+        load_model_state(model, state["model"], source=str(self.path),
+                         hint="resume with the config the checkpoint was trained with (the default of --resume)")
         optimizer.load_state_dict(state["optimizer"])
         lr_schedule.load_state_dict(state["lr_schedule"])
         scaler.load_state_dict(state["scaler"])

@@ -458,9 +458,9 @@ def _apply_override(data: dict, assignment: str) -> None:
     _set_dotted(data, key, yaml.safe_load(raw), f"--set {key}")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """A recipe from YAML (or the defaults when ``path`` is None) with ``--set`` overrides, validated."""
-    source = str(path) if path else "<defaults>"
+def read_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """The raw values a recipe file and ``--set`` overrides set (nothing filled in, not validated): what
+    :func:`load_config` builds a config from, and what a resumed run applies over its own config."""
     data: dict = {}
     if path:
         try:
@@ -477,7 +477,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
     for assignment in overrides:
         _apply_override(data, assignment)
-    return _build(Config, data, "", source + (" (with --set overrides)" if overrides else "")).validate(source)
+    return data
+
+
+def recipe_source(path: str | Path | None, overrides=()) -> str:
+    return (str(path) if path else "<defaults>") + (" (with --set overrides)" if overrides else "")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """A recipe from YAML (or the defaults when ``path`` is None) with ``--set`` overrides, validated."""
+    source = str(path) if path else "<defaults>"
+    return _build(Config, read_recipe(path, overrides), "", recipe_source(path, overrides)).validate(source)
 
 
 def config_from_dict(data: Mapping, source: str = "<dict>") -> Config:

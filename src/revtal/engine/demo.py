@@ -140,7 +140,7 @@ def run(args) -> int:
         print(f"[3/5] TAL training, mode {mode} ({index + 1}/{len(modes)})")
         config = base.with_values({"backbone.mode": mode, "backbone.pretrained": pretrain["checkpoint"],
                                    "train.out_dir": str(out / mode)}, source=f"revtal demo ({mode})")
-        trainer = Trainer(config)
+        trainer = Trainer(config, overwrite=True)  # the demo regenerates all of its outputs
         history = trainer.fit()
         last = history[-1]
         rows.append({

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from revtal.errors import UserError
@@ -64,3 +65,19 @@ def check_resume_changes(checkpoint: str, changes: list[tuple[str, Any, Any]], a
             f"({format_changes(changes)}); drop them to continue the run as it was, or pass --allow-config-change"
         )
     return [f"config change on resume: {key}: {old!r} -> {new!r}" for key, old, new in changes]
+
+
+def resumed_config(checkpoint: str | Path, recipe: str | Path | None = None, overrides=(), allow_change: bool = False,
+                   out_dir: str | Path | None = None):
+    """The config a ``--resume checkpoint`` run continues with: the checkpoint's own, with the recipe file's and the
+    overrides' values applied over it (refused if that changes anything, unless ``allow_change``), in the
+    checkpoint's directory (or ``out_dir``). Returns ``(config, lines describing the changes)``."""
+    from revtal.engine.checkpoint import TrainingCheckpoint
+    from revtal.engine.config import config_from_dict, read_recipe, recipe_source
+
+    stored = TrainingCheckpoint(checkpoint).state["config"]
+    merged = merge(stored, read_recipe(recipe, overrides)) if (recipe or overrides) else copy.deepcopy(stored)
+    merged.setdefault("train", {})["out_dir"] = str(out_dir if out_dir is not None else Path(checkpoint).parent)
+    source = f"{checkpoint} (its config" + (f" with {recipe_source(recipe, overrides)})" if recipe or overrides else ")")
+    config = config_from_dict(merged, source)
+    return config, check_resume_changes(str(checkpoint), config_changes(stored, config.to_dict()), allow_change)

@@ -20,8 +20,8 @@ from pathlib import Path
 from revtal.errors import UserError
 from revtal.utils.io import remove_stray_temporaries
 
-# what a training run writes into its directory
-RUN_FILES = ("config.yaml", "last.pt", "best.pt", "metrics.csv", "eval.json", "predictions.json", "tensorboard")
+# what a training run writes into its directory (and its evaluations, by default: stale once the run is replaced)
+RUN_FILES = ("config.yaml", "last.pt", "best.pt", "metrics.csv", "eval.json", "predictions.json", "tensorboard", "eval")
 
 
 class OutputExistsError(UserError, FileExistsError):

@@ -29,6 +29,8 @@ from revtal.engine.data import build_datasets, load_dataset_annotations, make_lo
 from revtal.engine.model import TALModel, build_model
 from revtal.engine.inference import Predictor, autocast, model_inputs, resolve_device
 from revtal.engine.optim import ModelEMA, build_optimizer, warmup_cosine
+from revtal.engine.resume import check_resume_changes, config_changes
+from revtal.engine.rundir import claim_run_dir
 
 
 def seed_everything(seed: int) -> None:
@@ -47,6 +49,7 @@ class EpochStats:
     alpha: float | None
     beta: float | None
     metrics: dict = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)  # training videos skipped as unreadable in this epoch (this rank)
 
 
 class MetricLog:
@@ -85,7 +88,11 @@ class MetricLog:
 
 
 class Trainer:
-    def __init__(self, config: Config, *, resume: str | Path | None = None, progress: bool = True):
+    def __init__(self, config: Config, *, resume: str | Path | None = None, overwrite: bool = False,
+                 allow_config_change: bool = False, progress: bool = True):
+        """``config.train.out_dir`` must not hold a run already unless ``resume`` continues it or ``overwrite``
+        replaces it (:mod:`revtal.engine.rundir`); a resumed run's config must equal the checkpoint's (but for
+        ``train.out_dir``) unless ``allow_config_change``, and then the changes are printed."""
         self.device = resolve_device(config.train.device)
         self.rank, self.world = dist_utils.init_from_env(self.device.type)
         if self.device.type == "cuda":
@@ -93,6 +100,9 @@ class Trainer:
         self.out_dir = Path(config.train.out_dir)
         self.main = dist_utils.is_main()
         self.progress = progress and self.main
+        if self.main:
+            claim_run_dir(self.out_dir, resume=resume is not None, overwrite=overwrite)
+        dist_utils.barrier()
         config = resolve_dataset(config, self.out_dir)
         self.config = config
         if self.main:
@@ -135,8 +145,9 @@ class Trainer:
         self.best_metric = -1.0
         self.history: list[EpochStats] = []
         self.log = MetricLog(self.out_dir, self.main)
+        self.skipped: set[str] = set()  # training videos skipped as unreadable, over the run
         if resume:
-            self._resume(resume)
+            self._resume(resume, allow_config_change)
         counts = self.model.parameter_counts()
         self.log.log(self.step, {"model/learnable_parameters": counts["learnable"], "model/total_parameters": counts["total"]})
         if self.progress:
@@ -158,8 +169,13 @@ class Trainer:
                               scaler=self.scaler, ema=self.ema, mode_hooks=self.hooks, epoch=epoch, step=self.step,
                               best_metric=self.best_metric, classes=self.classes, config=self.config)
 
-    def _resume(self, path: str | Path) -> None:
-        counters = TrainingCheckpoint(path).restore_training(
+    def _resume(self, path: str | Path, allow_config_change: bool) -> None:
+        checkpoint = TrainingCheckpoint(path)
+        changes = config_changes(checkpoint.state["config"], self.config.to_dict())
+        for line in check_resume_changes(str(path), changes, allow_config_change):
+            if self.main:
+                tqdm.write(line)
+        counters = checkpoint.restore_training(
             model=self.model, optimizer=self.optimizer, lr_schedule=self.lr_schedule, scaler=self.scaler,
             ema=self.ema, mode_hooks=self.hooks)
         self.start_epoch = counters["epoch"] + 1
@@ -196,7 +212,9 @@ class Trainer:
         accumulate = cfg.optim.accumulate
         self.optimizer.zero_grad(set_to_none=True)
         alpha = beta = None
+        skipped: set[str] = set()
         for it, batch in enumerate(bar):
+            skipped.update(batch.get("skipped", ()))
             video, frame_mask = model_inputs(batch, self.device)
             if epoch == self.start_epoch and it == 0:
                 self._start_hooks(video)
@@ -229,7 +247,8 @@ class Trainer:
                 self._log_step(loss_dict, alpha, beta)
         if self.device.type == "cuda":
             memory = torch.cuda.max_memory_allocated(self.device)
-        return EpochStats(epoch, float(np.mean(losses)), float(np.median(times)), int(memory), memory_kind, alpha, beta)
+        return EpochStats(epoch, float(np.mean(losses)), float(np.median(times)), int(memory), memory_kind, alpha, beta,
+                          skipped=sorted(skipped))
 
     def _optimizer_step(self) -> None:
         """Clip, step (through the AMP scaler), schedule the LR, update the EMA; one optimizer step."""
@@ -271,13 +290,31 @@ class Trainer:
         end = cfg.optim.epochs if max_epochs is None else min(cfg.optim.epochs, self.start_epoch + max_epochs)
         for epoch in range(self.start_epoch, end):
             stats = self.train_epoch(epoch)
+            self._report_skipped(epoch, stats.skipped)
             last = epoch + 1 == cfg.optim.epochs
             if last or (epoch + 1) % cfg.eval.every == 0:
                 stats.metrics = self.evaluate()
             self.history.append(stats)
             self._end_epoch(stats)
+        self._report_usage()
         self.log.close()
         return self.history
+
+    def _report_skipped(self, epoch: int, skipped: list[str]) -> None:
+        """One line after an epoch that skipped unreadable training videos (every rank's, so after a barrier)."""
+        skipped = sorted({vid for part in dist_utils.gather_objects(skipped) for vid in part})
+        self.skipped.update(skipped)
+        if skipped and self.main:
+            tqdm.write(f"epoch {epoch + 1}: training {self.train_set.usage_summary(skipped)}")
+
+    def _report_usage(self) -> None:
+        """The run's summary of the videos it could not use (unreadable, missing, without annotations)."""
+        if not self.main:
+            return
+        for name, dataset, extra in (("training", self.train_set, self.skipped), ("evaluation", self.val_set, ())):
+            summary = dataset.usage_summary(extra) if hasattr(dataset, "usage_summary") else None
+            if summary:
+                tqdm.write(f"{name} videos: {summary}")
 
     def _end_epoch(self, stats: EpochStats) -> None:
         values = {"epoch/loss": stats.loss, "epoch/step_time_s": stats.step_time_s,
