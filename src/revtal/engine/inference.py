@@ -41,7 +41,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is available")
+        raise ValueError("train.device is 'cuda' but no CUDA device is available: set train.device: cpu (or auto)")
     return torch.device(name)
 
 
@@ -168,8 +168,11 @@ class Predictor:
     def plot(self, result: dict, out: str | Path, ground_truth: AnnotationSet | None = None, min_score: float = 0.2):
         video_id = Path(result["video"]).stem
         gt = None
-        if ground_truth is not None and video_id in ground_truth.videos:
-            ann = ground_truth.videos[video_id]
+        # the file of video ID may be named v_ID (ActivityNet downloads), as the datasets match them
+        known = [v for v in (video_id, video_id[2:] if video_id.startswith("v_") else None)
+                 if ground_truth is not None and v in ground_truth.videos]
+        if known:
+            ann = ground_truth.videos[known[0]]
             gt = [{"segment": list(map(float, s)), "label": ground_truth.classes[int(c)]}
                   for s, c in zip(ann.segments, ann.labels)]
         return plot_timeline(out, video_id, result["duration"], result["detections"], self.classes, gt, min_score)

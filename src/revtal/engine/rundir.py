@@ -41,31 +41,37 @@ def claim_output_dir(
     overwrite: bool,
     what: str,
     how: str = "pass --overwrite to replace them, or choose another directory with --out",
+    check_only: bool = False,
 ) -> Path:
     """Create ``directory`` for a command's results. Existing results (the ``results`` names, or files ending in
-    ``suffix``) are refused with :class:`OutputExistsError` unless ``overwrite``, which deletes them first."""
+    ``suffix``) are refused with :class:`OutputExistsError` unless ``overwrite``, which deletes them first.
+    ``check_only``: refuse as above but change nothing (the other ranks of a distributed run)."""
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise NotADirectoryError(f"output path {directory} exists and is not a directory")
     found = existing_results(directory, results or ())
     if suffix is not None and directory.is_dir():
         found += sorted(p.name for p in directory.iterdir() if p.name.endswith(suffix) and not p.name.startswith("."))
-    if found:
-        if not overwrite:
-            shown = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
-            raise OutputExistsError(f"{directory} already holds {what} ({shown}): {how}")
-        for name in found:
-            path = directory / name
-            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    if found and not overwrite:
+        shown = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
+        raise OutputExistsError(f"{directory} already holds {what} ({shown}): {how}")
+    if check_only:
+        return directory
+    for name in found:
+        path = directory / name
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
     directory.mkdir(parents=True, exist_ok=True)
     remove_stray_temporaries(directory)
     return directory
 
 
-def claim_run_dir(directory: str | os.PathLike, *, resume: bool, overwrite: bool) -> Path:
-    """The training run directory: continued (``resume``), replaced (``overwrite``) or new; see the module doc."""
+def claim_run_dir(directory: str | os.PathLike, *, resume: bool, overwrite: bool, check_only: bool = False) -> Path:
+    """The training run directory: continued (``resume``), replaced (``overwrite``) or new; see the module doc.
+    ``check_only`` as for :func:`claim_output_dir`."""
     if resume and overwrite:
         raise UserError("--resume continues a run and --overwrite replaces it: pass one of them")
+    if resume and check_only:
+        return Path(directory)
     if resume:
         Path(directory).mkdir(parents=True, exist_ok=True)
         remove_stray_temporaries(directory)
@@ -74,6 +80,7 @@ def claim_run_dir(directory: str | os.PathLike, *, resume: bool, overwrite: bool
         directory, results=RUN_FILES, overwrite=overwrite, what="a training run",
         how=f"continue it with --resume {Path(directory) / 'last.pt'}, replace it with --overwrite, or train into "
             "another directory with --out",
+        check_only=check_only,
     )
 
 

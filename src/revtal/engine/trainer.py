@@ -100,8 +100,8 @@ class Trainer:
         self.out_dir = Path(config.train.out_dir)
         self.main = dist_utils.is_main()
         self.progress = progress and self.main
-        if self.main:
-            claim_run_dir(self.out_dir, resume=resume is not None, overwrite=overwrite)
+        # every rank refuses an existing run before rank 0 changes anything (no rank is left waiting at a barrier)
+        claim_run_dir(self.out_dir, resume=resume is not None, overwrite=overwrite, check_only=not self.main)
         dist_utils.barrier()
         config = resolve_dataset(config, self.out_dir)
         self.config = config
