@@ -8,10 +8,33 @@ import math
 import torch
 from torch import nn
 
+from revtal.localizers.blocks import ChannelLayerNorm, LayerScale
 
-def _decays(name: str, p: torch.Tensor) -> bool:
-    # norms, biases, gates and embeddings are not weight-decayed
-    return p.ndim >= 2 and not name.endswith(("pos_embed", "cls_token"))
+
+# Weight decay the way the transformer literature does it (ViT, Swin, minGPT, ActionFormer): matrices and kernels
+# decay; biases, every parameter of a normalisation layer, learned residual scales (LayerScale) and position
+# embeddings / class tokens do not, whatever their shape — ActionFormer's channel-first LayerNorm and LayerScale
+# keep (1, C, 1) parameters, which a rule on ndim alone would decay.
+_NO_DECAY_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase, ChannelLayerNorm, LayerScale)
+_NO_DECAY_NAMES = ("pos_embed", "cls_token", "relative_position_bias_table")
+
+
+def decays(module: nn.Module, name: str, parameter: torch.Tensor) -> bool:
+    """Whether ``parameter``, registered on ``module`` under ``name`` (its own attribute name), is weight-decayed."""
+    return (parameter.ndim >= 2 and not name.endswith("bias") and name not in _NO_DECAY_NAMES
+            and not isinstance(module, _NO_DECAY_MODULES))
+
+
+def decay_groups(module: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(decayed, not decayed) trainable parameters of ``module``, each listed once, in registration order."""
+    decayed, kept, seen = [], [], set()
+    for owner in module.modules():
+        for name, parameter in owner.named_parameters(recurse=False):
+            if not parameter.requires_grad or id(parameter) in seen:
+                continue
+            seen.add(id(parameter))
+            (decayed if decays(owner, name, parameter) else kept).append(parameter)
+    return decayed, kept
 
 
 def build_optimizer(
@@ -21,9 +44,7 @@ def build_optimizer(
     for module, lr, tag in ((backbone, backbone_lr, "backbone"), (head, head_lr, "head")):
         if module is None:
             continue
-        named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-        decay = [p for n, p in named if _decays(n, p)]
-        no_decay = [p for n, p in named if not _decays(n, p)]
+        decay, no_decay = decay_groups(module)
         if decay:
             groups.append({"params": decay, "lr": lr, "weight_decay": weight_decay, "name": f"{tag}"})
         if no_decay:

@@ -1,0 +1,49 @@
+"""Weight-decay groups: matrices and kernels decay; norms, biases, LayerScale and position embeddings do not."""
+
+import torch
+from torch import nn
+
+from revtal.engine.optim import build_optimizer, decay_groups
+from revtal.localizers.actionformer import ActionFormer, ActionFormerConfig
+
+
+def _names(module, params):
+    ids = {id(p) for p in params}
+    return {n for n, p in module.named_parameters() if id(p) in ids}
+
+
+def test_localizer_decays_only_conv_kernels():
+    model = ActionFormer(8, 3, ActionFormerConfig(embed_dim=16, head_dim=16, num_heads=2, num_branch_blocks=1,
+                                                  regression_ranges=((0, 4), (4, float("inf")))))
+    decayed, kept = decay_groups(model)
+    decayed_names, kept_names = _names(model, decayed), _names(model, kept)
+    assert decayed_names | kept_names == {n for n, _ in model.named_parameters()} and not decayed_names & kept_names
+    assert "stem.0.attn.query.weight" in decayed_names and "stem.0.mlp.0.weight" in decayed_names
+    assert "embed_convs.0.conv.weight" in decayed_names
+    # channel-first LayerNorm and LayerScale hold (1, C, 1) parameters: shaped like matrices, never decayed
+    for name in ("stem.0.norm_attn.weight", "stem.0.norm_attn.bias", "neck_norms.0.weight", "stem.0.scale_attn.scale",
+                 "reg_scales", "cls_head.output.conv.bias", "stem.0.attn.query.bias"):
+        assert name in kept_names, name
+    assert all(name.endswith("weight") and "norm" not in name for name in decayed_names)
+
+
+def test_backbone_embeddings_and_norms_are_not_decayed_and_groups_carry_the_rates():
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pos_embed = nn.Parameter(torch.zeros(1, 4, 8))
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, 8))
+            self.proj = nn.Linear(8, 8)
+            self.norm = nn.LayerNorm(8)
+            self.bn = nn.BatchNorm3d(8)
+            self.frozen = nn.Linear(8, 8).requires_grad_(False)
+
+    backbone = Tiny()
+    decayed, kept = decay_groups(backbone)
+    assert _names(backbone, decayed) == {"proj.weight"}
+    assert _names(backbone, kept) == {"pos_embed", "cls_token", "proj.bias", "norm.weight", "norm.bias", "bn.weight", "bn.bias"}
+    head = nn.Conv1d(8, 2, 3)
+    optimizer = build_optimizer(backbone, head, backbone_lr=1e-5, head_lr=1e-4, weight_decay=0.05)
+    groups = {g["name"]: (g["lr"], g["weight_decay"], len(g["params"])) for g in optimizer.param_groups}
+    assert groups == {"backbone": (1e-5, 0.05, 1), "backbone_no_decay": (1e-5, 0.0, 7),
+                      "head": (1e-4, 0.05, 1), "head_no_decay": (1e-4, 0.0, 1)}
