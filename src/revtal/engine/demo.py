@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -159,6 +160,7 @@ def run(args) -> int:
     print("[4/5] results")
     table = format_table(rows)
     print(table)
+    print(format_timings(rows))
 
     print("[5/5] detections and timeline plots")
     detections_dir = out / "detections"
@@ -180,11 +182,12 @@ def run(args) -> int:
         "pretrain": pretrain,
         "runs": rows,
         "wall_time_s": time.perf_counter() - started,
-        "machine": {"torch": torch.__version__, "threads": torch.get_num_threads(),
+        "machine": {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+                    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "load_average_at_end": os.getloadavg()[0],
                     "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    (out / "summary.md").write_text(table + "\n")
+    (out / "summary.md").write_text(format_summary(table, rows, summary))
     print(f"done in {summary['wall_time_s'] / 60:.1f} min; summary in {out / 'summary.json'}")
     return 0
 
@@ -200,13 +203,29 @@ def backprop_label(model) -> str:
 
 
 def format_table(rows: list[dict]) -> str:
+    """The results: a fixed seed and thread count give the same table on every run (timings are kept apart)."""
     lines = [
-        "| mode | backprop | average mAP (%) | backbone activation memory | step time (ms) |",
+        "| mode | backprop | average mAP (%) | backbone activation memory | learnable parameters |",
         "| --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         memory = f"{r['backbone_saved_bytes'] / 2**20:.2f} MiB ({'saved for backward' if r['memory_kind'] == 'saved_bytes' else 'CUDA peak'})"
         lines.append(
-            f"| {r['mode']} | {r['backprop']} | {100 * r['average_mAP']:.2f} | {memory} | {1000 * r['step_time_s']:.0f} |"
+            f"| {r['mode']} | {r['backprop']} | {100 * r['average_mAP']:.2f} | {memory} | {r['parameters']['learnable']:,} |"
         )
     return "\n".join(lines)
+
+
+def format_timings(rows: list[dict]) -> str:
+    """Median step time per mode: these depend on the machine and whatever else runs on it."""
+    return "step time (median, ms; varies with the machine's load): " + ", ".join(
+        f"{r['mode']} {1000 * r['step_time_s']:.0f}" for r in rows)
+
+
+def format_summary(table: str, rows: list[dict], summary: dict) -> str:
+    m = summary["machine"]
+    machine = (f"torch {m['torch']}, {m['threads']} intra-op threads, {m['cpus']} CPUs, OMP_WAIT_POLICY="
+               f"{m['omp_wait_policy'] or 'unset'}, load average {m['load_average_at_end']:.1f} at the end"
+               + (f", CUDA {m['cuda']}" if m["cuda"] else ""))
+    return (f"{table}\n\n{format_timings(rows)}\n\nwall time {summary['wall_time_s'] / 60:.1f} min; {machine}; "
+            f"pretraining clip accuracy {100 * summary['pretrain']['clip_accuracy']:.1f}%\n")
