@@ -400,6 +400,14 @@ def test_resume_restores_the_run_config_and_refuses_silent_changes(dataset_root,
     # a deliberate change, printed
     assert cli_main(["train", "--resume", str(run / "last.pt"), "--set", "optim.epochs=3", "--allow-config-change"]) == 0
     assert "config change on resume: optim.epochs: 2 -> 3" in capsys.readouterr().out
+    # continued elsewhere: a new directory, which must not hold another run
+    assert cli_main(["train", "--resume", str(run / "last.pt"), "--out", str(run)]) == 0  # the same place: fine
+    (tmp_path / "other").mkdir()
+    other = _recipe(dataset_root, tmp_path / "other")
+    assert cli_main(["train", str(other)]) == 0
+    capsys.readouterr()
+    assert cli_main(["train", "--resume", str(run / "last.pt"), "--out", str(tmp_path / "other" / "run")]) == 2
+    assert "already holds a training run" in _one_error_line(capsys, "train")
     state = TrainingCheckpoint(run / "last.pt").state
     assert state["epoch"] == 2 and state["config"]["optim"]["epochs"] == 3 and state["config"]["data"]["batch_size"] == 4
 

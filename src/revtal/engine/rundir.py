@@ -3,7 +3,8 @@
 * ``revtal train`` writes ``train.out_dir``. A directory that already holds a run (``config.yaml``, ``last.pt``,
   ``best.pt``, ``metrics.csv``, ...) is refused, with a message naming the two ways on: ``--resume OUT/last.pt``
   continues that run, ``--overwrite`` deletes its files and starts afresh. (The synthetic dataset a run generates
-  under ``OUT/data`` is a cache, not a result: it is kept.)
+  under ``OUT/data`` is a cache, not a result: it is kept.) ``--resume`` with ``--out`` elsewhere continues the run
+  in that directory, which must not hold another run.
 * ``revtal eval`` writes its own directory (``--out``, by default ``eval/<checkpoint name>`` beside the checkpoint),
   ``revtal extract`` the ``--features`` directory and ``revtal detect`` its ``--out`` directory. Each refuses a
   directory holding results of its own kind unless ``--overwrite``, and none writes into a training run's files.

@@ -101,7 +101,9 @@ class Trainer:
         self.main = dist_utils.is_main()
         self.progress = progress and self.main
         # every rank refuses an existing run before rank 0 changes anything (no rank is left waiting at a barrier)
-        claim_run_dir(self.out_dir, resume=resume is not None, overwrite=overwrite, check_only=not self.main)
+        # resuming into another directory than the checkpoint's starts a new run directory there
+        in_place = resume is not None and Path(resume).resolve().parent == self.out_dir.resolve()
+        claim_run_dir(self.out_dir, resume=in_place, overwrite=overwrite, check_only=not self.main)
         dist_utils.barrier()
         config = resolve_dataset(config, self.out_dir)
         self.config = config
