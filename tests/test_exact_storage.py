@@ -165,7 +165,15 @@ def test_bitwise_reconstruction_under_bf16_autocast(family):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return (model(x).float() ** 2).sum()
 
-    checks = _verify_all(model, loss)
+    # one thread: bitwise reconstruction needs the recompute to repeat the forward's kernels bit for bit; once in
+    # about 40 runs on a heavily loaded 2-core machine the r3d case was not bitwise with two threads (bf16 conv3d),
+    # which the single-threaded kernels have not shown
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        checks = _verify_all(model, loss)
+    finally:
+        torch.set_num_threads(threads)
     assert all(check is not None and check.bitwise for _, check in checks), checks
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
