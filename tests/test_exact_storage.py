@@ -231,3 +231,13 @@ def test_bench_records_the_storage_exact_mode_paid():
     (stored,), (buffer,) = record["exact_stored_bits_per_element"], record["exact_buffer_bits_per_element"]
     assert stored == 32 + buffer and buffer >= 4 * 3  # four branches of 3 bits at the least, and the streams
     assert f"{stored} b/el, 3.00 b/branch" in markdown_table([record])
+
+
+def test_errmap_points_carry_the_storage_of_their_beta():
+    from revtal.reversible.errmap import CSV_FIELDS, gradient_error_map
+
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(8))
+    exact, = gradient_error_map(tiny_vit(depth=2), x, [1.0], [0.1], backprop="exact", progress=False)
+    floating, = gradient_error_map(tiny_vit(depth=2), x, [0.0], [1.0], backprop="reversible", progress=False)
+    assert exact.bits_per_branch == pytest.approx(math.log2(128 / 13)) and floating.bits_per_branch == 0.0
+    assert "bits_per_branch" in CSV_FIELDS and exact.as_dict()["bits_per_branch"] == exact.bits_per_branch

@@ -35,7 +35,10 @@ from torch import Tensor, nn
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
 MEMORY_FREE_MODES = ("reversible", "exact")
-CSV_FIELDS = ("alpha", "beta", "beta_used", "atol_level", "max_rel_err", "recon_rel_err", "grad_scale", "failure")
+CSV_FIELDS = (
+    "alpha", "beta", "beta_used", "atol_level", "max_rel_err", "recon_rel_err", "grad_scale", "failure",
+    "bits_per_branch",
+)
 
 
 @dataclass
@@ -48,6 +51,7 @@ class ErrorPoint:
     recon_rel_err: float
     grad_scale: float  # max |vanilla gradient| element, the yardstick of the absolute atol_level
     failure: str = ""
+    bits_per_branch: float = 0.0  # what the backprop stores per element per branch: log2(1/β) exact, 0 float
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in CSV_FIELDS}
@@ -83,6 +87,7 @@ def gradient_error_map(
 
     from revtal.reversible import convert, reversible_stages
     from revtal.reversible.diagnostics import compare_gradients, random_projection_loss
+    from revtal.reversible.exact import storage_bits_per_branch
 
     if backprop not in MEMORY_FREE_MODES:
         raise ValueError(f"backprop must be one of {MEMORY_FREE_MODES}, got {backprop!r}")
@@ -102,7 +107,8 @@ def gradient_error_map(
         del model
         points.append(
             ErrorPoint(alpha, beta, result.beta, result.atol_level, result.max_rel_err, result.recon_rel_err,
-                       result.grad_scale, result.failure.splitlines()[0] if result.failure else "")
+                       result.grad_scale, result.failure.splitlines()[0] if result.failure else "",
+                       storage_bits_per_branch(result.beta) if backprop == "exact" else 0.0)
         )
         bar.set_postfix(alpha=f"{alpha:.2f}", beta=f"{beta:.2f}", atol=f"{result.atol_level:.1e}")
     return points
@@ -310,5 +316,6 @@ def _summary(points: list[ErrorPoint], args: argparse.Namespace, elapsed: float)
         lines.append(
             f"  {label:>13} alpha={p.alpha:.3g} beta={p.beta_used:.3g}: atol_level={p.atol_level:.3g} "
             f"max_rel_err={p.max_rel_err:.3g} recon_rel_err={p.recon_rel_err:.3g}"
+            + (f" stores {p.bits_per_branch:.2f} bits/element/branch" if args.backprop == "exact" else "")
         )
     return "\n".join(lines)
