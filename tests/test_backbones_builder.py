@@ -105,7 +105,6 @@ def test_swin_stochastic_depth_option_follows_the_linear_rule():
 
 
 def test_video_swin_t_converted_reversible_forward_backward(swin3d_t):
-    pytest.importorskip("revtal.reversible.swin")  # the Swin family is written alongside this module
     reference = copy.deepcopy(swin3d_t).double()
     converted = revtal.convert(copy.deepcopy(reference), "dr2net", alpha=0.5, beta=0.5)
     vanilla = revtal.convert(copy.deepcopy(reference), "dr2net", alpha=0.5, beta=0.5, backprop="vanilla")
@@ -147,7 +146,6 @@ def test_clip_classifier_trains_the_backbone():
 
 
 def test_converted_resnet_backbone_keeps_per_stage_intermediates():
-    pytest.importorskip("revtal.reversible.resnet")  # the ResNet family is written alongside this module
     backbone = revtal.convert(build("mc3_18"), "dr2net", alpha=0.5, beta=0.5)
     assert [s.stage_name for s in reversible_stages(backbone)] == [f"net.layer{i}" for i in range(1, 5)]
     video = torch.randn(1, 3, 4, 32, 32)

@@ -135,13 +135,9 @@ def _count_calls(monkeypatch, owner, name):
     return calls
 
 
-@pytest.mark.parametrize("family", ["timm_dynamic", "torchvision_3d"])
-def test_shifted_window_mask_built_once_per_stage_and_reused_in_recompute(family, monkeypatch):
-    build, x = BUILDERS[family]
-    if family == "timm_dynamic":
-        calls = _count_calls(monkeypatch, timm_swin.SwinTransformerBlock, "get_attn_mask")
-    else:
-        calls = _count_calls(monkeypatch, swin, "_library_mask_3d")
+def test_shifted_window_mask_built_once_per_stage_and_reused_in_recompute(monkeypatch):
+    build, x = BUILDERS["timm_dynamic"]
+    calls = _count_calls(monkeypatch, timm_swin.SwinTransformerBlock, "get_attn_mask")
     ref = build(depths=(4,))  # one stage, two shifted blocks
     model = revtal.convert(copy.deepcopy(ref), "dr2net", alpha=0.5, beta=0.5)
     calls.clear()
@@ -168,13 +164,17 @@ def test_unsupported_blocks_are_named_with_the_supported_types():
         revtal.convert(model)
     model = tiny_video_swin()
     model.features[2][0] = _CustomBlock()
-    with pytest.raises(TypeError, match=r"features\.2\.0 is a .*_CustomBlock.*ShiftedWindowAttention3d"):
+    with pytest.raises(TypeError, match=r"features\.2\.0 is a .*_CustomBlock.*swin_transformer\.SwinTransformerBlock"):
         revtal.convert(model)
-    # torchvision's 2D Swin builds its mask inline, so it cannot share it: refused, not silently slow
-    image_swin = tv_swin.SwinTransformer(patch_size=[4, 4], embed_dim=8, depths=[2], num_heads=[2], window_size=[4, 4])
-    with pytest.raises(TypeError, match=r"features\.1\.0 is a .*SwinTransformerBlock with attention .*"
-                                        r"ShiftedWindowAttention\b"):
-        revtal.convert(image_swin)
+
+
+def test_torchvision_swin_converts_without_patching_the_library():
+    import torchvision.models.video.swin_transformer as tv_swin3d
+
+    library_functions = dict(vars(tv_swin3d)), dict(vars(tv_swin))
+    revtal.convert(tiny_video_swin())
+    revtal.convert(tv_swin.SwinTransformer(patch_size=[4, 4], embed_dim=8, depths=[2], num_heads=[2], window_size=[4, 4]))
+    assert (dict(vars(tv_swin3d)), dict(vars(tv_swin))) == library_functions
 
 
 def test_grad_checkpointing_is_refused():

@@ -67,7 +67,7 @@ def test_re2_published_convention_duplicate_input_mean_output():
     tokens = ref.norm_pre(ref.patch_drop(ref._pos_embed(ref.patch_embed(x))))
     prev, cur = tokens, tokens
     for branch in branches:
-        prev, cur = cur, branch.fn(cur) + prev
+        prev, cur = cur, branch.g(cur, stage.coupling) + prev  # G = F at alpha=0
     expected = 0.5 * (cur + prev)
     with torch.no_grad():
         got = stage(tokens)
@@ -207,7 +207,7 @@ def test_input_without_grad_and_frozen_parameters_work():
 
 
 def test_unsupported_models_and_blocks_are_named():
-    with pytest.raises(TypeError, match=r"Conv2d.*Supported module types: .*VisionTransformer"):
+    with pytest.raises(TypeError, match=r"Conv2d.*Supported module types: .*timm\.models\.vision_transformer\.Block"):
         revtal.convert(nn.Conv2d(3, 3, 3))
     model = tiny_vit(depth=2)
     model.blocks[1] = nn.Identity()

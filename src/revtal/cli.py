@@ -26,8 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "detect": ("revtal.engine.commands:detect", "detect actions in videos with a trained checkpoint"),
     "synth": ("revtal.data.synthetic", "write a synthetic untrimmed-video dataset (mp4 + ActivityNet JSON)"),
     "evaluate": ("revtal.evaluation.cli", "score predictions against ground truth (ActivityNet detection mAP)"),
-    "errmap": ("revtal.reversible.errmap", "map the gradient error of memory-free backprop over (alpha, beta)"),
-    "selfcheck": ("revtal.reversible.selfcheck", "verify the reversible engine on a tiny model and print what was checked"),
+    "errmap": ("revtal.tools.errmap", "map the gradient error of memory-free backprop over (alpha, beta)"),
+    "selfcheck": ("revtal.tools.selfcheck", "verify the reversible engine on a tiny model and print what was checked"),
     "bench": ("revtal.bench.cli", "memory and speed benchmarks"),
     "study": ("revtal.bench.study", "the papers' tables in miniature on the synthetic dataset"),
 }

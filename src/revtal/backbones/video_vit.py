@@ -4,7 +4,7 @@ A clip (B, C, T, H, W) is cut into tubelets of ``tubelet_size`` frames × ``patc
 resulting grid of T'·H'·W' tokens (T' = T / tubelet, flattened time-major: t, then row, then column) goes through
 pre-norm transformer blocks with *joint* space-time attention (every token attends to every other). The blocks are
 timm's own :class:`timm.models.vision_transformer.Block` held in ``self.blocks`` (an ``nn.Sequential``), so
-``revtal.convert`` applies the ViT converter family (:mod:`revtal.reversible.vit`) to this model unchanged.
+``revtal.convert`` converts this model through the traced timm ``Block`` rule (:mod:`revtal.reversible.families`).
 
 Layout follows VideoMAE / VideoMAEv2 so their checkpoints load with ``strict=True``:
 
@@ -293,6 +293,8 @@ def hf_videomae_to_timm(state_dict: StateDict) -> StateDict:
                     out[block + "attn.qkv.weight"] = torch.cat(qkv)
                 elif name in ("q_bias", "v_bias"):
                     out[block + "attn." + name] = value
+                elif name in ("query.bias", "value.bias"):  # transformers ≥ 5 keeps them on the linear layers
+                    out[block + "attn." + name[0] + "_bias"] = value
                 continue
             for hf_name, timm_name in _HF_LAYER_RENAMES.items():
                 if rest.startswith(hf_name + "."):

@@ -3,7 +3,7 @@
 Both libraries implement the RevNet coupling of two equally wide streams, ``(x1, x2) -> (x2, x1 + F(x2))``, which is
 exactly Re²TAL's rewiring (α=0, β=1): the stack applies the attention and MLP branches of each timm block alternately
 to the two streams. :class:`PeerStack` therefore runs *the same branch functions* (those of
-:func:`revtal.reversible.vit.vit_branches`) with the same convention as ``revtal.convert(model, "re2")`` — input
+:func:`revtal.reversible.convert.residual_functions`, traced from the block) with the same convention as ``revtal.convert(model, "re2")`` — input
 duplicated into both streams, output the mean of the two — and only the engine that makes backward memory-free
 differs. The libraries are an optional extra (``pip install 'revtal[bench]'``) imported lazily: without them the
 benchmark reports the mode as unavailable.
@@ -23,7 +23,7 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from revtal.reversible.vit import vit_branches
+from revtal.reversible.convert import residual_functions
 
 INSTALL_HINT = "pip install 'revtal[bench]'"
 
@@ -59,8 +59,8 @@ def _branch_pairs(blocks: nn.Module) -> list[tuple[BranchModule, BranchModule]]:
             raise PeerUnavailable(
                 f"blocks.{name} is a {type(block).__name__}; the peer stacks wrap timm Blocks (attention, MLP) only"
             )
-        attention, mlp = vit_branches(block, {})
-        pairs.append((BranchModule(block, attention.fn), BranchModule(block, mlp.fn)))
+        attention, mlp = residual_functions(block)
+        pairs.append((BranchModule(block, attention), BranchModule(block, mlp)))
     return pairs
 
 

@@ -1,11 +1,17 @@
-"""Reversible stages: coupling maths, memory-free autograd, converters per model family, diagnostics."""
+"""Reversible stages: coupling maths, memory-free autograd, the conversion engine, diagnostics.
+
+Importing this package needs torch only: converter families import their libraries (timm, torchvision,
+pytorchvideo, transformers) when a conversion first needs them (:mod:`revtal.reversible.families`).
+"""
 
 from revtal.reversible.convert import (
     FAMILIES,
+    BlockRule,
     Family,
-    StageSpec,
     convert,
     register_family,
+    registered_families,
+    residual_functions,
     set_backprop,
     set_coefficients,
     supported_types,
@@ -13,17 +19,13 @@ from revtal.reversible.convert import (
 from revtal.reversible.coupling import Coupling, FloatArithmetic
 from revtal.reversible.exact import Dyadic, ExactArithmetic, nearest_dyadic
 from revtal.reversible.function import Branch, NonFiniteGradientError, ReconstructionCheck
-from revtal.reversible.stage import BACKPROP_MODES, ReversibleStage, reversible_stages
-
-# importing a family module registers its converter
-from revtal.reversible import vit  # noqa: E402,F401  isort: skip
-from revtal.reversible import swin  # noqa: E402,F401  isort: skip
-from revtal.reversible import resnet  # noqa: E402,F401  isort: skip
+from revtal.reversible.stage import BACKPROP_MODES, BypassError, CallProtocol, ReversibleStage, reversible_stages
 
 __all__ = [
-    "BACKPROP_MODES", "Branch", "Coupling", "Dyadic", "ExactArithmetic", "FAMILIES", "Family",
-    "FloatArithmetic", "NonFiniteGradientError", "ReconstructionCheck", "ReversibleStage", "StageSpec", "convert",
-    "nearest_dyadic", "register_family", "reversible_stages", "set_backprop", "set_coefficients", "supported_types",
+    "BACKPROP_MODES", "BlockRule", "Branch", "BypassError", "CallProtocol", "Coupling", "Dyadic", "ExactArithmetic",
+    "FAMILIES", "Family", "FloatArithmetic", "NonFiniteGradientError", "ReconstructionCheck", "ReversibleStage",
+    "convert", "nearest_dyadic", "register_family", "registered_families", "residual_functions", "reversible_stages",
+    "set_backprop", "set_coefficients", "supported_types",
 ]
 
 # Dr²Net dynamic finetuning, gradient-error diagnostics and online reconstruction safety

@@ -1,21 +1,27 @@
 """``revtal.convert``: turn the residual stages of a pretrained network into reversible stages, in place.
 
-A *family* (one module per model family: :mod:`~revtal.reversible.vit`, :mod:`~revtal.reversible.swin`,
-:mod:`~revtal.reversible.resnet`) knows which modules of a network are stages of residual blocks and which part of
-a block is a residual branch. :func:`convert` walks the model, lets the first family that recognises a module
-convert its stages, and leaves every other layer alone. Parameters are neither added nor renamed: the converted
-model's ``state_dict`` keeps the original keys, so original checkpoints load with ``strict=True``.
+A *family* (:mod:`revtal.reversible.families`) lists the residual block types of one library as
+:class:`BlockRule` s. :func:`convert` walks the model; every ``nn.Sequential``/``nn.ModuleList`` that holds such
+blocks becomes a :class:`~revtal.reversible.stage.ReversibleStage`. Which part of a block is a residual branch is
+found by tracing the block's forward (:mod:`revtal.reversible.trace`) unless the rule is hand-written (Swin's shared
+window masks). Blocks whose shortcut is not the identity (downsampling, projection, pooled skips) stay ordinary
+layers inside the stage; every run of shape-preserving blocks between them is reversible. Parameters are neither
+added nor renamed: the converted model's ``state_dict`` keeps the original keys, so original checkpoints load with
+``strict=True``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Callable
 
-from torch import nn
+from torch import Tensor, nn
 
 from revtal.reversible.coupling import Coupling
-from revtal.reversible.stage import BACKPROP_MODES, BranchesOf, ReversibleStage, reversible_stages
+from revtal.reversible.function import Branch
+from revtal.reversible.stage import BACKPROP_MODES, BranchesOf, CallProtocol, ReversibleStage, reversible_stages
+from revtal.reversible.trace import BlockPlan, BranchCode, NotResidual, UntraceableBlock, plan_block
 
 METHODS = {
     # method: (alpha, beta, input, output, default backprop)
@@ -25,26 +31,58 @@ METHODS = {
 }
 
 
-@dataclass
-class StageSpec:
-    """One run of residual blocks to convert: ``getattr(parent, attr)`` is replaced by a ReversibleStage over
-    ``blocks`` (child names kept), the first ``plain_prefix`` of which stay ordinary layers."""
+@dataclass(frozen=True)
+class BlockRule:
+    """How blocks of one type convert.
 
-    parent: nn.Module
-    attr: str
-    blocks: dict[str, nn.Module]
-    branches_of: BranchesOf
-    plain_prefix: int = 0
-    name: str = ""
+    By default the block's forward is traced (:mod:`revtal.reversible.trace`): its residual sums become branches,
+    and an instance whose shortcut is not the identity stays an ordinary layer. A hand-written rule supplies
+    ``branches_of(block, context) -> [Branch, ...]`` and ``ordinary(block) -> reason | None`` instead. ``when``
+    narrows the rule to some instances of the type; ``inline`` names child modules to trace into (where the
+    residual sum happens inside a child); ``fixed`` traces forward arguments as constants; ``protocol`` is how the
+    model calls the blocks (:class:`~revtal.reversible.stage.CallProtocol`).
+    """
+
+    block_type: type
+    when: Callable[[nn.Module], bool] | None = None
+    branches_of: BranchesOf | None = None
+    ordinary: Callable[[nn.Module], str | None] | None = None
+    inline: tuple[str, ...] = ()
+    fixed: tuple[tuple[str, Any], ...] = ()
+    protocol: str = "tensor"
+    describe: str = ""
+
+    @property
+    def name(self) -> str:
+        label = f"{self.block_type.__module__}.{self.block_type.__qualname__}"
+        return f"{label} {self.describe}" if self.describe else label
+
+    def applies(self, block: nn.Module) -> bool:
+        return type(block) is self.block_type and (self.when is None or self.when(block))
 
 
 @dataclass
 class Family:
+    """A model family: the block rules of one library's models, loaded on first use (``rules`` imports it)."""
+
     name: str
-    supported: list[str]
-    matches: Callable[[nn.Module], bool]
-    find_stages: Callable[[nn.Module, str], list[StageSpec]]
+    source: str
+    rules: Callable[[], list[BlockRule]]
     notes: str = ""
+    _loaded: list[BlockRule] | None = field(default=None, repr=False)
+
+    def block_rules(self) -> list[BlockRule]:
+        """The rules, or [] when the family's library is not installed (then no model can contain its blocks)."""
+        if self._loaded is None:
+            try:
+                self._loaded = list(self.rules())
+            except ImportError:
+                self._loaded = []
+        return self._loaded
+
+    @property
+    def supported(self) -> list[str]:
+        return [rule.name for rule in self.block_rules()]
 
 
 FAMILIES: dict[str, Family] = {}
@@ -57,8 +95,23 @@ def register_family(family: Family) -> Family:
     return family
 
 
+def registered_families() -> dict[str, Family]:
+    """All families: revtal's built-in ones (registered here, on first use) and any registered by the user."""
+    if not _BUILTINS_REGISTERED:
+        from revtal.reversible.families import builtin_families
+
+        for family in builtin_families():
+            if family.name not in FAMILIES:
+                register_family(family)
+        _BUILTINS_REGISTERED.append(True)
+    return FAMILIES
+
+
+_BUILTINS_REGISTERED: list[bool] = []
+
+
 def supported_types() -> list[str]:
-    return [t for family in FAMILIES.values() for t in family.supported]
+    return [t for family in registered_families().values() for t in family.supported]
 
 
 def convert(
@@ -108,9 +161,13 @@ def convert(
             "model is already converted; change coefficients with revtal.set_coefficients(model, alpha, beta) "
             "and the mode with revtal.set_backprop(model, mode)"
         )
-    _ensure_families_loaded()
-    chosen = [FAMILIES[n] for n in families] if families else list(FAMILIES.values())
-    specs = _find_stages(model, chosen)
+    available = registered_families()
+    unknown = [n for n in families or () if n not in available]
+    if unknown:
+        raise ValueError(f"unknown converter families {unknown}; registered: {sorted(available)}")
+    chosen = [available[n] for n in families] if families else list(available.values())
+    rules = [rule for family in chosen for rule in family.block_rules()]
+    specs = _find_stages(model, rules)
     if not specs:
         raise TypeError(
             f"revtal.convert found no supported residual network in {type(model).__module__}.{type(model).__name__}. "
@@ -119,10 +176,11 @@ def convert(
     for spec in specs:
         stage = ReversibleStage(
             spec.blocks,
-            spec.branches_of,
+            block_branches,
             Coupling(coupling.alpha, coupling.beta, coupling.input, coupling.output),
             backprop=backprop,
-            plain_prefix=spec.plain_prefix,
+            plain=spec.plain,
+            protocol=CallProtocol(spec.protocol),
             preserve_rng=preserve_rng,
             frac_bits=frac_bits,
             beta_bits=beta_bits,
@@ -132,24 +190,130 @@ def convert(
     return model
 
 
-def _find_stages(model: nn.Module, families: list[Family]) -> list[StageSpec]:
-    specs: list[StageSpec] = []
+@dataclass
+class _StageSpec:
+    parent: nn.Module
+    attr: str
+    blocks: dict[str, nn.Module]
+    plain: list[int]
+    protocol: str
+    name: str
+
+
+def _find_stages(model: nn.Module, rules: list[BlockRule]) -> list[_StageSpec]:
+    """Every nn.Sequential/nn.ModuleList holding blocks some rule knows becomes a stage."""
+    specs: list[_StageSpec] = []
 
     def visit(module: nn.Module, prefix: str) -> None:
-        for family in families:
-            if family.matches(module):
-                specs.extend(family.find_stages(module, prefix))
-                return
         for name, child in module.named_children():
-            visit(child, f"{prefix}.{name}" if prefix else name)
+            path = f"{prefix}.{name}" if prefix else name
+            if isinstance(child, (nn.Sequential, nn.ModuleList)) and any(
+                _rule_for(block, rules) for block in child.children()
+            ):
+                spec = _stage_spec(module, name, child, path, rules)
+                if spec is not None:
+                    specs.append(spec)
+            else:
+                visit(child, path)
 
     visit(model, "")
     return specs
 
 
-def _ensure_families_loaded() -> None:
-    # importing a family module registers it; the package __init__ imports all of them
-    import revtal.reversible  # noqa: F401
+def _rule_for(block: nn.Module, rules: list[BlockRule]) -> BlockRule | None:
+    return next((rule for rule in rules if rule.applies(block)), None)
+
+
+def _stage_spec(parent: nn.Module, attr: str, container: nn.Module, path: str, rules) -> _StageSpec | None:
+    if getattr(parent, "grad_checkpointing", False) or getattr(parent, "gradient_checkpointing", False):
+        raise ValueError(
+            f"{path}: {type(parent).__name__} has grad_checkpointing enabled; reversible stages already avoid "
+            "storing activations: call set_grad_checkpointing(False) (timm) or disable gradient checkpointing first"
+        )
+    blocks = dict(container.named_children())
+    plain, protocols = [], set()
+    for i, (child_name, block) in enumerate(blocks.items()):
+        block_path = f"{path}.{child_name}"
+        rule = _rule_for(block, rules)
+        if rule is None:
+            known = {r.block_type.__module__ for b in blocks.values() for r in rules if r.applies(b)}
+            near = sorted({r.name for r in rules if r.block_type.__module__ in known})
+            raise TypeError(
+                f"{block_path} is a {type(block).__module__}.{type(block).__qualname__}; in a stage of residual "
+                f"blocks the converter supports: {'; '.join(near)}"
+            )
+        protocols.add(rule.protocol)
+        reason = _prepare(block, rule, block_path)
+        if reason is not None:
+            plain.append(i)
+    if len(protocols) > 1:
+        raise TypeError(f"{path} mixes blocks called in different ways ({sorted(protocols)})")
+    if len(plain) == len(blocks):
+        return None
+    return _StageSpec(parent, attr, blocks, plain, protocols.pop(), path)
+
+
+def _prepare(block: nn.Module, rule: BlockRule, path: str) -> str | None:
+    """Attach the rule (and traced plan) to a block; returns why it stays ordinary, or None."""
+    if rule.branches_of is not None:
+        reason = rule.ordinary(block) if rule.ordinary else None
+        plan = None
+    else:
+        try:
+            plan = plan_block(
+                block, inline=rule.inline, fixed=dict(rule.fixed),
+                output_index=None if rule.protocol == "tensor" else 0,
+            )
+            reason = None
+        except NotResidual as why:
+            plan, reason = None, str(why)
+        except UntraceableBlock as error:
+            raise TypeError(f"{path}: {error}") from error
+    if reason is None:
+        block.__dict__["_revtal_rule"] = rule
+        block.__dict__["_revtal_plan"] = plan
+        block.__dict__["_revtal_path"] = path
+    return reason
+
+
+def block_branches(block: nn.Module, context: dict) -> list[Branch]:
+    """The branches of a converted block (the stage's ``branches_of``)."""
+    rule: BlockRule = block.__dict__["_revtal_rule"]
+    if rule.branches_of is not None:
+        return rule.branches_of(block, context)
+    plan: BlockPlan = block.__dict__["_revtal_plan"]
+    path = block.__dict__["_revtal_path"]
+    args, kwargs = context.get("call", ((), {}))
+    values = plan.bind(path, args, kwargs)
+    return [
+        Branch(block, partial(_traced_g, code, block, path, tuple(values[n] for n in code.arguments)), True)
+        for code in plan.branches
+    ]
+
+
+def _traced_g(code: BranchCode, block: nn.Module, path: str, extras: tuple, x: Tensor, alpha: float) -> Tensor:
+    g = code.fn(block, x, *extras, alpha)
+    if g.shape != x.shape:
+        raise RuntimeError(
+            f"{path}: a residual branch changed the stream's shape {tuple(x.shape)} -> {tuple(g.shape)}; "
+            "reversible stages need shape-preserving branches"
+        )
+    return g
+
+
+def residual_functions(block: nn.Module, *args, **kwargs) -> list[Callable[[Tensor], Tensor]]:
+    """The residual branches F_k of one block (without the skip), traced; ``args``/``kwargs`` are the block's extra
+    forward arguments (defaults otherwise). For engines that apply the branches themselves (bench peers)."""
+    plan = plan_block(block)
+    values = plan.bind(_qualified_name(block), args, kwargs)
+    return [
+        partial(_traced_g, code, block, _qualified_name(block), tuple(values[n] for n in code.arguments), alpha=0.0)
+        for code in plan.branches
+    ]
+
+
+def _qualified_name(module: nn.Module) -> str:
+    return f"{type(module).__module__}.{type(module).__qualname__}"
 
 
 def set_coefficients(model: nn.Module, alpha: float, beta: float) -> tuple[float, float]:

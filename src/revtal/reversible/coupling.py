@@ -65,9 +65,11 @@ class Coupling:
             raise ValueError(f"Coupling.output must be one of {OUTPUT_MODES}, got {self.output!r}")
 
     def g(self, f_out: Tensor, x: Tensor) -> Tensor:
-        """G(x) = F(x) + α·x, written so that α=1 and α=0 involve no multiplication (bitwise identity at α=1)."""
+        """G(x) = F(x) + α·x, written so that α=1 and α=0 involve no multiplication. At α=1 it is ``x + F(x)``, in
+        the residual networks' operand order: the sum's memory layout follows its first operand, and a later
+        reduction (an average pool) sums in layout order, so the order matters for bitwise equality."""
         if self.alpha == 1.0:
-            return f_out + x
+            return x + f_out
         if self.alpha == 0.0:
             return f_out
         return f_out + self.alpha * x

@@ -22,6 +22,9 @@ no overhead.
 
 from __future__ import annotations
 
+from contextvars import ContextVar
+from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Iterable, Mapping
 
 import torch
@@ -37,6 +40,86 @@ from revtal.reversible.function import (
 BACKPROP_MODES = ("reversible", "exact", "vanilla", "checkpoint")
 
 BranchesOf = Callable[[nn.Module, dict], list[Branch]]
+
+CALL_KINDS = ("tensor", "carry", "tuple")
+
+
+@dataclass(frozen=True)
+class CallProtocol:
+    """How the model calls the blocks a stage replaces: ``block(x, *args, **kwargs)`` returns
+
+    * ``"tensor"``: the next x (timm ViT, ResNets, ConvNeXt, Swin);
+    * ``"carry"``: ``(x, *args)``, the arguments passed on to the next block (MViT's ``(x, thw)``), changed by
+      ordinary blocks (a pooling block shrinks thw) and kept by reversible runs (they preserve the shape);
+    * ``"tuple"``: a tuple whose first item is x (Hugging Face layers).
+    """
+
+    kind: str = "tensor"
+
+    def __post_init__(self):
+        if self.kind not in CALL_KINDS:
+            raise ValueError(f"CallProtocol.kind must be one of {CALL_KINDS}, got {self.kind!r}")
+
+    def result(self, x: Tensor, args: tuple):
+        """What a run of reversible blocks returns to its caller."""
+        if self.kind == "carry":
+            return (x, *args)
+        return (x,) if self.kind == "tuple" else x
+
+    def split(self, output, args: tuple) -> tuple[Tensor, tuple]:
+        """(x, arguments of the next block call) from an ordinary block's output."""
+        if self.kind == "tensor":
+            return output, args
+        if self.kind == "carry":
+            return output[0], tuple(output[1:])
+        return output[0], args
+
+
+class _RunStep:
+    """One run of reversible blocks, as the item a loop over the stage's blocks calls (see ReversibleStage.__iter__)."""
+
+    def __init__(self, stage: "ReversibleStage", run: list[str]):
+        self.stage, self.run = stage, run
+
+    def __call__(self, x: Tensor, *args, **kwargs):
+        return self.stage.protocol.result(self.stage._run(self.run, x, args, kwargs), args)
+
+    def __repr__(self) -> str:
+        return f"<reversible run {self.run[0]}..{self.run[-1]} of stage {self.stage.stage_name!r}>"
+
+
+# True while a stage's branch runs (forward or backward recompute): blocks may then be called
+_INSIDE_BRANCH: ContextVar[bool] = ContextVar("revtal_inside_branch", default=False)
+
+
+def _inside_branch(fn: Callable[..., Tensor], *args) -> Tensor:
+    token = _INSIDE_BRANCH.set(True)
+    try:
+        return fn(*args)
+    finally:
+        _INSIDE_BRANCH.reset(token)
+
+
+class BypassError(RuntimeError):
+    """A block of a reversible stage was called on its own, outside the stage."""
+
+
+class _RefuseDirectCall:
+    """Forward pre-hook on every reversible block: calling it alone would silently run the original residual block
+    with ordinary autograd (no memory saved, other arithmetic than the converted model)."""
+
+    def __init__(self, path: str, stage_name: str):
+        self.path, self.stage_name = path, stage_name
+
+    def __call__(self, module: nn.Module, args) -> None:
+        if _INSIDE_BRANCH.get():
+            return  # a hand-written branch may call its block (or a part of it)
+        raise BypassError(
+            f"{self.path} ({type(module).__qualname__}) is part of reversible stage {self.stage_name!r} and cannot be "
+            "called on its own: that would run the original block with ordinary autograd, bypassing the stage. Code "
+            "that walks the blocks one by one (timm forward_intermediates, features_only=True, feature wrappers) "
+            "cannot see inside a reversible stage; take features at stage boundaries, or use the unconverted model."
+        )
 
 
 class Coefficients(tuple):
@@ -68,6 +151,8 @@ class ReversibleStage(nn.Module):
         *,
         backprop: str = "reversible",
         plain_prefix: int = 0,
+        plain: Iterable[int] = (),
+        protocol: CallProtocol | None = None,
         preserve_rng: bool = True,
         frac_bits: int = 28,
         beta_bits: int = 8,
@@ -78,10 +163,14 @@ class ReversibleStage(nn.Module):
         items = blocks.items() if isinstance(blocks, Mapping) else enumerate(blocks)
         for child_name, block in items:
             self.add_module(str(child_name), block)
-        if not 0 <= plain_prefix <= len(self._modules):
-            raise ValueError(f"plain_prefix={plain_prefix} exceeds the {len(self._modules)} blocks of stage {name!r}")
+        count = len(self._modules)
+        if not 0 <= plain_prefix <= count:
+            raise ValueError(f"plain_prefix={plain_prefix} exceeds the {count} blocks of stage {name!r}")
+        self.plain = frozenset(range(plain_prefix)) | frozenset(plain)
+        if any(not 0 <= i < count for i in self.plain):
+            raise ValueError(f"plain block indices {sorted(self.plain)} out of range for the {count} blocks of {name!r}")
         self.branches_of = branches_of
-        self.plain_prefix = plain_prefix
+        self.protocol = protocol or CallProtocol()
         self.preserve_rng = preserve_rng
         self.check_finite = check_finite
         self.stage_name = name
@@ -92,7 +181,35 @@ class ReversibleStage(nn.Module):
         self.last_check: ReconstructionCheck | None = None
         self.on_verified: Callable[["ReversibleStage", ReconstructionCheck], None] | None = None
         self._verify_next = False
+        self._verifying = False
+        self._segments = self._split_segments()
+        for child_name in self._reversible_names():
+            prefix = f"{name}." if name else ""
+            self._modules[child_name].register_forward_pre_hook(_RefuseDirectCall(prefix + child_name, name))
         self.set_backprop(backprop)
+
+    def _split_segments(self) -> list[str | list[str]]:
+        """Ordinary blocks (a name) and maximal runs of reversible blocks (a list of names), in order."""
+        segments: list[str | list[str]] = []
+        for i, child_name in enumerate(self._modules):
+            if i in self.plain:
+                segments.append(child_name)
+            elif segments and isinstance(segments[-1], list):
+                segments[-1].append(child_name)
+            else:
+                segments.append([child_name])
+        return segments
+
+    def _reversible_names(self) -> list[str]:
+        return [n for segment in self._segments if isinstance(segment, list) for n in segment]
+
+    @property
+    def plain_prefix(self) -> int:
+        """Number of leading ordinary blocks."""
+        count = 0
+        while count in self.plain:
+            count += 1
+        return count
 
     # ----------------------------------------------------------------------------------------------- configuration
     @property
@@ -148,17 +265,33 @@ class ReversibleStage(nn.Module):
         result lands in ``last_check`` (and is passed to ``on_verified`` if set). Costs one activation, once."""
         self._verify_next = True
 
-    # Sequence access like the nn.Sequential the stage replaces. Note that calling blocks one by one runs the
-    # *original* residual blocks (α=1, β=0), not the coupled stage.
-    def __len__(self) -> int:
-        return len(self._modules)
-
+    # Sequence access. Iterating the stage yields what a loop over the original blocks must call to run the
+    # converted network: each ordinary block, and each run of reversible blocks as one step. So a model whose
+    # forward walks its blocks (``for blk in self.blocks: x = blk(x, rope=rope)``) runs through the stage. Counting
+    # or slicing the blocks means the caller wants them one by one (forward_intermediates, feature extractors),
+    # which a reversible stage cannot offer: that raises instead of silently running the original blocks.
     def __iter__(self):
-        return iter(self._modules.values())
+        for segment in self._segments:
+            yield _RunStep(self, segment) if isinstance(segment, list) else self._modules[segment]
+
+    def __len__(self) -> int:
+        raise BypassError(
+            f"reversible stage {self.stage_name!r} has no per-block length: code that counts or indexes the blocks "
+            "to run them one by one (timm forward_intermediates, features_only=True, feature wrappers) would bypass "
+            "the stage. Use stage.blocks() to inspect the blocks; run the stage (or iterate it) to compute."
+        )
+
+    def __bool__(self) -> bool:
+        return True
 
     def __getitem__(self, index: int | str) -> nn.Module:
         if isinstance(index, str):
             return self._modules[index]
+        if isinstance(index, slice):
+            raise BypassError(
+                f"reversible stage {self.stage_name!r} cannot be sliced: running part of its blocks one by one "
+                "(as forward_intermediates does) would bypass the stage"
+            )
         return list(self._modules.values())[index]
 
     # ---------------------------------------------------------------------------------------------------- running
@@ -166,16 +299,33 @@ class ReversibleStage(nn.Module):
         return list(self._modules.values())
 
     def reversible_blocks(self) -> list[nn.Module]:
-        return self.blocks()[self.plain_prefix:]
+        return [self._modules[n] for n in self._reversible_names()]
 
     def branches(self, context: dict | None = None) -> list[Branch]:
         context = {} if context is None else context
         return [branch for block in self.reversible_blocks() for branch in self.branches_of(block, context)]
 
-    def forward(self, x: Tensor) -> Tensor:
-        for block in self.blocks()[: self.plain_prefix]:
-            x = block(x)
-        branches = self.branches()
+    def forward(self, x: Tensor, *args, **kwargs):
+        self._verifying, self._verify_next = self._verify_next, False
+        output = x
+        try:
+            for segment in self._segments:
+                if isinstance(segment, list):
+                    x = self._run(segment, x, args, kwargs)
+                    output = self.protocol.result(x, args)
+                else:
+                    output = self._modules[segment](x, *args, **kwargs)
+                    x, args = self.protocol.split(output, args)
+        finally:
+            self._verifying = False
+        return output
+
+    def _run(self, names: list[str], x: Tensor, args: tuple, kwargs: dict) -> Tensor:
+        context = {"call": (args, kwargs), "stage": self}
+        branches = [
+            Branch(b.owner, partial(_inside_branch, b.fn), b.includes_skip)
+            for n in names for b in self.branches_of(self._modules[n], context)
+        ]
         c = self.coupling
         if self.backprop in ("vanilla", "checkpoint") or not self._needs_grad(x):
             checkpointed = self.backprop == "checkpoint" and self._needs_grad(x)
@@ -200,7 +350,8 @@ class ReversibleStage(nn.Module):
             if key not in trainable_of_owner:
                 trainable_of_owner[key] = [p for p in branch.owner.parameters() if p.requires_grad]
             params.append(trainable_of_owner[key])
-        verify, self._verify_next = self._verify_next, False
+        verify = self._verifying or self._verify_next
+        self._verify_next = False
         run = StageRun(
             branches=branches,
             coupling=self.coupling,
@@ -223,7 +374,7 @@ class ReversibleStage(nn.Module):
         c = self.coupling
         return (
             f"name={self.stage_name!r}, alpha={c.alpha}, beta={c.beta}, backprop={self.backprop}, "
-            f"input={c.input}, output={c.output}, plain_prefix={self.plain_prefix}"
+            f"input={c.input}, output={c.output}, plain={sorted(self.plain)}"
         )
 
 

@@ -1,0 +1,71 @@
+"""The built-in converter families: which block types of which library are residual blocks.
+
+Each family is a short declarative list of :class:`~revtal.reversible.convert.BlockRule` s; its library is
+imported only when a conversion first needs the family (the reversible core imports with torch alone, and a family
+whose library is not installed is skipped). Almost every rule is *traced*: the block's forward is split into
+residual branches automatically (:mod:`revtal.reversible.trace`), and instances whose shortcut is not the identity
+(a downsampling ResNet block, MViT's pooling blocks, a ConvNeXt stage's first block with a projection) stay
+ordinary. docs/CONVERTERS.md has the coverage table.
+
+:func:`builtin_families` is the one place they are listed; :func:`revtal.reversible.convert.registered_families`
+registers them on first use. Users add their own with :func:`~revtal.reversible.convert.register_family`.
+"""
+
+from __future__ import annotations
+
+from revtal.reversible.convert import BlockRule, Family
+
+
+def _timm_rules() -> list[BlockRule]:
+    from timm.models import beit, cait, convnext, eva, mvitv2, resnet, resnetv2
+    from timm.models import swin_transformer_v2 as swin_v2
+    from timm.models import swin_transformer_v2_cr as swin_v2_cr
+    from timm.models import vision_transformer as vit
+
+    from revtal.reversible import swin
+
+    traced = [
+        vit.Block, vit.ResPostBlock, vit.ParallelScalingBlock, vit.ParallelThingsBlock,
+        eva.EvaBlock, eva.EvaBlockPostNorm, beit.Block, cait.LayerScaleBlock,
+        resnet.BasicBlock, resnet.Bottleneck, resnetv2.PreActBasic, resnetv2.PreActBottleneck, resnetv2.Bottleneck,
+        convnext.ConvNeXtBlock, swin_v2.SwinTransformerV2Block, swin_v2_cr.SwinTransformerV2CrBlock,
+    ]
+    return [BlockRule(t) for t in traced] + [
+        BlockRule(swin.TIMM_BLOCK, branches_of=swin.timm_swin_branches, describe="(one shifted-window mask per stage)"),
+        BlockRule(mvitv2.MultiScaleBlock, protocol="carry"),
+    ]
+
+
+def _torchvision_rules() -> list[BlockRule]:
+    from torchvision.models import convnext, resnet, swin_transformer, vision_transformer
+    from torchvision.models.video import mvit
+    from torchvision.models.video import resnet as video_resnet
+
+    traced = [
+        resnet.BasicBlock, resnet.Bottleneck, video_resnet.BasicBlock, video_resnet.Bottleneck,
+        vision_transformer.EncoderBlock, convnext.CNBlock,
+        swin_transformer.SwinTransformerBlock, swin_transformer.SwinTransformerBlockV2,
+    ]
+    return [BlockRule(t) for t in traced] + [BlockRule(mvit.MultiscaleBlock, protocol="carry")]
+
+
+def _pytorchvideo_rules() -> list[BlockRule]:
+    from pytorchvideo.models import resnet
+
+    return [BlockRule(resnet.ResBlock)]
+
+
+def _transformers_rules() -> list[BlockRule]:
+    from transformers.models.videomae import modeling_videomae
+
+    return [BlockRule(modeling_videomae.VideoMAELayer, inline=("output",))]
+
+
+def builtin_families() -> list[Family]:
+    return [
+        Family("timm", "timm", _timm_rules, notes="ViT/EVA/BEiT/CaiT/ResNet/ResNetV2/ConvNeXt/Swin/Swin V2/MViTv2"),
+        Family("torchvision", "torchvision", _torchvision_rules,
+               notes="ResNet, video ResNet, ViT, ConvNeXt, Swin/Swin V2/Video Swin, MViT v1/v2"),
+        Family("pytorchvideo", "pytorchvideo", _pytorchvideo_rules, notes="ResNet/SlowFast residual blocks"),
+        Family("transformers", "transformers", _transformers_rules, notes="VideoMAE encoder layers"),
+    ]
