@@ -8,8 +8,9 @@ ViT takes its pooling layout and position-embedding type from it unless ``opts``
 
 Registered: ``vit_{tiny,s,b,l,g}_video`` (VideoMAE-style ViT; ``image_checkpoint=PATH`` inflates a timm image ViT
 checkpoint instead, see :mod:`revtal.backbones.inflate`), ``swin3d_{t,s,b}`` (torchvision Video Swin) and
-``r3d_18``, ``mc3_18``, ``r2plus1d_18`` (torchvision video ResNets). torchvision models are always constructed with
-``weights=None``: nothing is downloaded, pretrained weights come from ``pretrained=PATH``.
+``r3d_18``, ``mc3_18``, ``r2plus1d_18`` (torchvision video ResNets), ``slowfast_r50``, ``slowfast_r101``
+(pytorchvideo SlowFast, :mod:`revtal.backbones.slowfast`; options go to ``create_slowfast``). torchvision models are
+always constructed with ``weights=None``: nothing is downloaded, pretrained weights come from ``pretrained=PATH``.
 """
 
 from __future__ import annotations
@@ -184,3 +185,24 @@ def mc3_18(**opts) -> VideoBackbone:
 @register_backbone
 def r2plus1d_18(**opts) -> VideoBackbone:
     return ResNet3dBackbone(_torchvision(tv_video.r2plus1d_18, opts), temporal_stride=8)
+
+
+# --------------------------------------------------------------------------------------- pytorchvideo SlowFast
+def _slowfast(depth: int, opts: dict) -> VideoBackbone:
+    from revtal.backbones.slowfast import SlowFastBackbone, slowfast
+
+    for key in ("num_frames", "img_size", "checkpoint", "strict"):
+        opts.pop(key, None)
+    alpha = opts.pop("alpha", 4)
+    opts.setdefault("slowfast_fusion_conv_stride", (alpha, 1, 1))
+    return SlowFastBackbone(slowfast(depth, **opts), alpha=alpha)
+
+
+@register_backbone
+def slowfast_r50(**opts) -> VideoBackbone:
+    return _slowfast(50, opts)
+
+
+@register_backbone
+def slowfast_r101(**opts) -> VideoBackbone:
+    return _slowfast(101, opts)

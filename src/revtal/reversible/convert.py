@@ -12,6 +12,7 @@ added nor renamed: the converted model's ``state_dict`` keeps the original keys,
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable
@@ -69,10 +70,14 @@ class Family:
     source: str
     rules: Callable[[], list[BlockRule]]
     notes: str = ""
+    requires: str | None = None  # top-level module of the library; rules load only once it has been imported
     _loaded: list[BlockRule] | None = field(default=None, repr=False)
 
     def block_rules(self) -> list[BlockRule]:
-        """The rules, or [] when the family's library is not installed (then no model can contain its blocks)."""
+        """The rules, or [] while the family's library is not imported: a model holding its blocks has imported it,
+        so converting never imports a library the model does not use (transformers alone takes seconds)."""
+        if self.requires is not None and self.requires not in sys.modules:
+            return []
         if self._loaded is None:
             try:
                 self._loaded = list(self.rules())
@@ -82,6 +87,8 @@ class Family:
 
     @property
     def supported(self) -> list[str]:
+        if self.requires is not None and self.requires not in sys.modules:
+            return [f"{self.name} blocks ({self.notes or self.source}; {self.requires} is not imported)"]
         return [rule.name for rule in self.block_rules()]
 
 

@@ -1,8 +1,9 @@
 """The built-in converter families: which block types of which library are residual blocks.
 
 Each family is a short declarative list of :class:`~revtal.reversible.convert.BlockRule` s; its library is
-imported only when a conversion first needs the family (the reversible core imports with torch alone, and a family
-whose library is not installed is skipped). Almost every rule is *traced*: the block's forward is split into
+imported only when a conversion first needs the family, and only if the model's library is already imported (a
+model holding its blocks has imported it): the reversible core imports with torch alone and converting a timm model
+never imports transformers. Almost every rule is *traced*: the block's forward is split into
 residual branches automatically (:mod:`revtal.reversible.trace`), and instances whose shortcut is not the identity
 (a downsampling ResNet block, MViT's pooling blocks, a ConvNeXt stage's first block with a projection) stay
 ordinary. docs/CONVERTERS.md has the coverage table.
@@ -63,9 +64,12 @@ def _transformers_rules() -> list[BlockRule]:
 
 def builtin_families() -> list[Family]:
     return [
-        Family("timm", "timm", _timm_rules, notes="ViT/EVA/BEiT/CaiT/ResNet/ResNetV2/ConvNeXt/Swin/Swin V2/MViTv2"),
+        Family("timm", "timm", _timm_rules, notes="ViT/EVA/BEiT/CaiT/ResNet/ResNetV2/ConvNeXt/Swin/Swin V2/MViTv2",
+               requires="timm"),
         Family("torchvision", "torchvision", _torchvision_rules,
-               notes="ResNet, video ResNet, ViT, ConvNeXt, Swin/Swin V2/Video Swin, MViT v1/v2"),
-        Family("pytorchvideo", "pytorchvideo", _pytorchvideo_rules, notes="ResNet/SlowFast residual blocks"),
-        Family("transformers", "transformers", _transformers_rules, notes="VideoMAE encoder layers"),
+               notes="ResNet, video ResNet, ViT, ConvNeXt, Swin/Swin V2/Video Swin, MViT v1/v2", requires="torchvision"),
+        Family("pytorchvideo", "pytorchvideo", _pytorchvideo_rules, notes="ResNet/SlowFast residual blocks",
+               requires="pytorchvideo"),
+        Family("transformers", "transformers", _transformers_rules, notes="VideoMAE encoder layers",
+               requires="transformers"),
     ]

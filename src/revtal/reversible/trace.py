@@ -67,6 +67,17 @@ class _BlockTracer(fx.Tracer):
         return True
 
 
+def _without_keywords(block: nn.Module, names: list[str]) -> nn.Module:
+    """A module whose forward calls ``block.forward`` with its named arguments only (not through ``block(...)``, so
+    the block's children are traced as ``block.<child>``). fx reads the signature of the class's forward."""
+    arguments = ", ".join(names)
+    namespace: dict = {}
+    exec(f"def forward(self, {arguments}):\n    return self.block.forward({arguments})\n", namespace)
+    wrapper = type("_WithoutKeywords", (nn.Module,), {"forward": namespace["forward"]})()
+    wrapper.block = block
+    return wrapper
+
+
 @dataclass
 class BranchCode:
     fn: Callable[..., Tensor]
@@ -132,8 +143,21 @@ def plan_block(
     tuple output."""
     fixed = dict(fixed or {})
     signature = inspect.signature(block.forward)
+    root, prefix = block, ""
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
+        # fx cannot trace **kwargs: trace the block's forward through a wrapper without them (checked at call time)
+        name = next(p.name for p in signature.parameters.values() if p.kind is inspect.Parameter.VAR_KEYWORD)
+        fixed[name] = {}
+        root, prefix = _without_keywords(block, [p for p in signature.parameters if p != name]), "block."
     try:
-        graph = _BlockTracer(inline).trace(block, concrete_args=fixed or None)
+        graph = _BlockTracer(tuple(prefix + n for n in inline)).trace(
+            root, concrete_args={k: v for k, v in fixed.items() if k in inspect.signature(root.forward).parameters}
+            or None,
+        )
+        if prefix:
+            for node in graph.nodes:
+                if node.op in ("call_module", "get_attr"):
+                    node.target = node.target.removeprefix(prefix)
     except Exception as error:  # fx raises many types; all mean the same to the caller
         raise UntraceableBlock(
             f"{_qualified(block)} cannot be traced with torch.fx ({type(error).__name__}: {error})"
