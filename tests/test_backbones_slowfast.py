@@ -69,15 +69,14 @@ def test_converted_slowfast_is_the_original_at_alpha1_beta0_in_train_mode():
 
 
 def test_trainer_runs_a_reversible_slowfast(tmp_path):
-    from tests.test_engine_trainer import tiny_config
-
-    from revtal.engine.data import prepare_annotations
+    from revtal.engine.data import resolve_dataset
     from revtal.engine.trainer import Trainer
+    from tests.test_engine_trainer import tiny_config
 
     config = tiny_config(tmp_path / "run", backbone__name="slowfast_r50",
                          backbone__options={"stem_dim_outs": [8, 1]}, backbone__mode="re2",
-                         backbone__backprop="reversible", backbone__losa={})
-    prepare_annotations(config, tmp_path / "data")
+                         backbone__backprop="reversible")
+    config = resolve_dataset(config, tmp_path / "data")
     trainer = Trainer(config, progress=False)
     assert len(reversible_stages(trainer.model)) == 8
     history = trainer.fit()
