@@ -29,7 +29,9 @@ class SlowFastBackbone(VideoBackbone):
 
     def __init__(self, net: nn.Module, alpha: int = 4, name: str = ""):
         if len(net.blocks) != 7:
-            raise ValueError(f"expected a create_slowfast network (stem, 4 stages, pool, head), got {len(net.blocks)} blocks")
+            raise ValueError(
+                f"expected a create_slowfast network (stem, 4 stages, pool, head), got {len(net.blocks)} blocks"
+            )
         widths = [p.res_blocks[-1].branch2.conv_c.out_channels for p in net.blocks[4].multipathway_blocks]
         net.blocks[6] = nn.Identity()
         super().__init__(net, sum(widths), alpha, name)

@@ -98,7 +98,8 @@ def build_target(config: BenchConfig) -> BuiltMode:
     except ImportError as err:
         raise ModeUnavailable(f"{config.mode}: a piece of this mode is not in this build: {err}") from err
     backbone = getattr(features, "backbone", features)  # LoSA wraps the backbone
-    depth = len(backbone.net.blocks) if is_vit(config.model) else None
+    # children, not len(): a reversible stage refuses len() (per-block access would bypass it)
+    depth = len(list(backbone.net.blocks.children())) if is_vit(config.model) else None
     info: dict = {"description": MODE_DESCRIPTIONS[config.mode], "training_mode": mode.name}
     if config.mode in PEER_MODES:
         if not is_vit(config.model):
