@@ -52,16 +52,19 @@ def test_points_table():
 def test_assignment_centre_sampling_and_regression_ranges():
     points = two_level_points()
     cls, reg = assign_labels(points, torch.tensor([[2.0, 5.0]]), torch.tensor([1]), num_classes=2, center_radius=1.5)
-    # centre 3.5 ± 1.5 strides (level 0) = [2, 5]: points 2..5, largest distance ≤ 3 → level 0 only
+    # centre 3.5 ± 1.5 strides (level 0) = [2, 5]: points strictly inside, 3 and 4 (2 and 5 sit on the edges, which
+    # are negative as in the reference), largest distance ≤ 3 → level 0 only
     positive = cls.sum(dim=1) > 0
-    assert torch.nonzero(positive).flatten().tolist() == [2, 3, 4, 5]
-    assert cls[positive, 1].tolist() == [1, 1, 1, 1] and cls[:, 0].sum() == 0
-    assert reg[2:6].tolist() == [[0, 3], [1, 2], [2, 1], [3, 0]]
+    assert torch.nonzero(positive).flatten().tolist() == [3, 4]
+    assert cls[positive, 1].tolist() == [1, 1] and cls[:, 0].sum() == 0
+    assert reg[3:5].tolist() == [[1, 2], [2, 1]]
     assert reg[~positive].abs().sum() == 0
 
-    # a small radius keeps only the points within 0.5 stride of the centre 3.5
-    cls, _ = assign_labels(points, torch.tensor([[2.0, 5.0]]), torch.tensor([1]), num_classes=2, center_radius=0.5)
+    # a small radius keeps only the points within 0.6 stride of the centre 3.5; at 0.5 both sit on the edges
+    cls, _ = assign_labels(points, torch.tensor([[2.0, 5.0]]), torch.tensor([1]), num_classes=2, center_radius=0.6)
     assert torch.nonzero(cls.sum(dim=1)).flatten().tolist() == [3, 4]
+    cls, _ = assign_labels(points, torch.tensor([[2.0, 5.0]]), torch.tensor([1]), num_classes=2, center_radius=0.5)
+    assert cls.sum() == 0
 
 
 def test_assignment_shortest_action_wins_and_long_actions_go_coarse():

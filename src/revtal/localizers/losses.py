@@ -3,8 +3,10 @@
 Every position of every pyramid level is a candidate "point". Label assignment decides, for each point, which
 ground-truth action (if any) it is responsible for:
 
-* the point must lie inside the action and, with centre sampling, within ``radius * stride`` of the action's
-  centre (the centre region is clipped to the action, so short actions keep their boundaries);
+* the point must lie strictly inside the action and, with centre sampling, strictly within ``radius * stride`` of
+  the action's centre (the centre region is clipped to the action, so short actions keep their boundaries); a point
+  exactly on the region's edge is negative, as in the reference implementation (docs/LOCALIZER.md measured the
+  inclusive rule: points on a regular grid land on those edges often);
 * the larger of its distances to the two boundaries must fall in the level's regression range, so long actions
   are predicted by coarse levels and short ones by fine levels;
 * if several actions still qualify, the shortest one wins (actions of the same shortest length all count, so
@@ -132,9 +134,9 @@ def assign_labels(
         centre = 0.5 * (start + end)
         region_start = torch.maximum(centre - center_radius * stride, start)
         region_end = torch.minimum(centre + center_radius * stride, end)
-        inside = torch.minimum(position - region_start, region_end - position) >= 0
+        inside = torch.minimum(position - region_start, region_end - position) > 0
     else:
-        inside = torch.minimum(left, right) >= 0
+        inside = torch.minimum(left, right) > 0
     largest_distance = torch.maximum(left, right)
     in_range = (largest_distance >= points[:, POINT_RANGE_LOW, None]) & (largest_distance <= points[:, POINT_RANGE_HIGH, None])
 
