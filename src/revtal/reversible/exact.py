@@ -373,7 +373,7 @@ class ExactArithmetic:
         and backward, and it saves a pass). The range is checked once per stage forward (:meth:`finish`)."""
         scaled = v * tape.scale
         if v.numel():
-            peak = torch.linalg.vector_norm(scaled.detach(), float("inf")).float() * float(max(numerator, 1))
+            peak = scaled.detach().abs().amax().float() * float(max(numerator, 1))  # (vector_norm(inf): 30× slower)
             tape.peak = peak if tape.peak is None else torch.maximum(tape.peak, peak)
         return scaled.to(torch.int64)
 
