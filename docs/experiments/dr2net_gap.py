@@ -25,6 +25,8 @@ RUNS = {
     "dr2net_slow": {"backbone.schedule.end_epoch": 10.0},
     "fixed_start": {"backbone.mode": "hard", "backbone.alpha": 1.0, "backbone.beta": 0.1},
     "hard": {"backbone.mode": "hard", "backbone.alpha": 0.3, "backbone.beta": 0.7},
+    "dr2net_lr5e-4": {"optim.backbone_lr": 5e-4},
+    "conventional_lr5e-4": {"backbone.mode": "conventional", "optim.backbone_lr": 5e-4},
 }
 
 
