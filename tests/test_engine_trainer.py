@@ -120,6 +120,21 @@ def test_two_runs_with_two_threads_give_identical_metrics(tmp_path, mode):
         assert torch.equal(a, b), name
 
 
+def test_deterministic_training_sets_every_backend_flag(dataset_root, tmp_path, monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
+              torch.backends.mkldnn.deterministic)
+    try:
+        trainer = Trainer(_config(dataset_root, tmp_path, backbone__mode="dr2net", train__deterministic=True),
+                          progress=False)
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.mkldnn.deterministic
+        assert not torch.backends.cudnn.benchmark and os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        assert trainer.fit()[-1].metrics["average_mAP"] >= 0.0  # every CPU kernel it uses has a deterministic path
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.backends.cudnn.benchmark, torch.backends.mkldnn.deterministic = before[1], before[2]
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

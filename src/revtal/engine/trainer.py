@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -87,6 +88,16 @@ class MetricLog:
             self.writer.close()
 
 
+def enable_deterministic_algorithms() -> None:
+    """``train.deterministic``: kernels that repeat bit for bit where torch offers a choice (CUDA, cuDNN, oneDNN).
+    CPU runs at a fixed thread count are repeatable without it; this covers CUDA, and oneDNN's bf16 convolutions."""
+    # cuBLAS reads this when its first handle is created: a fixed workspace makes its reductions repeatable
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.mkldnn.deterministic = True
+
+
 class Trainer:
     def __init__(self, config: Config, *, resume: str | Path | None = None, overwrite: bool = False,
                  allow_config_change: bool = False, progress: bool = True):
@@ -112,7 +123,7 @@ class Trainer:
             dump_config(config, self.out_dir / "config.yaml")  # the whole job: re-running it repeats the run
         seed_everything(config.train.seed)
         if config.train.deterministic:
-            torch.use_deterministic_algorithms(True)
+            enable_deterministic_algorithms()
 
         self.annotations: AnnotationSet = load_dataset_annotations(config)
         self.classes = self.annotations.classes
