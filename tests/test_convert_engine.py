@@ -126,3 +126,14 @@ def test_unconvertible_block_named_with_type_and_reason():
             revtal.convert(_Holder(), families=["test-untraceable"])
     finally:
         FAMILIES.pop(family.name)
+
+
+def test_a_whole_converted_model_pickles(tmp_path):
+    # traced branches are compiled functions; they pickle as their source (torch.save of the whole model)
+    model = revtal.convert(tiny_vit(depth=2), "re2")
+    torch.save(model, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.equal(model(x), loaded(x))
+    (loaded(x) ** 2).sum().backward()
+    assert all(p.grad is not None for p in loaded.blocks.parameters())

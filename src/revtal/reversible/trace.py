@@ -22,8 +22,10 @@ module: they look submodules up on the block they are given, so plans survive ``
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import operator
+import types
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -83,6 +85,25 @@ class BranchCode:
     fn: Callable[..., Tensor]
     arguments: tuple[str, ...]  # extra forward arguments it reads, in order
     keeps_shape: bool  # G's output must have the stream's shape (false only for the last branch before its tail)
+    source: str = ""
+    names: dict[str, Any] = field(default_factory=dict)  # the globals the source refers to
+
+    def __reduce__(self):
+        # the compiled function cannot be pickled (torch.save of a whole converted model): its source can
+        names = {k: ("module", v.__name__) if isinstance(v, types.ModuleType) else ("object", v)
+                 for k, v in self.names.items()}
+        return _rebuild_branch, (self.source, names, self.arguments, self.keeps_shape)
+
+
+def _compile(source: str, names: dict[str, Any], label: str) -> Callable[..., Tensor]:
+    namespace = dict(names)
+    exec(compile(source, label, "exec"), namespace)
+    return namespace["forward"]
+
+
+def _rebuild_branch(source: str, names: dict, arguments: tuple[str, ...], keeps_shape: bool) -> BranchCode:
+    resolved = {k: importlib.import_module(v) if kind == "module" else v for k, (kind, v) in names.items()}
+    return BranchCode(_compile(source, resolved, "<revtal branch>"), arguments, keeps_shape, source, resolved)
 
 
 @dataclass
@@ -314,9 +335,7 @@ def _compile_branch(
     new.output(env[end])
     new.lint()
     code = new.python_code(root_module="self")
-    namespace = dict(code.globals)
-    exec(compile(code.src, f"<revtal branch {k + 1} of {type(block).__qualname__}>", "exec"), namespace)
-    return BranchCode(
-        fn=namespace["forward"], arguments=tuple(n.target for n in extras), keeps_shape=end is sum_node
-    )
+    names = dict(code.globals)
+    fn = _compile(code.src, names, f"<revtal branch {k + 1} of {type(block).__qualname__}>")
+    return BranchCode(fn, tuple(n.target for n in extras), end is sum_node, code.src, names)
 
