@@ -3,6 +3,7 @@ when code walks the blocks itself, unconvertible blocks named with the reason, a
 alone and registers its families explicitly."""
 
 import copy
+from pathlib import Path
 import subprocess
 import sys
 
@@ -137,3 +138,12 @@ def test_a_whole_converted_model_pickles(tmp_path):
     assert torch.equal(model(x), loaded(x))
     (loaded(x) ** 2).sum().backward()
     assert all(p.grad is not None for p in loaded.blocks.parameters())
+
+
+def test_selfcheck_command_lives_outside_the_engine(capsys):
+    from revtal.cli import main
+
+    assert main(["selfcheck"]) == 0
+    assert "0 failed" in capsys.readouterr().out
+    assert not any(p.name in ("errmap.py", "selfcheck.py") for p in
+                   (Path(revtal.__file__).parent / "reversible").iterdir())
