@@ -51,7 +51,7 @@ def test_clip_by_clip_gradients_equal_vanilla_float64(method, options, tolerance
 
 def test_a_blocks_parameter_gradients_reach_grad_before_the_blocks_below_recompute():
     model = revtal.convert(tiny_vit(depth=3), "re2")
-    blocks = list(model.blocks)
+    blocks = model.blocks.blocks()
     events = []
     for index, block in enumerate(blocks):
         block.mlp.fc1.weight.register_post_accumulate_grad_hook(lambda p, index=index: events.append(("grad", index)))
