@@ -166,3 +166,35 @@ def test_rounds_alternate_the_order_and_pool_step_times():
     assert by["re2"]["step_time_s"] == 2.25 and by["re2"]["step_time_min_s"] == 1.0
     assert by["re2"]["saved_bytes"] == 10 and by["re2"]["peak_bytes_rounds"] == [100, 200, 300]
     assert by["re2"]["rounds"] == 3
+
+
+def test_memory_runs_return_freed_memory_and_speed_runs_keep_the_default_allocator(monkeypatch):
+    """Per-allocation mmap makes the resident set follow live tensors (memory) but costs page faults on every large
+    allocation, which slowed exact arithmetic by 1.3x: speed runs must time the allocator a user's process has."""
+    import argparse
+    import subprocess
+
+    from revtal.bench import runner
+    from revtal.bench.cli import add_arguments, build_grid
+
+    def grid_allocators(kind):
+        parser = argparse.ArgumentParser()
+        add_arguments(parser)
+        configs, _ = build_grid(parser.parse_args([kind, "--quick", "--modes", "re2"])).configs()
+        return {c.allocator for c in configs}
+
+    assert grid_allocators("memory") == {"mmap"} and grid_allocators("speed") == {"default"}
+    seen = {}
+
+    def fake_run(command, env, **kwargs):
+        seen[json.loads(command[-1])["allocator"]] = env.get("MALLOC_MMAP_THRESHOLD_")
+        return subprocess.CompletedProcess(command, 1, stdout="", stderr="no result")
+
+    monkeypatch.setattr(runner.subprocess, "run", fake_run)
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "123")  # inherited from the user's shell: not passed to speed runs
+    config = BenchConfig(model="vit_tiny_video", mode="re2", depth=2, frames=8, img_size=96, batch=1)
+    for allocator in ("mmap", "default"):
+        runner.run_in_subprocess(BenchConfig(**{**json.loads(config.to_json()), "allocator": allocator}))
+    assert seen == {"mmap": runner.MMAP_THRESHOLD, "default": None}
+    with pytest.raises(ValueError, match="allocator"):
+        BenchConfig(model="vit_tiny_video", mode="re2", depth=2, frames=8, img_size=96, batch=1, allocator="jemalloc")

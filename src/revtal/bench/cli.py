@@ -17,9 +17,9 @@ import sys
 from revtal.bench.configs import DR2NET_EXACT_COEFFICIENTS, DR2NET_FLOAT_COEFFICIENTS, MODE_DESCRIPTIONS, MODES, Grid
 
 KINDS = {
-    # kind: (warmup, repeats) defaults
-    "memory": (1, 1),
-    "speed": (2, 10),
+    # kind: (warmup, repeats, allocator) defaults; speed runs time the allocator a user's process has
+    "memory": (1, 1, "mmap"),
+    "speed": (2, 10, "default"),
 }
 # small enough for a test: a 2-block tiny ViT on 8×96² clips, one intra-op thread (see --threads)
 QUICK = {
@@ -100,7 +100,7 @@ def _choice(args: argparse.Namespace, name: str):
 
 
 def build_grid(args: argparse.Namespace) -> Grid:
-    default_warmup, default_repeats = KINDS[args.kind]
+    default_warmup, default_repeats, allocator = KINDS[args.kind]
     device = args.device or _default_device()
     repeats = args.repeats if args.repeats is not None else (QUICK["repeats"] if args.quick else default_repeats)
     options = {
@@ -111,6 +111,7 @@ def build_grid(args: argparse.Namespace) -> Grid:
         "float_coefficients": tuple(args.dr2net_float),
         "exact_coefficients": tuple(args.dr2net_exact),
         "clip_batch": args.clip_batch,
+        "allocator": allocator,
     }
     return Grid(
         models=_choice(args, "models"),

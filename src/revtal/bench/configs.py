@@ -35,6 +35,9 @@ DR2NET_FLOAT_COEFFICIENTS = (0.5, 0.5)
 DR2NET_EXACT_COEFFICIENTS = (1.0, 0.1)
 
 
+ALLOCATORS = ("mmap", "default")
+
+
 @dataclass(frozen=True)
 class BenchConfig:
     model: str
@@ -52,6 +55,10 @@ class BenchConfig:
     seed: int = 0
     float_coefficients: tuple[float, float] = DR2NET_FLOAT_COEFFICIENTS
     exact_coefficients: tuple[float, float] = DR2NET_EXACT_COEFFICIENTS
+    # "mmap": the worker starts with MALLOC_MMAP_THRESHOLD_=65536, so freed memory leaves the resident set (memory
+    # runs); "default": the C library's own allocator, as a user's process runs (speed runs: every mmap'd allocation
+    # costs page faults, which slowed allocation-heavy modes such as exact arithmetic by up to 1.3x)
+    allocator: str = "mmap"
 
     def __post_init__(self) -> None:
         if self.mode not in MODE_DESCRIPTIONS:
@@ -61,6 +68,8 @@ class BenchConfig:
                 raise ValueError(f"benchmark config field {name!r} must be ≥ 1, got {getattr(self, name)}")
         if self.depth is not None and self.depth < 1:
             raise ValueError(f"benchmark config field 'depth' must be ≥ 1, got {self.depth}")
+        if self.allocator not in ALLOCATORS:
+            raise ValueError(f"benchmark config field 'allocator' must be one of {ALLOCATORS}, got {self.allocator!r}")
         if self.warmup < 1:
             # the first step allocates gradients and optimizer state; it must not be the measured one
             raise ValueError(f"benchmark config field 'warmup' must be ≥ 1, got {self.warmup}")

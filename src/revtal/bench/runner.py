@@ -1,7 +1,8 @@
 """The parent side of a benchmark run: one subprocess per configuration, results collected, compared, described.
 
-Each configuration runs in ``python -m revtal.bench.worker`` with ``MALLOC_MMAP_THRESHOLD_=65536`` (see
-:mod:`revtal.bench.worker` for why and for what is measured). Ratios are taken between configurations that differ
+Each configuration runs in ``python -m revtal.bench.worker``, for memory runs with ``MALLOC_MMAP_THRESHOLD_=65536``
+and for speed runs with the C library's default allocator (see :mod:`revtal.bench.worker` for why and for what is
+measured). Ratios are taken between configurations that differ
 only in the mode: to ``conventional`` (plain autograd on the unconverted backbone) and to ``checkpoint`` (per-block
 activation checkpointing of the same network).
 """
@@ -34,7 +35,10 @@ class RunResult:
 
 def run_in_subprocess(config: BenchConfig, timeout_s: float | None = None) -> dict:
     """Measure one configuration in a fresh process; returns its record, or a status/reason entry."""
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=MMAP_THRESHOLD)
+    env = dict(os.environ)
+    env.pop("MALLOC_MMAP_THRESHOLD_", None)
+    if config.allocator == "mmap":
+        env["MALLOC_MMAP_THRESHOLD_"] = MMAP_THRESHOLD
     command = [sys.executable, "-m", "revtal.bench.worker", config.to_json()]
     entry = json.loads(config.to_json())
     try:
@@ -158,7 +162,6 @@ def machine_info(device: str) -> dict:
         "torch_threads": torch.get_num_threads(),
         "device": device,
         "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "malloc_mmap_threshold": MMAP_THRESHOLD,
     }
     for package in ("timm", "revlib", "memcnn"):
         info[f"{package}_version"] = _version(package)

@@ -4,9 +4,11 @@ The input is a random video of ``clips × frames`` frames per sample; with more 
 backbone clip by clip as in end-to-end TAL (:class:`revtal.bench.clips.ClipChunks`, ``clip_batch`` clips per call).
 
 A fresh process per configuration keeps the measurements of one mode free of what another left behind (allocator
-caches, pages the C library never returned). The parent (:mod:`revtal.bench.runner`) starts it with
+caches, pages the C library never returned). For memory runs the parent (:mod:`revtal.bench.runner`) starts it with
 ``MALLOC_MMAP_THRESHOLD_=65536``, so every allocation of 64 KiB or more is its own mapping, returned to the system
-when freed: the resident set then follows the tensors that are alive.
+when freed: the resident set then follows the tensors that are alive. Each such allocation costs fresh page
+faults, so speed runs (``allocator`` "default") keep the C library's own allocator, as a user's process does;
+their process peaks include whatever the allocator holds on to.
 
 Measured, in this order:
 
