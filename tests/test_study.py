@@ -2,9 +2,11 @@
 definitions really configure what their names say."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from revtal.bench import study
 from revtal.cli import main as cli_main
@@ -81,9 +83,16 @@ def test_entry_overrides_configure_what_they_claim(tmp_path):
 
 
 def test_pretrain_per_seed_gives_each_seed_its_own_backbone(tmp_path):
+    # --set reaches the base recipe of every run: here a larger validation subset of the generated dataset
     argv = ["study", "--quick", "--out", str(tmp_path), "--entries", "frozen", "--seeds", "2", "--pretrain-per-seed",
-            "--quiet-runs"]
+            "--quiet-runs", "--set", "data.synthetic.val_fraction=0.5", "--set", "optim.head_lr=0.002"]
     assert cli_main(argv) == 0
+    base = yaml.safe_load((tmp_path / "base_config.yaml").read_text())
+    assert base["data"]["synthetic"]["val_fraction"] == 0.5 and base["optim"]["head_lr"] == 0.002
+    annotations = json.loads(Path(base["data"]["annotations"]).read_text())
+    subsets = [v["subset"] for v in annotations["database"].values()]
+    assert subsets.count("validation") == 3 == len(subsets) // 2  # the quick dataset's 6 videos, split in half
+    assert Path(base["data"]["annotations"]).parent.name.endswith("_val0.5")
     records = [json.loads((tmp_path / "results" / f"frozen_seed{k}.json").read_text()) for k in (0, 1)]
     assert [r["pretrain_seed"] for r in records] == [0, 1]
     checkpoints = [next(o for o in r["overrides"] if o.startswith("backbone.pretrained=")) for r in records]
@@ -96,6 +105,34 @@ def test_pretrain_per_seed_gives_each_seed_its_own_backbone(tmp_path):
 def test_paired_difference_uses_common_seeds_only():
     entry = {"seeds": [0, 1, 2], "average_mAP": [0.5, 0.3, 0.9]}
     reference = {"seeds": [0, 1, 3], "average_mAP": [0.4, 0.4, 0.0]}
-    mean, std, n = study.paired_difference(entry, reference)
-    assert n == 2 and mean == pytest.approx(0.0) and std == pytest.approx(np.sqrt(0.02))  # diffs +0.1, −0.1
+    paired = study.paired_difference(entry, reference)
+    assert paired.n == 2 and paired.mean == pytest.approx(0.0) and paired.std == pytest.approx(np.sqrt(0.02))
     assert study.paired_difference({"seeds": [5], "average_mAP": [0.1]}, reference) is None
+
+
+def test_confidence_interval_of_paired_difference_uses_student_t():
+    # diffs +0.02, +0.04, +0.03, +0.05, +0.01: mean 0.03, std 0.0158, t(4) = 2.776 → half-width 0.0196
+    entry = {"seeds": [0, 1, 2, 3, 4], "average_mAP": [0.52, 0.44, 0.63, 0.55, 0.41]}
+    reference = {"seeds": [0, 1, 2, 3, 4], "average_mAP": [0.50, 0.40, 0.60, 0.50, 0.40]}
+    paired = study.paired_difference(entry, reference)
+    low, high = paired.ci95
+    assert (low, high) == pytest.approx((0.03 - 0.019632, 0.03 + 0.019632), abs=1e-5)
+    assert paired.verdict() == "higher"
+    assert study.paired_difference(reference, entry).verdict() == "lower"
+    flat = {"seeds": [0, 1, 2], "average_mAP": [0.51, 0.39, 0.60]}  # diffs +0.01, −0.01, 0
+    assert study.paired_difference(flat, reference).verdict() == "not resolved"
+    assert study.PairedDifference(0.1, None, 1).ci95 is None
+    # the t table and the expansion beyond it agree with known quantiles
+    assert study.t_quantile_975(1) == 12.706 and study.t_quantile_975(30) == 2.042
+    assert study.t_quantile_975(40) == pytest.approx(2.021, abs=1e-3)
+    assert study.t_quantile_975(120) == pytest.approx(1.980, abs=1e-3)
+
+
+def test_noise_floor_is_checkpoint_against_conventional():
+    summaries = {"conventional": {"seeds": [0, 1, 2], "average_mAP": [0.5, 0.4, 0.6]},
+                 "checkpoint": {"seeds": [0, 1, 2], "average_mAP": [0.52, 0.39, 0.6]}}
+    floor = study.noise_floor(summaries)
+    assert floor.n == 3 and floor.mean == pytest.approx(0.01 / 3)
+    assert "paired std 1.53 points" in study.format_noise_floor(floor)
+    assert study.noise_floor({"conventional": summaries["conventional"]}) is None
+    assert "not measured" in study.format_noise_floor(None)

@@ -32,6 +32,7 @@ error every ``monitor_every`` steps), so "float" really means float and the resu
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -146,9 +147,10 @@ def select_entries(spec: str | None) -> list[StudyEntry]:
 
 # ---------------------------------------------------------------------------------------------- shared settings
 
-def base_config(out: Path, quick: bool = False, epochs: int | None = None):
+def base_config(out: Path, quick: bool = False, epochs: int | None = None, overrides: tuple[str, ...] = ()):
     """The demo recipe (``quick``: a seconds-long tiny one for tests), with ``epochs`` overriding the length and
-    everything tied to it (evaluation at the end, warmup, the Dr²Net schedule's end point at 60 %)."""
+    everything tied to it (evaluation at the end, warmup, the Dr²Net schedule's end point at 60 %), then the
+    ``--set``-style ``overrides`` of a study setting and of the command line."""
     from revtal.engine.demo import demo_config
 
     values: dict = {"backbone.losa": {"clip_frames": 8}}
@@ -167,7 +169,7 @@ def base_config(out: Path, quick: bool = False, epochs: int | None = None):
         values.update({"optim.epochs": epochs, "optim.warmup_epochs": min(1.0, epochs / 4), "eval.every": epochs,
                        "backbone.schedule.end_epoch": max(1.0, 0.6 * epochs)})
     config = demo_config(out, quick=quick).with_values(values, source="revtal study")
-    return config
+    return config.with_overrides(overrides, source="revtal study --setting/--set") if overrides else config
 
 
 def run_overrides(entry: StudyEntry, quick: bool) -> list[str]:
@@ -284,12 +286,54 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}"
 
 
-TABLE_HEADER = ("| entry | what | average mAP (%) mean ± std | seeds | per seed | Δ vs {reference} (paired) "
+TABLE_HEADER = ("| entry | what | average mAP (%) mean ± std | seeds | per seed | Δ vs {reference} (paired: ± std [95 % CI]) "
                 "| backbone saved for backward | step (ms) | learnable params |")
 
 
-def paired_difference(summary: dict, reference: dict) -> tuple[float, float | None, int] | None:
-    """Mean and sample std over the seeds both entries finished of (entry − reference) average mAP, and how many.
+# two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom (beyond: the Cornish-Fisher expansion)
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t_quantile_975(df: int) -> float:
+    """The 97.5 % quantile of Student's t with ``df`` degrees of freedom (for 95 % two-sided intervals)."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = 1.959964
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """(entry − reference) average mAP over the seeds both finished: mean, sample std, count, and the 95 %
+    confidence interval of the mean (Student's t; None below two seeds)."""
+
+    mean: float
+    std: float | None
+    n: int
+
+    @property
+    def ci95(self) -> tuple[float, float] | None:
+        if self.std is None:
+            return None
+        half = t_quantile_975(self.n - 1) * self.std / math.sqrt(self.n)
+        return self.mean - half, self.mean + half
+
+    def verdict(self) -> str:
+        """What the interval says about "entry differs from reference": higher, lower, or not resolved."""
+        ci = self.ci95
+        if ci is None:
+            return "one seed"
+        return "higher" if ci[0] > 0 else "lower" if ci[1] < 0 else "not resolved"
+
+    def to_dict(self) -> dict:
+        return {"mean": self.mean, "std": self.std, "n": self.n, "ci95": self.ci95, "verdict": self.verdict()}
+
+
+def paired_difference(summary: dict, reference: dict) -> PairedDifference | None:
+    """Per-seed (entry − reference) average mAP over the seeds both entries finished.
 
     Runs of one seed share the pretrained backbone, the data order and the head's initialisation, so the per-seed
     difference removes the part of the seed-to-seed spread the two entries have in common."""
@@ -297,7 +341,42 @@ def paired_difference(summary: dict, reference: dict) -> tuple[float, float | No
     diffs = np.array([v - theirs[s] for s, v in zip(summary["seeds"], summary["average_mAP"]) if s in theirs])
     if not len(diffs):
         return None
-    return float(diffs.mean()), float(diffs.std(ddof=1)) if len(diffs) > 1 else None, len(diffs)
+    return PairedDifference(float(diffs.mean()), float(diffs.std(ddof=1)) if len(diffs) > 1 else None, len(diffs))
+
+
+def noise_floor(summaries: dict[str, dict]) -> PairedDifference | None:
+    """checkpoint − conventional: the same maths in another floating-point order, so its spread over seeds is what
+    rounding alone moves a result by; differences of the same size between other entries are noise."""
+    if "checkpoint" in summaries and "conventional" in summaries:
+        return paired_difference(summaries["checkpoint"], summaries["conventional"])
+    return None
+
+
+def table_differences(table: StudyTable, summaries: dict[str, dict]) -> dict[str, dict]:
+    """Every entry of ``table`` against its reference, seed by seed (JSON form)."""
+    reference = summaries.get(table.reference)
+    if reference is None:
+        return {}
+    pairs = {name: paired_difference(summaries[name], reference) for name in table.entries
+             if name != table.reference and name in summaries}
+    return {name: paired.to_dict() for name, paired in pairs.items() if paired is not None}
+
+
+def format_noise_floor(floor: PairedDifference | None) -> str:
+    if floor is None or floor.std is None:
+        return "noise floor: not measured (needs checkpoint and conventional on two seeds or more)"
+    return (f"noise floor (checkpoint − conventional, the same maths in another rounding order): "
+            f"{_format_difference(floor)}; paired std {100 * floor.std:.2f} points")
+
+
+def _format_difference(paired: PairedDifference | None) -> str:
+    if paired is None:
+        return ""
+    text = f"{100 * paired.mean:+.1f}"
+    if paired.std is not None:
+        low, high = paired.ci95
+        text += f" ± {100 * paired.std:.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
+    return text + f" (n={paired.n})"
 
 
 def format_tables(summaries: dict[str, dict]) -> str:
@@ -319,9 +398,7 @@ def format_tables(summaries: dict[str, dict]) -> str:
                 per_seed = ", ".join(_pct(s) for s in summary["average_mAP"])
                 reference = summaries.get(table.reference)
                 paired = paired_difference(summary, reference) if reference and name != table.reference else None
-                delta = "" if paired is None else (
-                    f"{100 * paired[0]:+.1f}" + ("" if paired[1] is None else f" ± {100 * paired[1]:.1f}")
-                    + f" (n={paired[2]})")
+                delta = _format_difference(paired)
                 memory = f"{summary['backbone_saved_bytes'] / 2**20:.2f} MiB"
                 step = f"{1000 * summary['step_time_s']:.0f}"
                 params = f"{summary['learnable_parameters']:,}"
@@ -362,6 +439,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's choice; 1 is often faster on a busy machine)")
     parser.add_argument("--quick", action="store_true", help="a tiny seconds-long smoke setting (tests)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a key of every run's base recipe (as `revtal train --set`), after --setting")
 
 
 def pretrained_checkpoint(args, base, out: Path, seed: int) -> dict:
@@ -415,7 +494,7 @@ def run(args) -> int:
     started = time.perf_counter()
     print(f"revtal study → {out}  ({len(entries)} entries; torch {torch.__version__}, {torch.get_num_threads()} threads)")
 
-    base = base_config(out, quick=args.quick, epochs=args.epochs)
+    base = base_config(out, quick=args.quick, epochs=args.epochs, overrides=tuple(args.overrides))
     base = resolve_dataset(base, out)  # one dataset for every run
     annotations = load_dataset_annotations(base)
     print(f"dataset: {len(annotations.videos)} videos, {len(annotations.classes)} classes → {base.data.annotations}")
@@ -445,6 +524,7 @@ def run(args) -> int:
 
     results = load_results(out)
     summaries = {name: summarize(records) for name, records in results.items() if name in ENTRY_BY_NAME}
+    floor = noise_floor(summaries)
     study = {
         "setting": {"base_config": str(base_yaml), "epochs": base.optim.epochs, "quick": bool(args.quick),
                     "seeds": args.seeds, "extra_seeds": extra, "pretrain_per_seed": bool(args.pretrain_per_seed),
@@ -454,7 +534,9 @@ def run(args) -> int:
         "entries": {name: {"description": ENTRY_BY_NAME[name].description,
                            "overrides": list(ENTRY_BY_NAME[name].overrides), **summary}
                     for name, summary in summaries.items()},
-        "tables": {t.name: {"title": t.title, "entries": list(t.entries), "reference": t.reference} for t in TABLES},
+        "tables": {t.name: {"title": t.title, "entries": list(t.entries), "reference": t.reference,
+                            "paired_vs_reference": table_differences(t, summaries)} for t in TABLES},
+        "noise_floor": None if floor is None else floor.to_dict(),
         "wall_time_s": time.perf_counter() - started,
         "machine": {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count()},
     }
@@ -465,8 +547,10 @@ def run(args) -> int:
         "average mAP: ActivityNet detection mAP averaged over tIoU 0.3:0.1:0.7 (THUMOS thresholds), mean ± sample "
         "std over training seeds; memory: bytes the backbone saved for backward on one training step (median over "
         "seeds); Δ: mean ± std over seeds of the per-seed difference from the table's reference entry, in "
-        "percentage points; step: median step time.\n\n" + tables
+        "percentage points, with the 95 % confidence interval of its mean (Student's t); step: median step time."
+        "\n\n" + format_noise_floor(floor) + "\n\n" + tables
     )
+    print(format_noise_floor(floor))
     print(tables)
     print(f"done in {study['wall_time_s'] / 60:.1f} min → {out / 'study.md'}, {out / 'study.json'}")
     failed = sum(len(s["failed"]) for s in summaries.values())

@@ -162,6 +162,7 @@ class SyntheticConfig:
     fps: float = 4.0
     min_duration: float = 16.0
     max_duration: float = 32.0
+    val_fraction: float = 0.25  # share of the videos in the validation subset
 
 
 @dataclass(frozen=True)
@@ -310,6 +311,13 @@ class Config:
             _set_dotted(data, key, _thaw(value), source)
         return config_from_dict(data, source)
 
+    def with_overrides(self, assignments: list[str] | tuple[str, ...], source: str = "--set") -> "Config":
+        """A copy with ``--set``-style ``key=value`` assignments applied (values parsed as YAML), validated."""
+        data = self.to_dict()
+        for assignment in assignments:
+            _apply_override(data, assignment)
+        return config_from_dict(data, source)
+
 
 # ------------------------------------------------------------------------------------------------------ loading
 
@@ -372,7 +380,7 @@ RANGES: dict[str, str] = {
     "data.num_workers": "[0, inf)", "data.cache_mb": "[0, inf)", "data.std": "(0, inf)",
     "data.synthetic.videos": "[1, inf)", "data.synthetic.classes": "[1, inf)", "data.synthetic.seed": "[0, inf)",
     "data.synthetic.size": "[1, inf)", "data.synthetic.fps": "(0, inf)", "data.synthetic.min_duration": "(0, inf)",
-    "data.synthetic.max_duration": "(0, inf)",
+    "data.synthetic.max_duration": "(0, inf)", "data.synthetic.val_fraction": "(0, 1)",
     "backbone.alpha": "[0, 1]", "backbone.beta": "(0, 1]", "backbone.beta_bits": "[0, 30]",
     "backbone.monitor_every": "[0, inf)", "backbone.monitor_tolerance": "(0, inf)",
     "backbone.schedule.alpha0": "[0, 1]", "backbone.schedule.alpha_end": "[0, 1]",

@@ -11,7 +11,8 @@ from revtal.engine.config import Config
 
 def synthetic_dir(config: Config, out_dir: Path) -> Path:
     s = config.data.synthetic
-    return Path(out_dir) / "data" / f"synthetic_v{s.videos}_c{s.classes}_s{s.seed}_{s.size}px_{s.fps:g}fps"
+    split = "" if s.val_fraction == 0.25 else f"_val{s.val_fraction:g}"  # the default split keeps its old name
+    return Path(out_dir) / "data" / f"synthetic_v{s.videos}_c{s.classes}_s{s.seed}_{s.size}px_{s.fps:g}fps{split}"
 
 
 def resolve_dataset(config: Config, out_dir: str | Path) -> Config:
@@ -28,7 +29,7 @@ def resolve_dataset(config: Config, out_dir: str | Path) -> Config:
     if dist_utils.is_main() and not (root / "annotations.json").exists():
         generate_dataset(
             root, num_videos=s.videos, num_classes=s.classes, seed=s.seed, size=s.size, fps=s.fps,
-            duration_range=(s.min_duration, s.max_duration),
+            duration_range=(s.min_duration, s.max_duration), val_fraction=s.val_fraction,
         )
     dist_utils.barrier()
     return config.with_values({"data.annotations": str(root / "annotations.json"), "data.video_dir": str(root / "videos")},
