@@ -69,6 +69,15 @@ def test_entry_overrides_configure_what_they_claim(tmp_path):
     vanilla = config("dr2net_vanilla").backbone
     assert (vanilla.mode, vanilla.alpha, vanilla.beta, vanilla.backprop) == ("hard", 1.0, 0.1, "exact")
     assert config("dr2net_float").backbone.backprop == "reversible"
+    autograd = config("dr2net_autograd").backbone
+    assert (autograd.mode, autograd.backprop) == ("dr2net", "vanilla")
+    import dataclasses
+
+    import revtal
+    from revtal.engine.modes import get_mode
+
+    extractor = get_mode("dr2net").build_extractor(dataclasses.replace(autograd, pretrained=""), 8, 32)
+    assert {s.backprop for s in revtal.reversible_stages(extractor)} == {"vanilla"}
     assert config("dr2net_float").backbone.monitor_tolerance == 1e30
     assert config("order_beta_first").backbone.schedule.order == "beta_first"
     no_long = config("losa_no_long").backbone.losa
@@ -131,8 +140,22 @@ def test_confidence_interval_of_paired_difference_uses_student_t():
 def test_noise_floor_is_checkpoint_against_conventional():
     summaries = {"conventional": {"seeds": [0, 1, 2], "average_mAP": [0.5, 0.4, 0.6]},
                  "checkpoint": {"seeds": [0, 1, 2], "average_mAP": [0.52, 0.39, 0.6]}}
-    floor = study.noise_floor(summaries)
-    assert floor.n == 3 and floor.mean == pytest.approx(0.01 / 3)
-    assert "paired std 1.53 points" in study.format_noise_floor(floor)
-    assert study.noise_floor({"conventional": summaries["conventional"]}) is None
-    assert "not measured" in study.format_noise_floor(None)
+    floors = study.noise_floor(summaries)
+    floor = floors["checkpoint − conventional"]
+    assert list(floors) == ["checkpoint − conventional"] and floor.n == 3 and floor.mean == pytest.approx(0.01 / 3)
+    assert "paired std 1.53 points" in study.format_noise_floor(floors)
+    assert study.noise_floor({"conventional": summaries["conventional"]}) == {}
+    assert "not measured" in study.format_noise_floor({})
+
+
+def test_parallel_jobs_give_the_same_results_as_one_process(tmp_path):
+    common = ["study", "--quick", "--entries", "conventional", "--seeds", "2", "--quiet-runs", "--threads", "1"]
+    assert cli_main(common + ["--out", str(tmp_path / "serial")]) == 0
+    assert cli_main(common + ["--out", str(tmp_path / "parallel"), "--jobs", "2"]) == 0
+    for seed in (0, 1):
+        serial, parallel = (json.loads((tmp_path / run / "results" / f"conventional_seed{seed}.json").read_text())
+                            for run in ("serial", "parallel"))
+        assert parallel["status"] == "ok"
+        assert (parallel["average_mAP"], parallel["final_loss"]) == (serial["average_mAP"], serial["final_loss"])
+    with pytest.raises(SystemExit, match="--jobs must be positive"):
+        cli_main(common + ["--out", str(tmp_path / "bad"), "--jobs", "0"])

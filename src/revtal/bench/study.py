@@ -76,6 +76,8 @@ ENTRIES: tuple[StudyEntry, ...] = (
                 *_RECORD_FLOAT_ERROR)),
     StudyEntry("dr2net", "Dr²Net dynamic (1, 0.1) → (0.3, 0.7), linear, simultaneous, exact",
                ("backbone.mode=dr2net", "backbone.backprop=exact"), headline=True),
+    StudyEntry("dr2net_autograd", "Dr²Net dynamic, plain autograd through the same coupling (stores activations)",
+               ("backbone.mode=dr2net", "backbone.backprop=vanilla")),
     StudyEntry("dr2net_float", "Dr²Net dynamic, float reversible backprop",
                ("backbone.mode=dr2net", "backbone.backprop=reversible", *_RECORD_FLOAT_ERROR)),
     StudyEntry("order_alpha_first", "schedule order: α first, then β (exact)",
@@ -97,6 +99,14 @@ ENTRIES: tuple[StudyEntry, ...] = (
 )
 ENTRY_BY_NAME = {e.name: e for e in ENTRIES}
 
+# named base-recipe overrides (``--setting``), applied before ``--set``
+SETTINGS: dict[str, tuple[str, ...]] = {
+    "miniature": (),  # the demo's dataset: 48 training and 16 validation videos
+    # as many training videos (48) and 96 validation videos instead of 16: one run's mAP is measured on 6x the
+    # actions at the same training cost
+    "precise": ("data.synthetic.videos=144", "data.synthetic.val_fraction=0.6667"),
+}
+
 
 @dataclass(frozen=True)
 class StudyTable:
@@ -111,7 +121,8 @@ TABLES: tuple[StudyTable, ...] = (
     StudyTable("re2tal_tab1", "Re²TAL Tab. 1 — transfer vs end-to-end vs reversible end-to-end",
                ("frozen", "conventional", "re2"), reference="conventional"),
     StudyTable("dr2net_tab2", "Dr²Net Tab. 2 — finetuning strategies for a reversible network",
-               ("scratch", "hard", "dr2net_vanilla", "dr2net_vanilla_float", "dr2net", "dr2net_float"),
+               ("scratch", "hard", "dr2net_vanilla", "dr2net_vanilla_float", "dr2net", "dr2net_autograd",
+                "dr2net_float"),
                reference="dr2net"),
     StudyTable("dr2net_tab5_8", "Dr²Net Tab. 5/8 — coefficient schedule: order and policy",
                ("dr2net", "order_alpha_first", "order_beta_first", "policy_exponential", "policy_logarithmic"),
@@ -344,29 +355,32 @@ def paired_difference(summary: dict, reference: dict) -> PairedDifference | None
     return PairedDifference(float(diffs.mean()), float(diffs.std(ddof=1)) if len(diffs) > 1 else None, len(diffs))
 
 
-def noise_floor(summaries: dict[str, dict]) -> PairedDifference | None:
-    """checkpoint − conventional: the same maths in another floating-point order, so its spread over seeds is what
-    rounding alone moves a result by; differences of the same size between other entries are noise."""
-    if "checkpoint" in summaries and "conventional" in summaries:
-        return paired_difference(summaries["checkpoint"], summaries["conventional"])
-    return None
+# pairs of entries that compute the same maths and differ only in rounding: their spread over seeds is what
+# rounding alone moves a result by, so differences of that size between other entries are noise
+NOISE_PROBES = (("checkpoint", "conventional", "per-block recompute"),
+                ("dr2net_autograd", "dr2net", "plain autograd instead of exact arithmetic"))
 
 
-def table_differences(table: StudyTable, summaries: dict[str, dict]) -> dict[str, dict]:
-    """Every entry of ``table`` against its reference, seed by seed (JSON form)."""
-    reference = summaries.get(table.reference)
-    if reference is None:
-        return {}
-    pairs = {name: paired_difference(summaries[name], reference) for name in table.entries
-             if name != table.reference and name in summaries}
-    return {name: paired.to_dict() for name, paired in pairs.items() if paired is not None}
+def noise_floor(summaries: dict[str, dict]) -> dict[str, PairedDifference]:
+    """Each noise probe both of whose entries ran: ``"checkpoint − conventional"`` → its paired difference."""
+    floors = {}
+    for entry, reference, _ in NOISE_PROBES:
+        if entry in summaries and reference in summaries:
+            paired = paired_difference(summaries[entry], summaries[reference])
+            if paired is not None:
+                floors[f"{entry} − {reference}"] = paired
+    return floors
 
 
-def format_noise_floor(floor: PairedDifference | None) -> str:
-    if floor is None or floor.std is None:
-        return "noise floor: not measured (needs checkpoint and conventional on two seeds or more)"
-    return (f"noise floor (checkpoint − conventional, the same maths in another rounding order): "
-            f"{_format_difference(floor)}; paired std {100 * floor.std:.2f} points")
+def format_noise_floor(floors: dict[str, PairedDifference]) -> str:
+    if not floors:
+        return "noise floor: not measured (run checkpoint and conventional, or dr2net and dr2net_autograd)"
+    why = {f"{e} − {r}": what for e, r, what in NOISE_PROBES}
+    lines = ["noise floor (the same maths, rounded differently):"]
+    for name, paired in floors.items():
+        spread = "one seed" if paired.std is None else f"paired std {100 * paired.std:.2f} points"
+        lines.append(f"- {name} ({why[name]}): {_format_difference(paired)}; {spread}")
+    return "\n".join(lines)
 
 
 def _format_difference(paired: PairedDifference | None) -> str:
@@ -439,6 +453,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's choice; 1 is often faster on a busy machine)")
     parser.add_argument("--quick", action="store_true", help="a tiny seconds-long smoke setting (tests)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs trained side by side, one process each (default 1); with --jobs, --threads is per "
+                        "process (default: the CPUs divided by --jobs). Results do not depend on it; step times do")
+    parser.add_argument("--setting", choices=list(SETTINGS), default="miniature",
+                        help="the dataset every run trains and is scored on: miniature (the demo's 48 + 16 videos, "
+                        "default) or precise (48 training videos too, 96 validation videos)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a key of every run's base recipe (as `revtal train --set`), after --setting")
 
@@ -468,6 +488,21 @@ def pretrained_checkpoint(args, base, out: Path, seed: int) -> dict:
     return info
 
 
+def run_job(job: tuple, progress: bool = False) -> dict:
+    """One planned run, its result written to OUT/results as soon as it finishes (in a worker process with --jobs)."""
+    entry_name, seed, base_yaml, out, quick, pretrain, keep_checkpoints = job
+    record = run_entry(ENTRY_BY_NAME[entry_name], seed, Path(base_yaml), Path(out), quick, pretrain,
+                       progress=progress, keep_checkpoints=keep_checkpoints)
+    _write_json(result_path(Path(out), entry_name, seed), record)
+    return record
+
+
+def _init_job_process(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def tqdm_write(message: str) -> None:
     from tqdm import tqdm
 
@@ -490,11 +525,13 @@ def run(args) -> int:
     entries = select_entries(args.entries)
     if args.seeds <= 0 or (args.extra_seeds is not None and args.extra_seeds <= 0):
         raise SystemExit("revtal study: --seeds and --extra-seeds must be positive")
+    if args.jobs <= 0:
+        raise SystemExit(f"revtal study: --jobs must be positive, got {args.jobs}")
     extra = args.seeds if args.extra_seeds is None else args.extra_seeds
     started = time.perf_counter()
     print(f"revtal study → {out}  ({len(entries)} entries; torch {torch.__version__}, {torch.get_num_threads()} threads)")
 
-    base = base_config(out, quick=args.quick, epochs=args.epochs, overrides=tuple(args.overrides))
+    base = base_config(out, quick=args.quick, epochs=args.epochs, overrides=(*SETTINGS[args.setting], *args.overrides))
     base = resolve_dataset(base, out)  # one dataset for every run
     annotations = load_dataset_annotations(base)
     print(f"dataset: {len(annotations.videos)} videos, {len(annotations.classes)} classes → {base.data.annotations}")
@@ -508,18 +545,32 @@ def run(args) -> int:
     todo = [(e, s) for e, s in plan if not (args.resume_partial and result_path(out, e.name, s).exists())]
     print(f"{len(plan)} runs planned, {len(plan) - len(todo)} already done" if args.resume_partial else
           f"{len(plan)} runs planned")
-    bar = tqdm(todo, desc="study", unit="run", dynamic_ncols=True)
-    for entry, seed in bar:
-        bar.set_postfix_str(f"{entry.name} seed {seed}")
-        pretrain = pretrained_checkpoint(args, base, out, seed)
-        record = run_entry(entry, seed, base_yaml, out, args.quick, pretrain, progress=not args.quiet_runs,
-                           keep_checkpoints=args.keep_checkpoints)
-        _write_json(result_path(out, entry.name, seed), record)
+    pretrains = {seed: pretrained_checkpoint(args, base, out, seed) for seed in sorted({s for _, s in todo})}
+    bar = tqdm(total=len(todo), desc="study", unit="run", dynamic_ncols=True)
+
+    def report(record: dict) -> None:
+        bar.update(1)
         if record["status"] == "ok":
-            tqdm.write(f"{entry.name} seed {seed}: average mAP {100 * record['average_mAP']:.2f}, "
+            tqdm.write(f"{record['entry']} seed {record['seed']}: average mAP {100 * record['average_mAP']:.2f}, "
                        f"step {1000 * record['step_time_s']:.0f} ms, {record['wall_time_s']:.0f} s")
         else:
-            tqdm.write(f"{entry.name} seed {seed}: FAILED — {record['error']}")
+            tqdm.write(f"{record['entry']} seed {record['seed']}: FAILED — {record['error']}")
+
+    jobs = [(entry.name, seed, str(base_yaml), str(out), bool(args.quick), pretrains[seed], args.keep_checkpoints)
+            for entry, seed in todo]
+    if args.jobs == 1:
+        for job in jobs:
+            bar.set_postfix_str(f"{job[0]} seed {job[1]}")
+            report(run_job(job, progress=not args.quiet_runs))
+    else:  # one process per run; each finished run's result is already on disk when it is reported
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_init_job_process, initargs=(threads,)) as pool:
+            for future in as_completed([pool.submit(run_job, job) for job in jobs]):
+                report(future.result())
     bar.close()
 
     results = load_results(out)
@@ -536,7 +587,7 @@ def run(args) -> int:
                     for name, summary in summaries.items()},
         "tables": {t.name: {"title": t.title, "entries": list(t.entries), "reference": t.reference,
                             "paired_vs_reference": table_differences(t, summaries)} for t in TABLES},
-        "noise_floor": None if floor is None else floor.to_dict(),
+        "noise_floor": {name: paired.to_dict() for name, paired in floor.items()},
         "wall_time_s": time.perf_counter() - started,
         "machine": {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count()},
     }

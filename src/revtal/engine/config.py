@@ -195,7 +195,9 @@ class BackboneConfig:
     pretrained: str = ""  # local checkpoint path of the backbone network
     options: dict = field(default_factory=FrozenDict)  # extra keyword arguments of revtal.backbones.build
     mode: str = "dr2net"  # a registered training mode (revtal.engine.modes)
-    backprop: str = "exact"  # memory-free arithmetic of reversible modes: exact | reversible
+    # how reversible modes backpropagate: exact | reversible (float), both memory-free, or vanilla (plain autograd
+    # through the same coupling: stores activations; the reference the memory-free arithmetic is compared with)
+    backprop: str = "exact"
     alpha: float = 0.3  # fixed coefficients of `hard` mode
     beta: float = 0.7
     beta_bits: int = 8
@@ -260,8 +262,8 @@ class Config:
 
         if self.backbone.mode not in mode_names():
             raise bad("backbone.mode", self.backbone.mode, mode_names())
-        if self.backbone.backprop not in ("exact", "reversible"):
-            raise bad("backbone.backprop", self.backbone.backprop, ("exact", "reversible"))
+        if self.backbone.backprop not in ("exact", "reversible", "vanilla"):
+            raise bad("backbone.backprop", self.backbone.backprop, ("exact", "reversible", "vanilla"))
         if self.backbone.monitor_fallback not in ("exact", "vanilla"):
             raise bad("backbone.monitor_fallback", self.backbone.monitor_fallback, ("exact", "vanilla"))
         if self.data.features_dir and self.backbone.mode != "frozen":
