@@ -383,6 +383,16 @@ def format_noise_floor(floors: dict[str, PairedDifference]) -> str:
     return "\n".join(lines)
 
 
+def table_differences(table: StudyTable, summaries: dict[str, dict]) -> dict[str, dict]:
+    """Every entry of ``table`` against its reference, seed by seed (JSON form)."""
+    reference = summaries.get(table.reference)
+    if reference is None:
+        return {}
+    pairs = {name: paired_difference(summaries[name], reference) for name in table.entries
+             if name != table.reference and name in summaries}
+    return {name: paired.to_dict() for name, paired in pairs.items() if paired is not None}
+
+
 def _format_difference(paired: PairedDifference | None) -> str:
     if paired is None:
         return ""
