@@ -196,5 +196,11 @@ def test_memory_runs_return_freed_memory_and_speed_runs_keep_the_default_allocat
     for allocator in ("mmap", "default"):
         runner.run_in_subprocess(BenchConfig(**{**json.loads(config.to_json()), "allocator": allocator}))
     assert seen == {"mmap": runner.MMAP_THRESHOLD, "default": None}
+    # a speed worker measures time only: under the default allocator the resident set hides freed activations
+    from revtal.bench.worker import measure
+
+    tiny = dict(model="vit_tiny_video", mode="re2", depth=1, frames=4, img_size=32, batch=1, threads=1)
+    timed = measure(BenchConfig(**tiny, allocator="default"))
+    assert timed["peak_bytes"] is None and timed["backward_peak_bytes"] is None and timed["step_time_s"] > 0
     with pytest.raises(ValueError, match="allocator"):
         BenchConfig(model="vit_tiny_video", mode="re2", depth=2, frames=8, img_size=96, batch=1, allocator="jemalloc")
