@@ -102,3 +102,39 @@ def test_swin_parts_between_memory_free_stages_keep_only_their_input_and_gradien
     assert max_relative_gap(results["reversible"][1], results["vanilla"][1]) <= 1e-10
     # patch embedding: nothing beyond the video; patch merging: its input only (was: norm input + projection input)
     assert results["reversible"][0] <= results["checkpoint"][0] - 2 * stage1_output
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.5])
+def test_backward_overwrites_the_streams_it_owns_and_never_the_stage_outputs(monkeypatch, beta):
+    """y_{i-1} = x_i − G(x_{i-1}) is written over x_i (one stream fewer beside each branch's backward), except where
+    x_i is a tensor the stage returned: a layer above may hold it."""
+    from revtal.reversible.coupling import FloatArithmetic
+
+    overwrites = []
+    recover_y = FloatArithmetic.recover_y
+
+    def recording(self, x, g, tape, overwrite=False):
+        overwrites.append(overwrite)
+        return recover_y(self, x, g, tape, overwrite)
+
+    monkeypatch.setattr(FloatArithmetic, "recover_y", recording)
+    reference = tiny_vit(depth=3).double()
+    model = revtal.convert(copy.deepcopy(reference), "dr2net", alpha=0.5, beta=beta, backprop="reversible")
+    stage = revtal.reversible_stages(model)[0]
+    held = []
+    # keep what the stage returns, as a layer above that saved it for its own backward would
+    stage.register_forward_hook(lambda module, args, out: held.extend(t.detach().clone() for t in _tensors(out)))
+    outputs = []
+    stage.register_forward_hook(lambda module, args, out: outputs.extend(_tensors(out)))
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    (model(x) ** 2).sum().backward()
+    # 6 branches, top first: x_n is a stage output, and for β = 1 x_{n-1} = y_n is one too
+    assert overwrites == ([False, False] if beta == 1.0 else [False, True]) + [True] * 4
+    assert all(torch.equal(out, copy) for out, copy in zip(outputs, held))  # the outputs were never written over
+    vanilla = revtal.convert(copy.deepcopy(reference), "dr2net", alpha=0.5, beta=beta, backprop="vanilla")
+    (vanilla(x) ** 2).sum().backward()
+    assert max_relative_gap(grads(model), grads(vanilla)) <= 1e-10
+
+
+def _tensors(out):
+    return [t for t in (out if isinstance(out, (tuple, list)) else [out]) if isinstance(t, torch.Tensor)]

@@ -113,8 +113,8 @@ class StreamArithmetic(Protocol):
         """(x_i, y_i, tape) → x_{i-1}."""
         ...
 
-    def recover_y(self, x: Any, g: Tensor, tape: Any) -> Any:
-        """(x_i, G_i(x_{i-1})) → y_{i-1}."""
+    def recover_y(self, x: Any, g: Tensor, tape: Any, overwrite: bool = False) -> Any:
+        """(x_i, G_i(x_{i-1})) → y_{i-1}; with ``overwrite``, written over x_i (which the caller owns)."""
         ...
 
     def check(self, c: Coupling) -> None: ...
@@ -146,8 +146,8 @@ class FloatArithmetic:
     def recover_input(self, x: Tensor, y: Tensor, residue: None, c: Coupling) -> Tensor:
         return y if c.beta == 1.0 else y / c.beta
 
-    def recover_y(self, x: Tensor, g: Tensor, tape: None) -> Tensor:
-        return x - g
+    def recover_y(self, x: Tensor, g: Tensor, tape: None, overwrite: bool = False) -> Tensor:
+        return x.sub_(g) if overwrite else x - g
 
     def check(self, c: Coupling) -> None:
         if not c.beta > 0:

@@ -452,8 +452,9 @@ class ExactArithmetic:
         buffer.unpop(t - x_prev * d.numerator, d.numerator)
         return x_prev
 
-    def recover_y(self, x: Tensor, g: Tensor, tape: ExactTape) -> Tensor:
-        return x - (g * tape.scale).to(torch.int64)
+    def recover_y(self, x: Tensor, g: Tensor, tape: ExactTape, overwrite: bool = False) -> Tensor:
+        quantized = (g * tape.scale).to(torch.int64)
+        return x.sub_(quantized) if overwrite else x - quantized
 
 
 

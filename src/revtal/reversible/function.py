@@ -16,6 +16,7 @@ gradients reach ``.grad`` through ordinary autograd accumulation, so DDP's hooks
 from __future__ import annotations
 
 import contextlib
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -112,6 +113,7 @@ class StageRun:
     streams: tuple[Any, Any] | None = None  # the streams between two nodes (forward: above; backward: below)
     tape: Any = None  # the arithmetic's own state of this call (exact: row scales, information buffer)
     verified_input: Tensor | None = None
+    outputs: list = field(default_factory=list)  # weak references to the tensors the top node's backward began from
 
     def branch_output(self, i: int, v: Tensor) -> Tensor:
         return self.branches[i].g(v, self.coupling)
@@ -166,6 +168,7 @@ class ReversibleBranchFunction(torch.autograd.Function):
         saved = list(ctx.saved_tensors)
         if ctx.n_stored:  # the top node: the streams begin from what the forward stored
             run.streams = arith.resume(saved[:ctx.n_stored], tape)
+            run.outputs = [weakref.ref(t) for t in saved[:ctx.n_stored]]
             if run.verify:
                 run.verified_input = saved[ctx.n_stored]
         del saved
@@ -179,7 +182,11 @@ class ReversibleBranchFunction(torch.autograd.Function):
             grad_y = torch.zeros_like(shape_src) if grad_y is None else grad_y
             del shape_src
 
+        # a stream may be one of the stage's output tensors (float x_n, y_n; for β = 1, x_{n-1} is y_n), which
+        # layers above can still hold: those are never overwritten (weak references: they keep nothing alive)
+        owns_x = not any(ref() is x for ref in run.outputs)
         x_prev = arith.recover_input(x, y, tape, c)
+        del y  # all that backward still needs of y_i is in x_{i-1} (for β = 1 the same tensor)
         v = arith.view(x_prev, like, tape).detach().requires_grad_(True)
         rng = run.rng_states[i].restored() if run.preserve_rng else contextlib.nullcontext()
         norms = run.norms.setdefault(i, batchnorm_modules(run.branches[i].owner))
@@ -187,9 +194,12 @@ class ReversibleBranchFunction(torch.autograd.Function):
         with frozen_running_stats(norms):
             with torch.enable_grad(), rng, run.autocast.scope():
                 g = run.branch_output(i, v)
+            # y_{i-1} = x_i − G_i(x_{i-1}) before the vector-Jacobian product allocates its gradients, written over
+            # x_i where this node owns it: the branch's backward then runs beside one stream fewer
+            y_prev = arith.recover_y(x, g.detach(), tape, overwrite=owns_x)
+            del x
             grad_v, *param_grads = torch.autograd.grad(g, [v, *run.params[i]], grad_x, allow_unused=True)
-        y_prev = arith.recover_y(x, g.detach(), tape)
-        del g, x, y
+        del g
         if grad_v is None:
             grad_v = torch.zeros_like(v)
         del v
