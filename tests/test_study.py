@@ -71,6 +71,9 @@ def test_entry_overrides_configure_what_they_claim(tmp_path):
     assert config("dr2net_float").backbone.backprop == "reversible"
     autograd = config("dr2net_autograd").backbone
     assert (autograd.mode, autograd.backprop) == ("dr2net", "vanilla")
+    assert config("dr2net_start_1_8").backbone.schedule.beta0 == 0.125
+    assert config("dr2net_drop_path").backbone.options["drop_path_rate"] == 0.1
+    assert config("conventional_drop_path").backbone.mode == "conventional"
     import dataclasses
 
     import revtal
