@@ -476,3 +476,15 @@ def test_skipped_and_unannotated_videos_are_summarised(dataset_root, tmp_path, c
     total = len(train_ids) + 1
     assert f"epoch 1: training used {total - 2} of {total} videos: skipped 1 unreadable or missing (broken)" in out
     assert f"training videos: used {total - 2} of {total} videos" in out and f"without annotations ({train_ids[1]})" in out
+
+
+def test_schedule_counts_optimizer_steps_when_gradients_accumulate(dataset_root, tmp_path):
+    config = _config(dataset_root, tmp_path, optim__accumulate=2, backbone__schedule__end_epoch=1.0)
+    trainer = Trainer(config, progress=False)
+    seen = []
+    apply = trainer.hooks.schedule.apply
+    trainer.hooks.schedule.apply = lambda model, epoch, iteration: seen.append(iteration) or apply(model, epoch, iteration)
+    trainer.fit()
+    # both micro-batches of an optimizer step run at the same (α, β), and the schedule's iterations are steps
+    assert seen == [i // 2 for i in range(len(trainer.train_loader))]
+    assert trainer.iters_per_epoch == max(seen) + 1

@@ -232,7 +232,9 @@ class Trainer:
             if epoch == self.start_epoch and it == 0:
                 self._start_hooks(video)
             start = time.perf_counter()
-            coefficients = self.hooks.before_step(epoch, it, self.step)
+            # the schedule counts optimizer steps (iters_per_epoch): with accumulation, every micro-batch of one
+            # step runs at the same (α, β)
+            coefficients = self.hooks.before_step(epoch, it // accumulate, self.step)
             if coefficients is not None:
                 alpha, beta = coefficients
             segments, labels = self._targets(batch)
