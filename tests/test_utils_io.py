@@ -24,6 +24,21 @@ def test_new_files_get_the_permissions_of_an_ordinary_file(tmp_path):
     assert _mode(tmp_path / "best.pt") == _mode(tmp_path / "plain") == 0o644
 
 
+def test_umask_is_read_without_being_changed(monkeypatch):
+    from revtal.utils import io
+
+    old = os.umask(0o027)
+    try:
+        calls = []
+        real = os.umask
+        monkeypatch.setattr(io.os, "umask", lambda mask: calls.append(mask) or real(mask))
+        assert io.current_umask() == 0o027
+        # read from /proc/self/status: the process-wide mask was never set to something else meanwhile
+        assert calls == []
+    finally:
+        os.umask(old)
+
+
 def test_replacing_a_file_keeps_its_permissions(tmp_path):
     target = tmp_path / "predictions.json"
     target.write_text("{}")
