@@ -227,3 +227,23 @@ def test_unsupported_blocks_are_named_with_the_supported_types():
     model.layer2[1].downsample = nn.Sequential(nn.Conv2d(16, 16, 1, bias=False), nn.BatchNorm2d(16))
     revtal.convert(model, "dr2net", alpha=0.5, beta=0.5)
     assert reversible_stages(model)[1].plain == {0, 1}
+
+
+def test_ordinary_blocks_of_a_memory_free_stage_keep_only_their_input(monkeypatch):
+    """layer2.0 (stride 2, projection shortcut) stays an ordinary block; in a memory-free stage it runs under
+    checkpointing whose recompute leaves BatchNorm statistics alone (the running-stats test above covers that)."""
+    import revtal.reversible.stage as stage_module
+
+    x = sample("basic_2d", batch=2)
+    model = revtal.convert(tiny("basic_2d"), "re2")
+    checkpointed = saved_bytes(lambda: _loss(model, x), model)
+    block = model.layer2.blocks()[0]
+    stored = []
+    handles = [m.register_forward_hook(lambda m, i, o: stored.append(o.numel() * o.element_size()))
+               for m in block.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
+    monkeypatch.setattr(stage_module, "checkpoint_layer", lambda layer, *a, **k: layer(*a, **k))
+    plain = saved_bytes(lambda: _loss(model, x), model)
+    for handle in handles:
+        handle.remove()
+    # plain autograd stores the block's conv and norm outputs (about what its layers produce); checkpointing does not
+    assert plain - checkpointed >= 0.5 * sum(stored), (plain, checkpointed, sum(stored))

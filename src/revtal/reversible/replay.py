@@ -84,3 +84,40 @@ def frozen_running_stats(norms: list[_BatchNorm]):
                 m.running_var.copy_(var)
             if count is not None:
                 m.num_batches_tracked.copy_(count)
+
+
+@contextlib.contextmanager
+def statistics_unchanged(norms: list[_BatchNorm]):
+    """Run the body with every training-mode BatchNorm updating its running statistics by momentum 0, then put
+    ``num_batches_tracked`` back: a recompute then leaves the statistics as the first run left them. Unlike
+    :func:`frozen_running_stats` nothing is written into the running statistics after the body, so tensors the
+    body saved for backward keep their version."""
+    active = [m for m in norms if m.training]
+    saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None) for m in active]
+    try:
+        for m in active:
+            m.momentum = 0.0  # running = (1 − 0)·running + 0·batch: the same values
+        yield
+    finally:
+        for m, (momentum, count) in zip(active, saved):
+            m.momentum = momentum
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
+
+
+def checkpoint_layer(layer: nn.Module, *args, **kwargs):
+    """``layer(*args, **kwargs)`` under non-reentrant ``torch.utils.checkpoint`` (it keeps only its inputs and
+    recomputes in backward), also for layers holding BatchNorm: the recompute runs under
+    :func:`statistics_unchanged`, so running statistics are updated once per forward, as without checkpointing."""
+    norms = batchnorm_modules(layer)
+    calls = 0
+
+    def run(*a, **k):
+        nonlocal calls
+        calls += 1
+        if calls == 1 or not norms:
+            return layer(*a, **k)
+        with statistics_unchanged(norms):
+            return layer(*a, **k)
+
+    return torch.utils.checkpoint.checkpoint(run, *args, use_reentrant=False, **kwargs)

@@ -36,6 +36,7 @@ from revtal.reversible.exact import ExactArithmetic, nearest_dyadic, storage_bit
 from revtal.reversible.function import (
     Branch, ReconstructionCheck, StageRun, run_memory_free, run_plain,
 )
+from revtal.reversible.replay import checkpoint_layer
 
 BACKPROP_MODES = ("reversible", "exact", "vanilla", "checkpoint")
 
@@ -314,11 +315,19 @@ class ReversibleStage(nn.Module):
                     x = self._run(segment, x, args, kwargs)
                     output = self.protocol.result(x, args)
                 else:
-                    output = self._modules[segment](x, *args, **kwargs)
+                    output = self._run_ordinary(self._modules[segment], x, args, kwargs)
                     x, args = self.protocol.split(output, args)
         finally:
             self._verifying = False
         return output
+
+    def _run_ordinary(self, block: nn.Module, x: Tensor, args: tuple, kwargs: dict):
+        """A block that stays ordinary (its shortcut is not the identity: a downsampling ResNet block, a pooling
+        attention block). In a memory-free stage it is checkpointed, keeping only its input: otherwise its
+        activations would be most of what the stage stores."""
+        if self.backprop in MEMORY_FREE_MODES and self._needs_grad(x):
+            return checkpoint_layer(block, x, *args, **kwargs)
+        return block(x, *args, **kwargs)
 
     def _run(self, names: list[str], x: Tensor, args: tuple, kwargs: dict) -> Tensor:
         context = {"call": (args, kwargs), "stage": self}
@@ -390,10 +399,8 @@ def between_stages(model: nn.Module, layer: nn.Module, x: Tensor) -> Tensor:
     the stages are memory-free these parts are what a step keeps (a patch merging saves its normalisation's input
     and its projection's input: twice the stage output the reversible stage already keeps as its two streams); so
     in a model whose stages run memory-free they run under non-reentrant checkpointing, which keeps only their
-    input and recomputes them in backward (the same function: gradients are unchanged). Layers with BatchNorm are
-    run plainly (a recompute would update running statistics twice); so is everything under no_grad."""
+    input and recomputes them in backward (the same function: gradients are unchanged; BatchNorm statistics are
+    updated once, see :func:`revtal.reversible.replay.checkpoint_layer`). Under no_grad they run plainly."""
     if not (torch.is_grad_enabled() and any(s.backprop in MEMORY_FREE_MODES for s in reversible_stages(model))):
         return layer(x)
-    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in layer.modules()):
-        return layer(x)
-    return torch.utils.checkpoint.checkpoint(layer, x, use_reentrant=False)
+    return checkpoint_layer(layer, x)
