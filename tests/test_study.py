@@ -151,6 +151,16 @@ def test_noise_floor_is_checkpoint_against_conventional():
     assert "not measured" in study.format_noise_floor({})
 
 
+def test_forest_plot_of_paired_differences(tmp_path):
+    seeds = [0, 1, 2]
+    summaries = {"conventional": {"seeds": seeds, "average_mAP": [0.5, 0.4, 0.6]},
+                 "re2": {"seeds": seeds, "average_mAP": [0.45, 0.36, 0.56]},
+                 "checkpoint": {"seeds": seeds, "average_mAP": [0.51, 0.39, 0.6]}}
+    path = study.plot_differences(summaries, tmp_path / "study.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert study.plot_differences({"conventional": summaries["conventional"]}, tmp_path / "none.png") is None
+
+
 def test_parallel_jobs_give_the_same_results_as_one_process(tmp_path):
     common = ["study", "--quick", "--entries", "conventional", "--seeds", "2", "--quiet-runs", "--threads", "1"]
     assert cli_main(common + ["--out", str(tmp_path / "serial")]) == 0

@@ -402,6 +402,47 @@ def table_differences(table: StudyTable, summaries: dict[str, dict]) -> dict[str
     return {name: paired.to_dict() for name, paired in pairs.items() if paired is not None}
 
 
+def plot_differences(summaries: dict[str, dict], path: Path) -> Path | None:
+    """One panel per table: each entry's paired difference from the table's reference with its 95 % interval
+    (a forest plot), the noise floor's ±paired std shaded; returns the file, or None with nothing to draw."""
+    panels = [(t, table_differences(t, summaries)) for t in TABLES]
+    panels = [(t, d) for t, d in panels if any(v["ci95"] for v in d.values())]
+    if not panels:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    floors = [p.std for p in noise_floor(summaries).values() if p.std]
+    floor = 100 * max(floors) if floors else None
+    heights = [max(1.2, 0.45 * len(d) + 0.9) for _, d in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, sum(heights)), gridspec_kw={"height_ratios": heights},
+                             squeeze=False)
+    for ax, (table, diffs) in zip(axes[:, 0], panels):
+        names = [n for n in table.entries if n in diffs][::-1]
+        for row, name in enumerate(names):
+            d = diffs[name]
+            mean = 100 * d["mean"]
+            if d["ci95"]:
+                low, high = (100 * v for v in d["ci95"])
+                ax.plot([low, high], [row, row], color="tab:blue", linewidth=2)
+            ax.plot([mean], [row], "o", color="black" if d["verdict"] == "not resolved" else "tab:red")
+        if floor:
+            ax.axvspan(-floor, floor, color="0.9", zorder=0, label=f"noise floor ±{floor:.1f}")
+        ax.axvline(0, color="0.4", linewidth=0.8)
+        ax.set_yticks(range(len(names)), [f"{table.rows.get(n, n)} (n={diffs[n]['n']})" for n in names])
+        ax.set_title(f"{table.title}: Δ vs {table.rows.get(table.reference, table.reference)}", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    axes[-1, 0].set_xlabel("paired difference in average mAP (points), mean and 95 % CI; red: CI excludes 0")
+    if floor:
+        axes[0, 0].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _format_difference(paired: PairedDifference | None) -> str:
     if paired is None:
         return ""
@@ -621,6 +662,9 @@ def run(args) -> int:
         "\n\n" + format_noise_floor(floor) + "\n\n" + tables
     )
     print(format_noise_floor(floor))
+    figure = plot_differences(summaries, out / "study.png")
+    if figure is not None:
+        print(f"wrote {figure}")
     print(tables)
     print(f"done in {study['wall_time_s'] / 60:.1f} min → {out / 'study.md'}, {out / 'study.json'}")
     failed = sum(len(s["failed"]) for s in summaries.values())
