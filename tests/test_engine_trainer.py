@@ -409,8 +409,14 @@ def test_resume_restores_the_run_config_and_refuses_silent_changes(dataset_root,
     assert cli_main(["train", str(recipe), "--resume", str(run / "last.pt")]) == 2
     line = _one_error_line(capsys, "train")
     assert "data.batch_size: 4 -> 2" in line and "optim.epochs: 2 -> 1" in line and "--allow-config-change" in line
-    # no config given: the checkpoint's own (2 epochs done of 2: nothing left to train)
+    # no config given: the checkpoint's own (2 epochs done of 2: nothing left to train); the file is read once
+    import revtal.engine.checkpoint as checkpoint_module
+
+    reads = []
+    load = checkpoint_module.load_checkpoint
+    monkeypatch.setattr(checkpoint_module, "load_checkpoint", lambda path: reads.append(path) or load(path))
     assert cli_main(["train", "--resume", str(run / "last.pt")]) == 0
+    assert reads == [run / "last.pt"]
     assert not stray.exists()
     # a deliberate change, printed
     assert cli_main(["train", "--resume", str(run / "last.pt"), "--set", "optim.epochs=3", "--allow-config-change"]) == 0

@@ -41,13 +41,15 @@ class train:
         from revtal.engine.trainer import Trainer
 
         if args.resume:
+            from revtal.engine.checkpoint import TrainingCheckpoint
             from revtal.engine.resume import resumed_config
 
+            resume = TrainingCheckpoint(args.resume)  # read once: for the config here, for the state in the trainer
             # the refusal comes before anything is built; the trainer prints the allowed changes
-            config, _ = resumed_config(args.resume, args.config, args.overrides, args.allow_config_change, args.out)
+            config, _ = resumed_config(resume, args.config, args.overrides, args.allow_config_change, args.out)
         else:
-            config = _load(args)
-        trainer = Trainer(config, resume=args.resume, overwrite=args.overwrite,
+            resume, config = None, _load(args)
+        trainer = Trainer(config, resume=resume, overwrite=args.overwrite,
                           allow_config_change=args.allow_config_change)
         history = trainer.fit()
         if distributed.is_main() and history and history[-1].metrics:

@@ -67,7 +67,7 @@ def check_resume_changes(checkpoint: str, changes: list[tuple[str, Any, Any]], a
     return [f"config change on resume: {key}: {old!r} -> {new!r}" for key, old, new in changes]
 
 
-def resumed_config(checkpoint: str | Path, recipe: str | Path | None = None, overrides=(), allow_change: bool = False,
+def resumed_config(checkpoint: "str | Path | TrainingCheckpoint", recipe: str | Path | None = None, overrides=(), allow_change: bool = False,
                    out_dir: str | Path | None = None):
     """The config a ``--resume checkpoint`` run continues with: the checkpoint's own, with the recipe file's and the
     overrides' values applied over it (refused if that changes anything, unless ``allow_change``), in the
@@ -75,7 +75,9 @@ def resumed_config(checkpoint: str | Path, recipe: str | Path | None = None, ove
     from revtal.engine.checkpoint import TrainingCheckpoint
     from revtal.engine.config import config_from_dict, read_recipe, recipe_source
 
-    stored = TrainingCheckpoint(checkpoint).state["config"]
+    loaded = checkpoint if isinstance(checkpoint, TrainingCheckpoint) else TrainingCheckpoint(checkpoint)
+    checkpoint = loaded.path
+    stored = loaded.state["config"]
     merged = merge(stored, read_recipe(recipe, overrides)) if (recipe or overrides) else copy.deepcopy(stored)
     merged.setdefault("train", {})["out_dir"] = str(out_dir if out_dir is not None else Path(checkpoint).parent)
     source = f"{checkpoint} (its config" + (f" with {recipe_source(recipe, overrides)})" if recipe or overrides else ")")

@@ -99,7 +99,7 @@ def enable_deterministic_algorithms() -> None:
 
 
 class Trainer:
-    def __init__(self, config: Config, *, resume: str | Path | None = None, overwrite: bool = False,
+    def __init__(self, config: Config, *, resume: "str | Path | TrainingCheckpoint | None" = None, overwrite: bool = False,
                  allow_config_change: bool = False, progress: bool = True):
         """``config.train.out_dir`` must not hold a run already unless ``resume`` continues it or ``overwrite``
         replaces it (:mod:`revtal.engine.rundir`); a resumed run's config must equal the checkpoint's (but for
@@ -113,7 +113,8 @@ class Trainer:
         self.progress = progress and self.main
         # every rank refuses an existing run before rank 0 changes anything (no rank is left waiting at a barrier)
         # resuming into another directory than the checkpoint's starts a new run directory there
-        in_place = resume is not None and Path(resume).resolve().parent == self.out_dir.resolve()
+        resume_path = resume.path if isinstance(resume, TrainingCheckpoint) else resume
+        in_place = resume_path is not None and Path(resume_path).resolve().parent == self.out_dir.resolve()
         claim_run_dir(self.out_dir, resume=in_place, overwrite=overwrite, check_only=not self.main)
         dist_utils.barrier()
         config = resolve_dataset(config, self.out_dir)
@@ -182,10 +183,11 @@ class Trainer:
                               scaler=self.scaler, ema=self.ema, mode_hooks=self.hooks, epoch=epoch, step=self.step,
                               best_metric=self.best_metric, classes=self.classes, config=self.config)
 
-    def _resume(self, path: str | Path, allow_config_change: bool) -> None:
-        checkpoint = TrainingCheckpoint(path)
+    def _resume(self, resume: "str | Path | TrainingCheckpoint", allow_config_change: bool) -> None:
+        # a checkpoint already read (revtal train --resume reads it once for its config) is not loaded again
+        checkpoint = resume if isinstance(resume, TrainingCheckpoint) else TrainingCheckpoint(resume)
         changes = config_changes(checkpoint.state["config"], self.config.to_dict())
-        for line in check_resume_changes(str(path), changes, allow_config_change):
+        for line in check_resume_changes(str(checkpoint.path), changes, allow_config_change):
             if self.main:
                 tqdm.write(line)
         counters = checkpoint.restore_training(
