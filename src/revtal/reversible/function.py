@@ -25,7 +25,7 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from revtal.reversible.coupling import Coupling, StreamArithmetic, relative_error
-from revtal.reversible.replay import AutocastState, RngState, batchnorm_modules, frozen_running_stats
+from revtal.reversible.replay import AutocastState, RngState, batchnorm_modules, statistics_unchanged
 
 
 class NonFiniteGradientError(FloatingPointError):
@@ -190,15 +190,14 @@ class ReversibleBranchFunction(torch.autograd.Function):
         v = arith.view(x_prev, like, tape).detach().requires_grad_(True)
         rng = run.rng_states[i].restored() if run.preserve_rng else contextlib.nullcontext()
         norms = run.norms.setdefault(i, batchnorm_modules(run.branches[i].owner))
-        # running stats are put back only after autograd.grad: BatchNorm's backward checks they are unmodified
-        with frozen_running_stats(norms):
-            with torch.enable_grad(), rng, run.autocast.scope():
-                g = run.branch_output(i, v)
-            # y_{i-1} = x_i − G_i(x_{i-1}) before the vector-Jacobian product allocates its gradients, written over
-            # x_i where this node owns it: the branch's backward then runs beside one stream fewer
-            y_prev = arith.recover_y(x, g.detach(), tape, overwrite=owns_x)
-            del x
-            grad_v, *param_grads = torch.autograd.grad(g, [v, *run.params[i]], grad_x, allow_unused=True)
+        # the recompute leaves BatchNorm's running statistics as the forward left them
+        with torch.enable_grad(), rng, run.autocast.scope(), statistics_unchanged(norms):
+            g = run.branch_output(i, v)
+        # y_{i-1} = x_i − G_i(x_{i-1}) before the vector-Jacobian product allocates its gradients, written over
+        # x_i where this node owns it: the branch's backward then runs beside one stream fewer
+        y_prev = arith.recover_y(x, g.detach(), tape, overwrite=owns_x)
+        del x
+        grad_v, *param_grads = torch.autograd.grad(g, [v, *run.params[i]], grad_x, allow_unused=True)
         del g
         if grad_v is None:
             grad_v = torch.zeros_like(v)

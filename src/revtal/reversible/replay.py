@@ -66,32 +66,11 @@ def batchnorm_modules(module: nn.Module) -> list[_BatchNorm]:
 
 
 @contextlib.contextmanager
-def frozen_running_stats(norms: list[_BatchNorm]):
-    """Run the body, then put every BatchNorm's running statistics back as they were."""
-    saved = [
-        (m.running_mean.clone() if m.running_mean is not None else None,
-         m.running_var.clone() if m.running_var is not None else None,
-         m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
-        for m in norms if m.training
-    ]
-    try:
-        yield
-    finally:
-        for m, (mean, var, count) in zip([m for m in norms if m.training], saved):
-            if mean is not None:
-                m.running_mean.copy_(mean)
-            if var is not None:
-                m.running_var.copy_(var)
-            if count is not None:
-                m.num_batches_tracked.copy_(count)
-
-
-@contextlib.contextmanager
 def statistics_unchanged(norms: list[_BatchNorm]):
     """Run the body with every training-mode BatchNorm updating its running statistics by momentum 0, then put
-    ``num_batches_tracked`` back: a recompute then leaves the statistics as the first run left them. Unlike
-    :func:`frozen_running_stats` nothing is written into the running statistics after the body, so tensors the
-    body saved for backward keep their version."""
+    ``num_batches_tracked`` back: a recompute then leaves the statistics as the first run left them. Nothing is
+    written into the running statistics after the body, so the tensors BatchNorm saved for its backward keep their
+    version and the body's backward may run later (a reversible branch's, a checkpoint's)."""
     active = [m for m in norms if m.training]
     saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None) for m in active]
     try:
