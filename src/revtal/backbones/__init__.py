@@ -4,7 +4,7 @@ image→video ViT inflation."""
 
 from revtal.backbones.backbone import ResNet3dBackbone, Swin3dBackbone, VideoBackbone, VideoViTBackbone
 from revtal.backbones.builder import build, list_backbones, register_backbone
-from revtal.backbones.checkpoint import CheckpointMismatchError, LoadReport, read_state_dict
+from revtal.backbones.weights import CheckpointMismatchError, LoadReport, read_state_dict
 from revtal.backbones.classifier import ClipClassifier
 from revtal.backbones.inflate import inflate_image_vit, inflate_state_dict
 from revtal.backbones.video_vit import VideoViT, video_vit, videomae_to_timm

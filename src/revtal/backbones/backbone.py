@@ -12,7 +12,7 @@ converts it in place and a checkpoint of the raw network loads into ``backbone.n
   into one reversible stage), so a converted ViT refuses ``return_intermediates``;
 * ``load_checkpoint(path, strict=True)`` — a local checkpoint into ``.net``, unwrapped, prefix-stripped and
   key-mapped per family; classification heads and decoders are dropped (and reported), anything else that does not
-  fit raises :class:`~revtal.backbones.checkpoint.CheckpointMismatchError`.
+  fit raises :class:`~revtal.backbones.weights.CheckpointMismatchError`.
 
 The classification heads of the wrapped torchvision networks are replaced by ``nn.Identity``: a backbone has no
 head (use :class:`~revtal.backbones.classifier.ClipClassifier` to train one on clips).
@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torchvision.models.swin_transformer import PatchMerging as PatchMerging2d
 from torchvision.models.video.swin_transformer import PatchMerging as PatchMerging3d
 
-from revtal.backbones.checkpoint import (
+from revtal.backbones.weights import (
     LoadReport, StateDict, drop_matching, load_checked, read_state_dict, select_prefixed,
 )
 from revtal.backbones.video_vit import (

@@ -23,7 +23,7 @@ from torchvision.models import video as tv_video
 from torchvision.ops import StochasticDepth
 
 from revtal.backbones.backbone import ResNet3dBackbone, Swin3dBackbone, VideoBackbone, VideoViTBackbone
-from revtal.backbones.checkpoint import StateDict, load_checked, read_state_dict, unwrap_state_dict
+from revtal.backbones.weights import StateDict, load_checked, read_state_dict, unwrap_state_dict
 from revtal.backbones.inflate import inflate_state_dict
 from revtal.backbones.video_vit import infer_layout, video_vit
 

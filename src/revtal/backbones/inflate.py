@@ -27,7 +27,7 @@ from pathlib import Path
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from revtal.backbones.checkpoint import StateDict, drop_matching, load_checked, read_state_dict, select_prefixed
+from revtal.backbones.weights import StateDict, drop_matching, load_checked, read_state_dict, select_prefixed
 from revtal.backbones.video_vit import VideoViT, infer_layout
 
 IMAGE_PREFIXES = ("module.", "backbone.")

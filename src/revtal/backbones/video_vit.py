@@ -30,7 +30,7 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from revtal.backbones.checkpoint import StateDict
+from revtal.backbones.weights import StateDict
 
 POS_EMBED_TYPES = ("sincos", "learned")
 

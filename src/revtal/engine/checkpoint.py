@@ -112,7 +112,7 @@ class TrainingCheckpoint:
     def restore_training(self, *, model, optimizer, lr_schedule, scaler, ema, mode_hooks) -> dict:
         """Put a training run back where this checkpoint left it (everything :func:`training_state` saved, random
         generators included); returns the counters ``{"epoch", "step", "best_metric"}``."""
-        from revtal.backbones.checkpoint import load_model_state
+        from revtal.backbones.weights import load_model_state
 
         state = self.state
         load_model_state(model, state["model"], source=str(self.path),
@@ -128,7 +128,7 @@ class TrainingCheckpoint:
 
     def restore_model(self, model) -> None:
         """Load :meth:`inference_weights` into ``model`` and put it at the trained coefficients."""
-        from revtal.backbones.checkpoint import load_model_state
+        from revtal.backbones.weights import load_model_state
         from revtal.reversible import set_coefficients
 
         load_model_state(model, self.inference_weights(), source=str(self.path),

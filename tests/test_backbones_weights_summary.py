@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from revtal.backbones.checkpoint import CheckpointMismatchError, load_model_state
+from revtal.backbones.weights import CheckpointMismatchError, load_model_state
 from revtal.engine.config import config_from_dict
 from revtal.engine.model import build_model
 
