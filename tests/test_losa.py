@@ -278,7 +278,7 @@ def test_video_context_short_range_equals_per_clip_attention(vit):
     model = LoSA(vit, LoSAConfig(clip_frames=CLIP, layers=[1]))
     video = torch.randn(1, 3, 3 * CLIP, SIZE, SIZE)
     clips = clips_of(video, CLIP)
-    pooled, (layer_map,) = model._backbone_features(clips)
+    pooled, (layer_map,) = model.frozen_features(clips, model.layer_indices)
     last = pooled.transpose(1, 2).reshape(1, -1, pooled.shape[1])
     query = model.reducers[0](layer_map)  # (3, T_i, C)
     adapter = model.short_adapters[0]

@@ -55,18 +55,20 @@ with backbone depth.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from revtal.backbones.backbone import VideoBackbone, VideoViTBackbone
+from revtal.adapters.frozen_backbone import (  # noqa: F401 — LAYER_SETS re-exported
+    LAYER_SETS, AdapterConfig, FrozenBackboneAdapter, bottleneck_width, clips_to_sequence, sequence_to_clips,
+)
+from revtal.adapters.frozen_backbone import resolve_layers as _resolve_layers
+from revtal.backbones.backbone import VideoBackbone
 
-LAYER_SETS = ("all", "deeper", "shallower")
 FUSIONS = ("gated", "sum")
 GATE_INITS = ("zero", "one", "random", "cosine")
 REDUCTIONS = ("separable", "full", "pool")
@@ -74,8 +76,10 @@ SHORT_CONTEXTS = ("video", "clip")
 
 
 @dataclass
-class LoSAConfig:
+class LoSAConfig(AdapterConfig):
     """Every LoSA choice. Defaults follow the paper; see the module docstring for the maths."""
+
+    method = "LoSA"
 
     clip_frames: int = 16  # frames per backbone clip; the video length must be a multiple
     dim: int | None = None  # feature width C of F_N and FT; None: the backbone's out_channels (FT = F_N bitwise at init)
@@ -99,50 +103,23 @@ class LoSAConfig:
     in_channels: int = 3  # video channels of the probe clip
 
     def __post_init__(self) -> None:
-        if isinstance(self.layers, str):
-            _check_choice("layers", self.layers, LAYER_SETS)
-        else:
-            self._check_layer_list()
-        _check_choice("fusion", self.fusion, FUSIONS)
-        _check_choice("gate_init", self.gate_init, GATE_INITS)
-        _check_choice("short_context", self.short_context, SHORT_CONTEXTS)
-        _check_choice("reduce", self.reduce, REDUCTIONS)
-        for name in ("clip_frames", "heads", "probe_size", "in_channels"):
-            _check_positive_int(name, getattr(self, name))
-        for name in ("dim", "clip_batch"):
-            if getattr(self, name) is not None:
-                _check_positive_int(name, getattr(self, name))
-        _check_positive_int("reduce_kernel", self.reduce_kernel)
+        self.check_layers()
+        self.check_choice("fusion", FUSIONS)
+        self.check_choice("gate_init", GATE_INITS)
+        self.check_choice("short_context", SHORT_CONTEXTS)
+        self.check_choice("reduce", REDUCTIONS)
+        self.check_positive_int("clip_frames", "heads", "probe_size", "in_channels", "reduce_kernel")
+        self.check_positive_int("dim", "clip_batch", optional=True)
         if self.reduce_kernel % 2 == 0:
             raise ValueError(f"LoSAConfig.reduce_kernel must be odd (centred 'same' padding), got {self.reduce_kernel}")
-        if isinstance(self.bottleneck, bool) or not isinstance(self.bottleneck, (int, float)) or not 0 < self.bottleneck <= 1:
-            raise ValueError(f"LoSAConfig.bottleneck must be in (0, 1] (adapter width / feature width), got {self.bottleneck!r}")
-        for name in ("attn_dropout", "dropout"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"LoSAConfig.{name} must be in [0, 1), got {value!r}")
+        self.check_fraction("bottleneck")  # adapter width / feature width
+        self.check_fraction("attn_dropout", low_open=False)
+        self.check_fraction("dropout", low_open=False)
         if not (self.use_short or self.use_long):
             raise ValueError(
                 "LoSAConfig: use_short and use_long are both False — LoSA without adapters is head-only transfer; "
                 "use the frozen backbone directly for that baseline"
             )
-
-    def _check_layer_list(self) -> None:
-        layers = self.layers
-        if not isinstance(layers, (list, tuple)) or not layers or not all(_is_int(i) for i in layers):
-            raise ValueError(
-                f"LoSAConfig.layers must be one of {LAYER_SETS} or a non-empty list of layer indices, got {layers!r}"
-            )
-        self.layers = [int(i) for i in layers]
-
-    @classmethod
-    def from_mapping(cls, options: Mapping[str, Any], source: str = "LoSA options") -> "LoSAConfig":
-        """Build from a config-file mapping; unknown keys raise naming ``source`` and the known fields."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ValueError(f"{source}: unknown LoSA option(s) {unknown}; known: {sorted(known)}")
-        return cls(**dict(options))
 
 
 @dataclass
@@ -157,29 +134,20 @@ class LoSAOutput:
     gates_long: Tensor | None = None
 
 
-class LoSA(nn.Module):
+class LoSA(FrozenBackboneAdapter):
     """A frozen ``VideoBackbone`` plus long/short-range adapters; usable wherever a backbone is: ``forward(video
     (B, C, T, H, W)) -> (B, out_channels, T / temporal_stride)``."""
 
     def __init__(self, backbone: VideoBackbone, config: LoSAConfig | None = None):
-        super().__init__()
-        self.config = config = config or LoSAConfig()
-        self.backbone = backbone
-        backbone.requires_grad_(False)
-        backbone.eval()
-        self.clip_frames = config.clip_frames
+        config = config or LoSAConfig()
+        super().__init__(backbone, config.clip_frames, probe_size=config.probe_size, in_channels=config.in_channels)
+        self.config = config
 
-        layer_channels, layer_lengths, last_length = self._probe_layers()
+        layer_channels, layer_lengths, last_length = self.probe_layers()
         self.num_backbone_layers = len(layer_channels)
         self.layer_indices = resolve_layers(config.layers, self.num_backbone_layers)
         self.last_length = last_length  # T_N per clip
-        if config.clip_frames % last_length:
-            raise ValueError(
-                f"LoSAConfig.clip_frames={config.clip_frames} gives {last_length} last-layer steps per clip, not a "
-                f"whole temporal stride; choose clip_frames as a multiple of the backbone's temporal stride "
-                f"({backbone.temporal_stride})"
-            )
-        self.temporal_stride = config.clip_frames // last_length
+        self.temporal_stride = self.check_temporal_stride(last_length, "LoSAConfig")
         self.out_channels = dim = config.dim or backbone.out_channels
         if dim % config.heads:
             raise ValueError(f"LoSAConfig: adapter width dim={dim} is not divisible by heads={config.heads}")
@@ -200,96 +168,31 @@ class LoSA(nn.Module):
         num = len(self.layer_indices)
         self.fusion = GatedFusion(dim, num, config) if config.fusion == "gated" else None
 
-    # ------------------------------------------------------------------------------------------------ structure
-    def _probe_clip(self) -> Tensor:
-        size = self.config.probe_size
-        if isinstance(self.backbone, VideoViTBackbone):  # a ViT accepts only the clip size it was built for
-            size = self.backbone.net.patch_embed.img_size
-        return torch.zeros(1, self.config.in_channels, self.clip_frames, size, size, device=_device_of(self.backbone))
-
-    @torch.no_grad()
-    def _probe_layers(self) -> tuple[list[int], list[int], int]:
-        """(C_i, T_i per clip) of every intermediate layer and T_N per clip, from one zero clip."""
-        try:
-            final, intermediates = self.backbone.forward_features(self._probe_clip(), return_intermediates=True)
-        except Exception as error:
-            raise ValueError(
-                f"LoSA: backbone {self.backbone.name or type(self.backbone).__name__!r} cannot run a clip of "
-                f"clip_frames={self.clip_frames} frames ({error})"
-            ) from error
-        if not intermediates:
-            raise ValueError(f"LoSA: backbone {self.backbone.name!r} returned no intermediate feature maps")
-        last_length = self.backbone.pool(final).shape[-1]
-        return [m.shape[1] for m in intermediates], [m.shape[2] for m in intermediates], last_length
-
-    def train(self, mode: bool = True) -> "LoSA":
-        super().train(mode)
-        self.backbone.eval()  # frozen: dropout off, BatchNorm statistics fixed
-        return self
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        """Everything but the backbone (what the optimizer gets)."""
-        frozen = {id(p) for p in self.backbone.parameters()}
-        return [p for p in self.parameters() if id(p) not in frozen and p.requires_grad]
-
-    def parameter_counts(self) -> dict[str, int]:
-        learnable = sum(p.numel() for p in self.trainable_parameters())
-        backbone = sum(p.numel() for p in self.backbone.parameters())
-        return {"learnable": learnable, "backbone": backbone, "total": learnable + backbone}
-
-    # ------------------------------------------------------------------------------------------------- forward
-    def _clips(self, video: Tensor) -> tuple[Tensor, int]:
-        if video.ndim != 5:
-            raise ValueError(f"LoSA expects a video of shape (B, C, T, H, W), got {tuple(video.shape)}")
-        b, c, t, h, w = video.shape
-        if t == 0 or t % self.clip_frames:
-            raise ValueError(
-                f"LoSA: video length T={t} frames is not a positive multiple of clip_frames={self.clip_frames}; "
-                "pad or crop the video to whole clips"
-            )
-        n = t // self.clip_frames
-        clips = video.reshape(b, c, n, self.clip_frames, h, w).transpose(1, 2).reshape(b * n, c, self.clip_frames, h, w)
-        return clips, n
-
-    @torch.no_grad()
-    def _backbone_features(self, clips: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """Pooled last-layer features (B·n, C_out, T_N) and the selected layers' maps, all detached."""
-        step = self.config.clip_batch or clips.shape[0]
-        pooled, maps = [], [[] for _ in self.layer_indices]
-        for start in range(0, clips.shape[0], step):
-            final, intermediates = self.backbone.forward_features(clips[start:start + step], return_intermediates=True)
-            pooled.append(self.backbone.pool(final).detach())
-            for slot, index in enumerate(self.layer_indices):
-                maps[slot].append(intermediates[index].detach())
-        if len(pooled) == 1:
-            return pooled[0], [m[0] for m in maps]
-        return torch.cat(pooled), [torch.cat(m) for m in maps]
-
     def features(self, video: Tensor) -> LoSAOutput:
-        clips, n = self._clips(video)
+        clips, n = self.cut_clips(video)
         batch = video.shape[0]
-        pooled, layer_maps = self._backbone_features(clips)
-        last = _clips_to_sequence(pooled.transpose(1, 2), batch, n).contiguous()  # (B, n·T_N, C_out)
+        pooled, layer_maps = self.frozen_features(clips, self.layer_indices, self.config.clip_batch)
+        last = clips_to_sequence(pooled.transpose(1, 2), batch, n).contiguous()  # (B, n·T_N, C_out)
         if self.last_projection is not None:
             last = self.last_projection(last)
         last_time = clip_time_positions(self.last_length, n, self.clip_frames, last.device)[None]  # (1, n·T_N)
         last_per_clip, last_time_per_clip = None, None
         if self.config.use_short and self.config.short_context == "clip":
-            last_per_clip = _sequence_to_clips(last, n)  # (B·n, T_N, C)
+            last_per_clip = sequence_to_clips(last, n)  # (B·n, T_N, C)
             last_time_per_clip = last_time.view(n, self.last_length).repeat(batch, 1)  # row b·n + j is clip j
 
         short, long = [], []
         short_adapters, long_adapters = iter(self.short_adapters), iter(self.long_adapters)
         for reducer, length, layer_map in zip(self.reducers, self.layer_lengths, layer_maps):
             query_per_clip = reducer(layer_map)  # (B·n, T_i, C)
-            query = _clips_to_sequence(query_per_clip, batch, n)  # (B, n·T_i, C)
+            query = clips_to_sequence(query_per_clip, batch, n)  # (B, n·T_i, C)
             query_time = clip_time_positions(length, n, self.clip_frames, query.device)[None]
             if self.config.use_short:
                 adapter = next(short_adapters)
                 if last_per_clip is not None:
                     per_clip_time = query_time.view(n, length).repeat(batch, 1)
                     out = adapter(query_per_clip, per_clip_time, last_per_clip, last_time_per_clip)
-                    short.append(_clips_to_sequence(out, batch, n))
+                    short.append(clips_to_sequence(out, batch, n))
                 else:  # every query attends to all clips: batching queries by clip would change nothing
                     short.append(adapter(query, query_time, last, last_time))
             if self.config.use_long:
@@ -457,29 +360,14 @@ class GatedFusion(nn.Module):
 
 # ---------------------------------------------------------------------------------------------------- helpers
 def resolve_layers(layers: str | Sequence[int], num_layers: int) -> list[int]:
-    """Adapted layer indices (ascending, non-negative) among ``num_layers`` intermediate layers. "shallower" and
-    "deeper" split them into complementary halves (the deeper half gets the middle layer when the count is odd)."""
-    if isinstance(layers, str):
-        half = num_layers // 2
-        chosen = {"all": range(num_layers), "shallower": range(half), "deeper": range(half, num_layers)}[layers]
-        if not chosen:
-            raise ValueError(f"LoSAConfig.layers={layers!r} selects no layer of a backbone with {num_layers} layers")
-        return list(chosen)
-    resolved = []
-    for index in layers:
-        if not -num_layers <= index < num_layers:
-            raise ValueError(
-                f"LoSAConfig.layers: index {index} is out of range for a backbone with {num_layers} intermediate layers"
-            )
-        resolved.append(index % num_layers)
-    if len(set(resolved)) != len(resolved):
-        raise ValueError(f"LoSAConfig.layers {list(layers)} names a layer twice (after resolving negative indices)")
-    return sorted(resolved)
+    """Adapted layer indices (ascending, non-negative) among ``num_layers`` intermediate layers (see
+    :func:`revtal.adapters.frozen_backbone.resolve_layers`)."""
+    return _resolve_layers(layers, num_layers, "LoSAConfig")
 
 
 def adapter_width(dim: int, bottleneck: float, heads: int) -> int:
     """d = bottleneck·dim rounded to a multiple of ``heads`` (at least ``heads``, at most ``dim``)."""
-    return min(dim, max(heads, round(dim * bottleneck / heads) * heads))
+    return bottleneck_width(dim, bottleneck, heads)
 
 
 def initial_gates(mode: str, num: int) -> Tensor:
@@ -522,17 +410,6 @@ def frame_time_encoding(times: Tensor, dim: int) -> Tensor:
     return encoding[..., :dim]
 
 
-def _clips_to_sequence(x: Tensor, batch: int, clips: int) -> Tensor:
-    """(B·n, L, C) per clip → (B, n·L, C) per video, clips concatenated in time."""
-    return x.reshape(batch, clips * x.shape[1], x.shape[2])
-
-
-def _sequence_to_clips(x: Tensor, clips: int) -> Tensor:
-    """(B, n·L, C) → (B·n, L, C)."""
-    b, length, c = x.shape
-    return x.reshape(b * clips, length // clips, c)
-
-
 def _weighted_sum(weights: Tensor, outputs: list[Tensor]) -> Tensor:
     """Σ_i w_i·x_i with w (L,) scalars or (B, L) per video."""
     total = None
@@ -541,26 +418,6 @@ def _weighted_sum(weights: Tensor, outputs: list[Tensor]) -> Tensor:
         term = w.to(out.dtype) * out
         total = term if total is None else total + term
     return total
-
-
-def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"LoSAConfig.{name} must be one of {choices}, got {value!r}")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if not _is_int(value) or value < 1:
-        raise ValueError(f"LoSAConfig.{name} must be a positive integer, got {value!r}")
-
-
-def _device_of(module: nn.Module) -> torch.device:
-    for tensor in module.parameters():
-        return tensor.device
-    return torch.device("cpu")
 
 
 __all__ = [
