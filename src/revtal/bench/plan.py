@@ -318,11 +318,12 @@ PLAN_MODES: dict[str, dict[str, str]] = {
     "checkpoint": {"backbone.mode": "checkpoint"},
     "re2": {"backbone.mode": "re2"},
     "hard": {"backbone.mode": "hard"},
-    "dr2net_float": {"backbone.mode": "dr2net", "backbone.backprop": "reversible"},
-    "dr2net_exact": {"backbone.mode": "dr2net", "backbone.backprop": "exact"},
+    "dr2net:reversible": {"backbone.mode": "dr2net", "backbone.backprop": "reversible"},
+    "dr2net:exact": {"backbone.mode": "dr2net", "backbone.backprop": "exact"},
     "scratch": {"backbone.mode": "scratch"},
     "losa": {"backbone.mode": "losa"},
 }
+MODE_ALIASES = {"dr2net_float": "dr2net:reversible", "dr2net_exact": "dr2net:exact"}  # revtal bench's older names
 DEFAULT_CLASSES = 200  # ActivityNet's, the largest of the papers' datasets: the classifier head's size is not read
 
 
@@ -330,6 +331,7 @@ def mode_config(config, mode: str):
     """``config`` put in plan mode ``mode`` (a key of :data:`PLAN_MODES` or any registered training mode)."""
     from revtal.engine.modes import mode_names
 
+    mode = MODE_ALIASES.get(mode, mode)
     if mode in PLAN_MODES:
         values = PLAN_MODES[mode]
     elif mode in mode_names():
@@ -397,19 +399,33 @@ def dense_loss(localizer, output) -> Tensor:
 
 
 def plan_recipe(config, mode: str, steps: int = 2, classes: int = DEFAULT_CLASSES, fake: bool = True,
-                progress: Callable[[], None] | None = None) -> StepPlan:
+                rules: str = "cuda", progress: Callable[[], None] | None = None) -> StepPlan:
     """The peak of live tensor bytes of ``steps`` training steps of ``config`` in plan mode ``mode``.
 
     The step is the trainer's: the mode's hooks before the forward (coefficient schedule, first-step verification
     of exact stages, the float-reconstruction monitor) and after the backward, the forward and loss under the
     recipe's autocast, backward, gradient clipping, AdamW over the backbone and head groups, ``zero_grad``.
     ``fake=False`` runs the same on real CPU tensors (random weights): the reference a simulation must equal.
+
+    ``rules="cuda"`` (fake tensors only) runs the step as a GPU would (:mod:`revtal.bench.cuda_emulation`: CUDA's
+    autocast lists and attention kernels); ``rules="cpu"`` runs it as the CPU does (the validation against real CPU
+    steps). Either way AdamW and gradient clipping run in their multi-tensor ``foreach`` form, torch's default for
+    CUDA tensors.
     """
+    import contextlib
+
+    from revtal.bench.cuda_emulation import CudaAutocast
+
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from revtal.engine.modes import get_mode
     from revtal.engine.optim import build_optimizer
 
+    if rules not in ("cuda", "cpu"):
+        raise ValueError(f"rules must be 'cuda' or 'cpu', got {rules!r}")
+    if rules == "cuda" and not fake:
+        raise ValueError("rules='cuda' simulates a GPU step and needs fake tensors (fake=True)")
+    cuda = rules == "cuda"
     config = mode_config(config, mode)
     fake_mode = FakeTensorMode() if fake else None
     torch.manual_seed(config.train.seed)
@@ -418,10 +434,11 @@ def plan_recipe(config, mode: str, steps: int = 2, classes: int = DEFAULT_CLASSE
     hooks = training_mode.hooks(model, config.backbone, iters_per_epoch=1)
     ocfg = config.optim
     scope = fake_mode if fake_mode is not None else torch.enable_grad()
-    with scope:
+    with scope, (CudaAutocast() if cuda else contextlib.nullcontext()):
         model.train()
+        # the multi-tensor (foreach) AdamW and clipping: torch's default for CUDA tensors, on both sides
         optimizer = build_optimizer(model.trainable_backbone(), model.localizer, ocfg.backbone_lr, ocfg.head_lr,
-                                    ocfg.weight_decay)
+                                    ocfg.weight_decay, foreach=True)
         trainable = [p for p in model.parameters() if p.requires_grad]
 
         def step_loss() -> Tensor:
@@ -432,7 +449,7 @@ def plan_recipe(config, mode: str, steps: int = 2, classes: int = DEFAULT_CLASSE
 
         def optimizer_step() -> None:
             if ocfg.clip_grad > 0:
-                torch.nn.utils.clip_grad_norm_(trainable, ocfg.clip_grad)
+                torch.nn.utils.clip_grad_norm_(trainable, ocfg.clip_grad, foreach=True)
             optimizer.step()
 
         return simulate_steps(
@@ -445,3 +462,88 @@ def _autocast(amp: str):
     if amp == "none":
         return torch.autocast("cpu", enabled=False)
     return torch.autocast("cpu", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+# ------------------------------------------------------------------------------------------------- the report
+GiB = 1 << 30
+# What a GPU holds besides the tensors: the CUDA context (torch with lazy module loading: ~0.3–0.5 GiB on recent
+# drivers) and the libraries' workspaces (cuBLAS: 4 MiB × 8 per handle with CUBLAS_WORKSPACE_CONFIG=:4096:8, cuDNN
+# convolution workspaces chosen per call). A stated allowance, not a measurement.
+CONTEXT_BYTES = GiB // 2
+WORKSPACE_BYTES = GiB // 4
+DEFAULT_GPUS = (11.0, 24.0, 40.0, 80.0)
+
+
+def fits(reserved_bytes: int, gpu_gib: float) -> bool:
+    """Whether a step whose modelled reserved peak is ``reserved_bytes`` fits a GPU of ``gpu_gib`` GiB with the
+    stated margin (context + workspaces). The caching allocator frees its cache and retries before failing, so a
+    step whose *allocated* peak fits may still run when its reserved one does not; this is the safe side."""
+    return reserved_bytes + CONTEXT_BYTES + WORKSPACE_BYTES <= gpu_gib * GiB
+
+
+def _gpu_key(gib: float) -> str:
+    return f"{gib:g}"
+
+
+def check_plan_arguments(steps: int, gpus: Iterable[float]) -> None:
+    if not 1 <= steps <= 10:
+        raise ValueError(f"--steps must be in [1, 10], got {steps}")
+    for gib in gpus:
+        if not 0 < gib <= 4096:
+            raise ValueError(f"--gpu-gib sizes must be in (0, 4096] GiB, got {gib:g}")
+
+
+def plan(config, modes: Iterable[str] = tuple(PLAN_MODES), steps: int = 2, gpus: Iterable[float] = DEFAULT_GPUS,
+         classes: int = DEFAULT_CLASSES, progress: bool = False) -> dict:
+    """``revtal plan``: each mode's simulated GPU step of ``config`` as a record (see :class:`StepPlan`), with the
+    GPU sizes it fits. Raises ValueError naming the mode for a mode or model that cannot be planned."""
+    from tqdm import tqdm
+
+    from revtal.bench.runner import machine_info
+
+    modes, gpus = list(modes), [float(g) for g in gpus]
+    check_plan_arguments(steps, gpus)
+    for mode in modes:
+        mode_config(config, mode)  # unknown modes and invalid combinations fail before any work
+    records = []
+    with tqdm(total=len(modes) * steps, desc="revtal plan", unit="step", disable=not progress, leave=False) as bar:
+        for mode in modes:
+            bar.set_postfix_str(mode)
+            try:
+                result = plan_recipe(config, mode, steps=steps, classes=classes, progress=bar.update)
+            except (RuntimeError, TypeError, AssertionError, NotImplementedError) as err:
+                message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise ValueError(f"mode {mode}: the model cannot be simulated: {message}") from err
+            record = {"mode": MODE_ALIASES.get(mode, mode), **result.to_dict()}
+            record["fits"] = {_gpu_key(g): fits(result.reserved_bytes, g) for g in gpus}
+            records.append(record)
+    return {
+        "records": records,
+        "margin_bytes": {"cuda_context": CONTEXT_BYTES, "workspaces": WORKSPACE_BYTES},
+        "rules": "cuda",
+        "classes": classes,
+        "machine": machine_info("cpu (fake tensors; the figures are a GPU's)"),
+        "config": config.to_dict(),
+    }
+
+
+def plan_table(result: dict) -> str:
+    """The records as a text table (GiB, or MiB when every peak is below 1 GiB)."""
+    gpus = list(result["records"][0]["fits"]) if result["records"] else []
+    small = all(r["peak_bytes"] < GiB for r in result["records"])
+    unit, scale = ("MiB", 1 << 20) if small else ("GiB", GiB)
+    head = ["mode", "peak", "params", "grads", "optim", "activ.", "phase", "reserved", *[f"{g} GiB" for g in gpus]]
+    rows = [head]
+    for r in result["records"]:
+        rows.append([r["mode"], *(f"{r[k] / scale:.2f}" for k in ("peak_bytes", "params_bytes", "grads_bytes",
+                                                                "optimizer_bytes", "activation_bytes")),
+                     r["phase"], f"{r['reserved_bytes'] / scale:.2f}",
+                     *("fits" if r["fits"][g] else "-" for g in gpus)])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+             for row in rows]
+    margin = result["margin_bytes"]
+    lines.append(f"{unit}; peak = allocated tensors at the step's peak (params + grads + optimizer state + activations "
+                 f"and temporaries); reserved = modelled CUDA caching allocator; fits = reserved + "
+                 f"{(margin['cuda_context'] + margin['workspaces']) / GiB:.2f} GiB (CUDA context, workspaces) <= GPU")
+    return "\n".join(lines)

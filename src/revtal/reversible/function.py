@@ -26,7 +26,14 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from revtal.reversible.coupling import Coupling, StreamArithmetic, relative_error
-from revtal.reversible.replay import AutocastState, RngState, batchnorm_modules, statistics_unchanged
+from revtal.reversible.replay import (
+    AutocastState,
+    FunctionModes,
+    RngState,
+    batchnorm_modules,
+    replaying_function_modes,
+    statistics_unchanged,
+)
 from revtal.reversible.simulation import autocast_device_type, simulating
 
 
@@ -66,7 +73,8 @@ def run_plain(
     if not checkpoint_blocks:
         return _run_branches(x, y, branches, c)
     for group in _group_by_owner(branches):
-        x, y = torch.utils.checkpoint.checkpoint(_run_branches, x, y, group, c, use_reentrant=False)
+        x, y = torch.utils.checkpoint.checkpoint(_run_branches, x, y, group, c, use_reentrant=False,
+                                                 context_fn=replaying_function_modes)
     return x, y
 
 
@@ -110,6 +118,7 @@ class StageRun:
     on_verified: Callable[[ReconstructionCheck], None] | None = None
     rng_states: list[RngState] = field(default_factory=list)
     autocast: AutocastState | None = None
+    function_modes: FunctionModes = field(default_factory=FunctionModes)
     norms: dict[int, list] = field(default_factory=dict)
     name: str = ""
     check_finite: bool = True
@@ -141,6 +150,7 @@ class ReversibleBranchFunction(torch.autograd.Function):
         with torch.no_grad():
             if i == 0:
                 run.autocast = AutocastState.capture(autocast_device_type(x_in.device))
+                run.function_modes = FunctionModes.capture()
                 x, y, run.tape = arith.begin(x_in, c)
                 run.verified_input = x.clone() if run.verify else None
                 branch_input = arith.view(x, x_in, run.tape)
@@ -194,7 +204,7 @@ class ReversibleBranchFunction(torch.autograd.Function):
         rng = run.rng_states[i].restored() if run.preserve_rng else contextlib.nullcontext()
         norms = run.norms.setdefault(i, batchnorm_modules(run.branches[i].owner))
         # the recompute leaves BatchNorm's running statistics as the forward left them
-        with torch.enable_grad(), rng, run.autocast.scope(), statistics_unchanged(norms):
+        with torch.enable_grad(), rng, run.autocast.scope(), run.function_modes.scope(), statistics_unchanged(norms):
             g = run.branch_output(i, v)
         # y_{i-1} = x_i − G_i(x_{i-1}) before the vector-Jacobian product allocates its gradients, written over
         # x_i where this node owns it: the branch's backward then runs beside one stream fewer
