@@ -19,6 +19,9 @@ TRAINED_AS = {
     "dr2net_float": {"mode": "hard", "alpha": 0.5, "beta": 0.5, "backprop": "reversible"},
     "dr2net_exact": {"mode": "dr2net", "backprop": "exact", "schedule": {"alpha0": 1.0, "beta0": 0.1}},
     "losa": {"mode": "losa", "losa": {"clip_frames": 4}},
+    "unipt": {"mode": "unipt", "unipt": {"clip_frames": 4}},
+    "st_adapter": {"mode": "st_adapter", "st_adapter": {"clip_frames": 4}},
+    "aim": {"mode": "aim", "aim": {"clip_frames": 4}},
 }
 
 
@@ -60,7 +63,8 @@ def test_bench_module_is_the_trainers_module(bench_mode, data_root):
 
 
 def test_registry_names_and_errors():
-    assert set(mode_names()) == {"frozen", "conventional", "checkpoint", "re2", "hard", "dr2net", "scratch", "losa"}
+    assert set(mode_names()) == {"frozen", "conventional", "checkpoint", "re2", "hard", "dr2net", "scratch", "losa",
+                                "unipt", "st_adapter", "aim"}
     assert get_mode("dr2net").name == "dr2net"
     with pytest.raises(ValueError, match="unknown training mode 'magic'"):
         get_mode("magic")
@@ -69,13 +73,15 @@ def test_registry_names_and_errors():
 @pytest.mark.parametrize("mode, schedule, monitor, exact_checked", [
     ("conventional", False, False, False), ("frozen", False, False, False), ("re2", False, True, False),
     ("hard", False, False, True), ("dr2net", True, False, True), ("losa", False, False, False),
+    ("unipt", False, False, False), ("st_adapter", False, False, False), ("aim", False, False, False),
 ])
 def test_each_mode_owns_its_hooks(mode, schedule, monitor, exact_checked):
     from revtal.engine.config import load_config
     from revtal.engine.model import build_model
 
     config = load_config(None, [f"backbone.mode={mode}", "backbone.options={depth: 1}", "data.num_frames=4",
-                                "data.img_size=16", "backbone.losa.clip_frames=4"])
+                                "data.img_size=16", "backbone.losa.clip_frames=4",
+                                *(f"backbone.{m}.clip_frames=4" for m in ("unipt", "st_adapter", "aim"))])
     model = build_model(config, 2)
     hooks = model.mode.hooks(model, config.backbone, iters_per_epoch=3)
     assert (hooks.schedule is not None, hooks.monitor is not None) == (schedule, monitor)

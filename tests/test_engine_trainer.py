@@ -29,7 +29,8 @@ def tiny_config(out, **overrides):
         "backbone": {"name": "vit_tiny_video", "options": {"patch_size": 8, "tubelet_size": 2, "depth": 2, "embed_dim": 32},
                      "mode": "dr2net", "backprop": "exact",
                      "schedule": {"every": 1, "unit": "iteration", "end_epoch": 1.0},
-                     "losa": {"clip_frames": 4, "dim": 32}},
+                     "losa": {"clip_frames": 4, "dim": 32}, "unipt": {"clip_frames": 4},
+                     "st_adapter": {"clip_frames": 4}, "aim": {"clip_frames": 4}},
         "localizer": {"options": {"embed_dim": 32, "head_dim": 32, "num_heads": 2, "window_size": 3,
                                   "num_branch_blocks": 1, "regression_ranges": [[0, 2], [2, 10000]], "drop_path": 0.0}},
         "optim": {"epochs": 1, "backbone_lr": 1e-3, "head_lr": 1e-3, "warmup_epochs": 0.0},
@@ -62,7 +63,7 @@ def test_one_epoch_per_mode(dataset_root, tmp_path, mode):
     moved = {n for n, p in trainer.model.named_parameters() if not torch.equal(before[n], p)}
     backbone_moved = any(n.startswith("extractor.") and ".adapter" not in n for n in moved if "backbone" in n or n.startswith("extractor.net"))
     assert any(n.startswith("localizer.") for n in moved)
-    if mode in ("frozen", "losa"):
+    if mode in ("frozen", "losa", "unipt", "st_adapter", "aim"):  # the backbone's own weights stay
         assert not any(n.startswith("extractor.net.") or n.startswith("extractor.backbone.") for n in moved)
     else:
         assert backbone_moved, f"{mode}: the backbone did not train"

@@ -20,6 +20,9 @@ MODE_DESCRIPTIONS: dict[str, str] = {
     "dr2net_float": "Dr²Net at a mid-schedule point, memory-free float backprop",
     "dr2net_exact": "Dr²Net at its start point, memory-free exact (fixed-point) backprop",
     "losa": "LoSA adapters on a frozen backbone",
+    "unipt": "UniPT parallel network on a frozen backbone (LoSA Tab. 2)",
+    "st_adapter": "ST-Adapters inside a frozen ViT's blocks (LoSA Tab. 2)",
+    "aim": "AIM adapters inside a frozen ViT's blocks (LoSA Tab. 2)",
     "revlib": "RevLib ReversibleSequential over the same ViT branches (peer)",
     "memcnn": "MemCNN InvertibleModuleWrapper(AdditiveCoupling) over the same ViT branches (peer)",
 }
@@ -27,6 +30,7 @@ MODES = tuple(MODE_DESCRIPTIONS)
 # a worker's last stdout line: this prefix, then its record as JSON
 RESULT_PREFIX = "REVTAL-BENCH-RESULT "
 PEER_MODES = ("revlib", "memcnn")
+ADAPTER_MODES = ("losa", "unipt", "st_adapter", "aim")  # modes that cut the video into clips themselves
 
 # Dr²Net's float reversible backprop is numerically useless at its start point (1, 0.1): the inverse divides by β at
 # every branch. The float mode is therefore benchmarked at a point a schedule passes through; the exact mode, which

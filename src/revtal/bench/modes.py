@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 import revtal
-from revtal.bench.configs import MODE_DESCRIPTIONS, PEER_MODES, BenchConfig, is_vit
+from revtal.bench.configs import ADAPTER_MODES, MODE_DESCRIPTIONS, PEER_MODES, BenchConfig, is_vit
 from revtal.bench.peers import PeerUnavailable, attach_peer
 
 if TYPE_CHECKING:
@@ -36,7 +36,8 @@ TRAINING_RECIPES: dict[str, Callable[[BenchConfig], dict[str, Any]]] = {
     # Dr²Net dynamic finetuning as it starts (the schedule's first point), exact backprop
     "dr2net_exact": lambda c: {"mode": "dr2net", "backprop": "exact",
                                "schedule": {"alpha0": c.exact_coefficients[0], "beta0": c.exact_coefficients[1]}},
-    "losa": lambda c: {"mode": "losa", "losa": {"clip_frames": c.frames}},  # the benchmark clip is one LoSA clip
+    # the benchmark clip is one clip of the adapter method, which cuts the video into its clips itself
+    **{name: (lambda c, name=name: {"mode": name, name: {"clip_frames": c.frames}}) for name in ADAPTER_MODES},
     **{peer: (lambda c: {"mode": "conventional"}) for peer in PEER_MODES},
 }
 
@@ -97,7 +98,7 @@ def build_target(config: BenchConfig) -> BuiltMode:
         features = mode.build_extractor(settings, config.frames, config.img_size)
     except ImportError as err:
         raise ModeUnavailable(f"{config.mode}: a piece of this mode is not in this build: {err}") from err
-    backbone = getattr(features, "backbone", features)  # LoSA wraps the backbone
+    backbone = getattr(features, "backbone", features)  # adapter methods wrap the backbone
     # children, not len(): a reversible stage refuses len() (per-block access would bypass it)
     depth = len(list(backbone.net.blocks.children())) if is_vit(config.model) else None
     info: dict = {"description": MODE_DESCRIPTIONS[config.mode], "training_mode": mode.name}

@@ -322,6 +322,9 @@ PLAN_MODES: dict[str, dict[str, str]] = {
     "dr2net:exact": {"backbone.mode": "dr2net", "backbone.backprop": "exact"},
     "scratch": {"backbone.mode": "scratch"},
     "losa": {"backbone.mode": "losa"},
+    "unipt": {"backbone.mode": "unipt"},
+    "st_adapter": {"backbone.mode": "st_adapter"},
+    "aim": {"backbone.mode": "aim"},
 }
 MODE_ALIASES = {"dr2net_float": "dr2net:reversible", "dr2net_exact": "dr2net:exact"}  # revtal bench's older names
 DEFAULT_CLASSES = 200  # ActivityNet's, the largest of the papers' datasets: the classifier head's size is not read

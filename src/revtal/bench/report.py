@@ -8,7 +8,8 @@ from pathlib import Path
 
 MIB = 2**20
 MODE_ORDER = (
-    "conventional", "frozen", "checkpoint", "re2", "dr2net_float", "dr2net_exact", "losa", "revlib", "memcnn",
+    "conventional", "frozen", "checkpoint", "re2", "dr2net_float", "dr2net_exact", "losa", "unipt", "st_adapter", "aim", "revlib",
+    "memcnn",
 )
 
 

@@ -44,7 +44,7 @@ import traceback
 import torch
 
 from revtal.bench.clips import ClipChunks
-from revtal.bench.configs import RESULT_PREFIX, BenchConfig
+from revtal.bench.configs import ADAPTER_MODES, RESULT_PREFIX, BenchConfig
 from revtal.bench.modes import ModeUnavailable, build_target, exact_storage
 from revtal.bench.peers import PeerUnavailable
 from revtal.utils.memory import SavedTensorMeter
@@ -123,7 +123,7 @@ def measure(config: BenchConfig) -> dict:
     device = torch.device(config.device)
     cuda = device.type == "cuda"
     built = build_target(config)
-    if config.clips > 1 and config.mode != "losa":  # LoSA cuts the video into its clips itself
+    if config.clips > 1 and config.mode not in ADAPTER_MODES:  # adapter methods cut the video into clips themselves
         built.target.features = ClipChunks(built.target.features, config.frames, config.clip_batch)
     target = built.target.to(device).train()
     torch.manual_seed(config.seed + 1)

@@ -27,7 +27,10 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
+from revtal.adapters.aim import AIMConfig
 from revtal.adapters.losa import LoSAConfig
+from revtal.adapters.st_adapter import STAdapterConfig
+from revtal.adapters.unipt import UniPTConfig
 from revtal.localizers.actionformer import ActionFormerConfig
 from revtal.localizers.postprocess import PostprocessConfig
 from revtal.reversible.schedule import CoefficientSchedule
@@ -125,6 +128,10 @@ def _dataclass_section(name: str, cls: type, doc: str) -> type:
 LocalizerOptions = _dataclass_section("LocalizerOptions", ActionFormerConfig, "ActionFormerConfig fields.")
 PostprocessOptions = _dataclass_section("PostprocessOptions", PostprocessConfig, "PostprocessConfig fields.")
 LoSAOptions = _dataclass_section("LoSAOptions", LoSAConfig, "LoSAConfig fields (``backbone.mode: losa``).")
+STAdapterOptions = _dataclass_section("STAdapterOptions", STAdapterConfig,
+                                      "STAdapterConfig fields (``backbone.mode: st_adapter``).")
+AIMOptions = _dataclass_section("AIMOptions", AIMConfig, "AIMConfig fields (``backbone.mode: aim``).")
+UniPTOptions = _dataclass_section("UniPTOptions", UniPTConfig, "UniPTConfig fields (``backbone.mode: unipt``).")
 
 # the schedule's iteration count comes from the data loader, its calibration's model and input from the run
 _SCHEDULE_RUNTIME = {"iters_per_epoch"}
@@ -207,6 +214,10 @@ class BackboneConfig:
     monitor_fallback: str = "exact"
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)  # type: ignore[valid-type]
     losa: LoSAOptions = field(default_factory=LoSAOptions)  # type: ignore[valid-type]
+    # LoSA Tab. 2's baselines
+    st_adapter: STAdapterOptions = field(default_factory=STAdapterOptions)  # type: ignore[valid-type]
+    aim: AIMOptions = field(default_factory=AIMOptions)  # type: ignore[valid-type]
+    unipt: UniPTOptions = field(default_factory=UniPTOptions)  # type: ignore[valid-type]
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,9 @@ between modes, so that no other module branches on a mode's name:
 ``dr2net``       Dr²Net dynamic finetuning: starts at (α0, β0) ≈ the pretrained network and follows the schedule
 ``scratch``      a reversible network at the schedule's end point trained from random initialisation
 ``losa``         frozen backbone + LoSA adapters (no gradient through the backbone)
+``unipt``        frozen backbone + UniPT's parallel network (no gradient through the backbone; LoSA Tab. 2)
+``st_adapter``   frozen ViT + ST-Adapters inside its blocks (backprop through the frozen blocks; LoSA Tab. 2)
+``aim``          frozen ViT + AIM's temporal/spatial/joint adapters in its blocks (backprop through it; Tab. 2)
 ==============  ===========================================================================================
 
 A mode reads its settings from the ``backbone`` section of the config (:class:`~revtal.engine.config.
@@ -172,17 +175,64 @@ class Dr2NetMode(FixedCoefficientMode):
         return settings.schedule.build(iters_per_epoch)
 
 
-class LoSAMode(TrainingMode):
-    name = "losa"
-    description = "frozen backbone + LoSA adapters (no gradient through the backbone)"
+class AdapterMode(TrainingMode):
+    """A frozen backbone wrapped by an adapter method of :mod:`revtal.adapters` that runs it over clips; the
+    method's options are the ``backbone.<section>`` settings."""
+
+    section = "losa"  # the BackboneConfig field holding the method's config
+
+    def adapter_class(self) -> type:
+        raise NotImplementedError
 
     def backbone_frames(self, settings: "BackboneConfig", video_frames: int) -> int:
-        return settings.losa.clip_frames  # LoSA runs the backbone over clips of clip_frames
+        return getattr(settings, self.section).clip_frames  # the backbone takes one clip of clip_frames
 
     def wrap(self, backbone: nn.Module, settings: "BackboneConfig") -> nn.Module:
+        return self.adapter_class()(backbone, getattr(settings, self.section).build())
+
+
+class LoSAMode(AdapterMode):
+    name = "losa"
+    description = "frozen backbone + LoSA adapters (no gradient through the backbone)"
+    section = "losa"
+
+    def adapter_class(self) -> type:
         from revtal.adapters.losa import LoSA
 
-        return LoSA(backbone, settings.losa.build())
+        return LoSA
+
+
+class UniPTMode(AdapterMode):
+    name = "unipt"
+    description = "frozen backbone + UniPT's parallel network (no gradient through the backbone)"
+    section = "unipt"
+
+    def adapter_class(self) -> type:
+        from revtal.adapters.unipt import UniPT
+
+        return UniPT
+
+
+class STAdapterMode(AdapterMode):
+    name = "st_adapter"
+    description = "frozen ViT + ST-Adapters inside its blocks (gradients pass through the frozen blocks)"
+    section = "st_adapter"
+
+    def adapter_class(self) -> type:
+        from revtal.adapters.st_adapter import STAdapter
+
+        return STAdapter
+
+
+class AIMMode(AdapterMode):
+    name = "aim"
+    description = "frozen ViT + AIM's temporal, spatial and joint adapters in its blocks (gradients pass through it)"
+    section = "aim"
+
+    def adapter_class(self) -> type:
+        from revtal.adapters.aim import AIM
+
+        return AIM
 
 
 _MODES: dict[str, TrainingMode] = {}
@@ -196,7 +246,7 @@ def register_mode(mode: TrainingMode) -> TrainingMode:
 
 
 for _mode in (FrozenMode(), TrainingMode(), CheckpointMode(), Re2Mode(), FixedCoefficientMode(), Dr2NetMode(),
-              ScratchMode(), LoSAMode()):
+              ScratchMode(), LoSAMode(), UniPTMode(), STAdapterMode(), AIMMode()):
     register_mode(_mode)
 
 
