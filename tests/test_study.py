@@ -86,6 +86,12 @@ def test_entry_overrides_configure_what_they_claim(tmp_path):
     no_long = config("losa_no_long").backbone.losa
     assert (no_long.clip_frames, no_long.use_long, no_long.use_short) == (8, False, True)
     assert config("losa_sum").backbone.losa.fusion == "sum"
+    for baseline in ("st_adapter", "aim", "unipt"):  # LoSA Tab. 2: trained like LoSA, in their own modes
+        backbone = config(baseline).backbone
+        assert backbone.mode == baseline and getattr(backbone, baseline).clip_frames == 8
+        assert config(baseline).optim.backbone_lr == config("losa").optim.backbone_lr == 1e-3
+    quick = study.run_overrides(study.ENTRY_BY_NAME["aim"], quick=True)
+    assert "backbone.aim.clip_frames=4" in quick
     # every table names only defined entries, and every entry appears in some table
     in_tables = {name for t in study.TABLES for name in t.entries}
     assert in_tables == set(study.ENTRY_BY_NAME)

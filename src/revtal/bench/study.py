@@ -17,7 +17,9 @@ entries are grouped into tables that mirror the papers':
   exponential, logarithmic);
 * Dr²Net Tab. 12 — backbone activation memory: conventional vs per-block checkpointing vs Dr²Net;
 * LoSA Tab. 4a — LoSA and its ablations (no long-range adapter, no short-range adapter, plain sum fusion, gates
-  starting at one) beside head-only and full finetuning.
+  starting at one) beside head-only and full finetuning;
+* LoSA Tab. 2 — the adapter methods LoSA repurposed for TAL: ST-Adapter and AIM (inside the frozen ViT's blocks),
+  UniPT (a parallel network beside it) and LoSA, beside full finetuning.
 
 Every run writes ``OUT/results/<entry>_seed<k>.json`` as soon as it finishes (average mAP, mAP per tIoU, bytes the
 backbone saved for backward on one training step, median step time, …), so an interrupted study continues with
@@ -48,6 +50,14 @@ import numpy as np
 _RECORD_FLOAT_ERROR = ("backbone.monitor_every=10", "backbone.monitor_tolerance=1e30")
 # LoSA's adapters are new modules trained from scratch: give them the head's learning rate, not the backbone's
 _LOSA = ("backbone.mode=losa", "backbone.losa.clip_frames=8", "optim.backbone_lr=1e-3")
+
+
+def _adapter_baseline(mode: str) -> tuple[str, ...]:
+    """LoSA Tab. 2's baselines, trained like LoSA: clips of 8 frames, the adapters at the head's learning rate."""
+    return (f"backbone.mode={mode}", f"backbone.{mode}.clip_frames=8", "optim.backbone_lr=1e-3")
+
+
+_ADAPTER_SECTIONS = ("losa", "unipt", "st_adapter", "aim")  # backbone config sections with a clip_frames
 
 
 @dataclass(frozen=True)
@@ -102,6 +112,12 @@ ENTRIES: tuple[StudyEntry, ...] = (
     StudyEntry("losa_no_short", "LoSA without the short-range adapters", (*_LOSA, "backbone.losa.use_short=false")),
     StudyEntry("losa_sum", "LoSA, plain sum fusion (no gates, no projection)", (*_LOSA, "backbone.losa.fusion=sum")),
     StudyEntry("losa_gate_one", "LoSA, gates start at 1", (*_LOSA, "backbone.losa.gate_init=one")),
+    StudyEntry("st_adapter", "ST-Adapter: depthwise-conv bottleneck before each block's attention (backprop "
+               "through the frozen ViT)", _adapter_baseline("st_adapter")),
+    StudyEntry("aim", "AIM: temporal, spatial and joint adapters in each block (backprop through the frozen ViT)",
+               _adapter_baseline("aim")),
+    StudyEntry("unipt", "UniPT: parallel network over the frozen ViT's layers (no backprop through it)",
+               _adapter_baseline("unipt")),
 )
 ENTRY_BY_NAME = {e.name: e for e in ENTRIES}
 
@@ -141,6 +157,9 @@ TABLES: tuple[StudyTable, ...] = (
     StudyTable("losa_tab4a", "LoSA Tab. 4a — adapters and their ablations",
                ("frozen", "conventional", "losa", "losa_wide", "losa_no_long", "losa_no_short", "losa_sum", "losa_gate_one"),
                reference="losa", rows={"frozen": "head only (frozen)", "conventional": "full finetune"}),
+    StudyTable("losa_tab2", "LoSA Tab. 2 — adapter methods repurposed for TAL (parameters, memory, mAP)",
+               ("conventional", "st_adapter", "aim", "unipt", "losa"), reference="losa",
+               rows={"conventional": "full finetune", "st_adapter": "ST-Adapter", "aim": "AIM", "unipt": "UniPT"}),
 )
 TABLE_BY_NAME = {t.name: t for t in TABLES}
 
@@ -173,10 +192,11 @@ def base_config(out: Path, quick: bool = False, epochs: int | None = None, overr
     ``--set``-style ``overrides`` of a study setting and of the command line."""
     from revtal.engine.demo import demo_config
 
-    values: dict = {"backbone.losa": {"clip_frames": 8}}
+    values: dict = {f"backbone.{m}": {"clip_frames": 8} for m in _ADAPTER_SECTIONS}
     if quick:  # shrink the model too, so that a test of several entries stays within seconds
         values.update({
             "backbone.options.depth": 2, "backbone.options.embed_dim": 32,
+            **{f"backbone.{m}": {"clip_frames": 4} for m in _ADAPTER_SECTIONS},
             "backbone.losa": {"clip_frames": 4, "dim": 32},
             "localizer.options.embed_dim": 32, "localizer.options.head_dim": 32, "localizer.options.num_heads": 2,
             "localizer.options.window_size": 3, "localizer.options.num_branch_blocks": 1,
@@ -195,7 +215,8 @@ def base_config(out: Path, quick: bool = False, epochs: int | None = None, overr
 def run_overrides(entry: StudyEntry, quick: bool) -> list[str]:
     overrides = list(entry.overrides)
     if quick:  # the tiny quick video has 8 frames: LoSA clips of 4
-        overrides = [o.replace("backbone.losa.clip_frames=8", "backbone.losa.clip_frames=4") for o in overrides]
+        overrides = [o.replace(".clip_frames=8", ".clip_frames=4") if o.startswith("backbone.") else o
+                     for o in overrides]
     return overrides
 
 
