@@ -175,7 +175,7 @@ def test_memory_runs_return_freed_memory_and_speed_runs_keep_the_default_allocat
     import subprocess
 
     from revtal.bench import runner
-    from revtal.bench.cli import add_arguments, build_grid
+    from revtal.commands.bench import add_arguments, build_grid
 
     def grid_allocators(kind):
         parser = argparse.ArgumentParser()

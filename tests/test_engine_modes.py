@@ -5,7 +5,7 @@ import torch
 
 import revtal
 from revtal.bench.configs import PEER_MODES, BenchConfig
-from revtal.bench.modes import build_target
+from revtal.bench.targets import build_target
 from revtal.engine.config import config_from_dict
 from revtal.engine.modes import get_mode, mode_names
 from revtal.engine.trainer import Trainer
@@ -86,7 +86,7 @@ def test_each_mode_owns_its_hooks(mode, schedule, monitor, exact_checked):
 
 
 def test_checkpoint_layout_reads_ema_weights_and_trained_coefficients(tmp_path):
-    from revtal.engine.checkpoint import TrainingCheckpoint
+    from revtal.engine.run_state import TrainingCheckpoint
     from revtal.engine.config import load_config
 
     config = load_config(None)

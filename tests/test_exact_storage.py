@@ -234,7 +234,7 @@ def test_bench_records_the_storage_exact_mode_paid():
 
 
 def test_errmap_points_carry_the_storage_of_their_beta():
-    from revtal.tools.errmap import CSV_FIELDS, gradient_error_map
+    from revtal.bench.errmap import CSV_FIELDS, gradient_error_map
 
     x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(8))
     exact, = gradient_error_map(tiny_vit(depth=2), x, [1.0], [0.1], backprop="exact", progress=False)
