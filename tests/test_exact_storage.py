@@ -226,7 +226,7 @@ def test_bench_records_the_storage_exact_mode_paid():
     from revtal.bench.worker import measure
 
     record = measure(BenchConfig(model="vit_tiny_video", depth=2, frames=8, img_size=96, batch=1,
-                                 mode="dr2net_exact", exact_coefficients=(1.0, 0.125)))
+                                 mode="dr2net", backprop="exact", exact_coefficients=(1.0, 0.125)))
     assert record["exact_bits_per_branch"] == 3.0
     (stored,), (buffer,) = record["exact_stored_bits_per_element"], record["exact_buffer_bits_per_element"]
     assert stored == 32 + buffer and buffer >= 4 * 3  # four branches of 3 bits at the least, and the streams

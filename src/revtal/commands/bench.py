@@ -17,7 +17,8 @@ import sys
 import torch
 
 from revtal.backbones import list_backbones
-from revtal.bench.configs import DR2NET_EXACT_COEFFICIENTS, DR2NET_FLOAT_COEFFICIENTS, MODE_DESCRIPTIONS, MODES, Grid
+from revtal.bench.configs import (DR2NET_EXACT_COEFFICIENTS, DR2NET_FLOAT_COEFFICIENTS, MODE_DESCRIPTIONS, MODES, Grid,
+                                  canonical_label, record_label)
 from revtal.bench.report import markdown_table, write_plots
 from revtal.bench.runner import machine_info, merge_json, run_configs, write_json
 from revtal.experiments import reference_localizer
@@ -48,8 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inputs", nargs="+", metavar="JSON", help="report: JSON files written by --json")
     parser.add_argument("--models", nargs="+", help=f"backbone names (default {DEFAULTS['models']})")
     parser.add_argument(
-        "--modes", nargs="+", choices=MODES, metavar="MODE",
-        help="training modes (default all): " + "; ".join(f"{k}: {v}" for k, v in MODE_DESCRIPTIONS.items()),
+        "--modes", nargs="+", choices=MODES, type=canonical_label, metavar="MODE",
+        help="training modes, MODE or MODE:BACKPROP (default all; dr2net alone is dr2net:exact, and the earlier names "
+        "dr2net_float, dr2net_exact are read as dr2net:reversible, dr2net:exact): "
+        + "; ".join(f"{k}: {v}" for k, v in MODE_DESCRIPTIONS.items()),
     )
     parser.add_argument("--depths", nargs="+", type=int, help="ViT depths (default 12; other models keep their own)")
     parser.add_argument("--frames", nargs="+", type=int, help="frames per clip (default 16)")
@@ -80,11 +83,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per configuration")
     parser.add_argument(
         "--dr2net-float", nargs=2, type=float, default=list(DR2NET_FLOAT_COEFFICIENTS), metavar=("ALPHA", "BETA"),
-        help="(α, β) of dr2net_float (default 0.5 0.5: float reversible backprop is useless at Dr²Net's start (1, 0.1))",
+        help="(α, β) of dr2net:reversible (default 0.5 0.5: float reversible backprop is useless at Dr²Net's start "
+        "(1, 0.1))",
     )
     parser.add_argument(
         "--dr2net-exact", nargs=2, type=float, default=list(DR2NET_EXACT_COEFFICIENTS), metavar=("ALPHA", "BETA"),
-        help="(α, β) of dr2net_exact (default 1 0.1; β is rounded to a dyadic, 13/128)",
+        help="(α, β) of dr2net:exact (default 1 0.1; β is rounded to a dyadic, 13/128)",
     )
     parser.add_argument("--quick", action="store_true", help="a tiny preset (seconds); explicit options override it")
     parser.add_argument("--json", metavar="OUT", help="write machine info and records as JSON")
@@ -209,7 +213,7 @@ def _output(args: argparse.Namespace, machine: dict, result) -> None:
     if result.records:
         print(markdown_table(result.records))
     for entry in result.skipped:
-        print(f"{entry['status']}: {entry['mode']} ({entry['model']}): {entry['reason']}")
+        print(f"{entry['status']}: {record_label(entry)} ({entry['model']}): {entry['reason']}")
     if args.json:
         write_json(args.json, machine, result)
         print(f"wrote {args.json}")
