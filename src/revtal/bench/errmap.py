@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
@@ -183,8 +184,7 @@ def plot_heatmap(points: list[ErrorPoint], path: Path, title: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
+    import matplotlib.pyplot as plt  # after the backend is chosen
     from matplotlib.colors import LogNorm
 
     alphas = sorted({p.alpha for p in points})

@@ -96,7 +96,7 @@ def _plot(records: list[dict], x_field: str, fixed: tuple[str, ...], x_label: st
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after the backend is chosen
 
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:

@@ -9,6 +9,7 @@ step), and evaluation predictions are gathered from all ranks.
 
 from __future__ import annotations
 
+import copy
 import csv
 import math
 import os
@@ -62,7 +63,7 @@ class MetricLog:
         self.path = out_dir / "metrics.csv"
         self.writer = None
         if enabled:
-            try:
+            try:  # tensorboard is an optional extra (and heavy): imported only by a run that logs
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.writer = SummaryWriter(str(out_dir / "tensorboard"))
@@ -364,8 +365,6 @@ class Trainer:
     def evaluation_model(self) -> TALModel:
         if self.ema is None:
             return self.model
-        import copy
-
         model = copy.deepcopy(self.model)
         model.load_state_dict(self.ema.shadow)
         return model

@@ -38,7 +38,7 @@ def plot_differences(summaries: dict[str, dict], path: Path) -> Path | None:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after the backend is chosen
 
     floors = [p.std for p in noise_floor(summaries).values() if p.std]
     floor = 100 * max(floors) if floors else None
