@@ -35,10 +35,19 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from revtal.engine.config import BackboneConfig
-    from revtal.reversible.safety import ReconstructionEvent
-    from revtal.reversible.schedule import CoefficientSchedule
+from revtal.adapters.aim import AIM
+from revtal.adapters.losa import LoSA
+from revtal.adapters.st_adapter import STAdapter
+from revtal.adapters.unipt import UniPT
+from revtal.backbones import build
+from revtal.engine.typed_config import ConfigError
+from revtal.reversible.convert import convert
+from revtal.reversible.safety import ReconstructionEvent, ReconstructionMonitor
+from revtal.reversible.schedule import CoefficientSchedule
+from revtal.reversible.stage import reversible_stages
+
+if TYPE_CHECKING:  # the config imports the modes (to validate with them); a mode only reads its sections
+    from revtal.engine.config import BackboneConfig, Config
 
 
 class TrainingMode:
@@ -48,6 +57,27 @@ class TrainingMode:
     description = "full end-to-end finetuning with plain autograd"
     backbone_grad = True  # gradients flow through the backbone (False: it runs under no_grad, in eval mode)
     loads_pretrained = True
+
+    def validate(self, config: "Config", source: str) -> None:
+        """Raise a :class:`~revtal.engine.typed_config.ConfigError` for what this mode cannot train with: by
+        default, precomputed features (only a frozen backbone's features can stand in for the videos); a mode with
+        coefficients, a β that exact backprop would round to 0."""
+        if config.data.features_dir:
+            raise ConfigError(
+                f"{source}: data.features_dir trains on precomputed features, which needs backbone.mode: frozen "
+                f"(got {config.backbone.mode!r})"
+            )
+        settings = config.backbone
+        if settings.backprop == "exact":  # exact arithmetic rounds β to p/2^k, k <= beta_bits
+            smallest = 2.0 ** -(settings.beta_bits + 1)  # and below this, to 0
+            for key, beta in self.exact_betas(settings):
+                if beta <= smallest:
+                    raise ConfigError(f"{source}: {key}={beta:g} rounds to 0 with backbone.beta_bits="
+                                      f"{settings.beta_bits} (exact backprop); raise backbone.beta_bits")
+
+    def exact_betas(self, settings: "BackboneConfig") -> list[tuple[str, float]]:
+        """The (dotted key, β) pairs this mode converts with from the config (none: the mode sets no β)."""
+        return []
 
     def backbone_frames(self, settings: "BackboneConfig", video_frames: int) -> int:
         """Frames of one backbone input: the whole sampled video, except for modes that run it over clips."""
@@ -59,8 +89,6 @@ class TrainingMode:
         :func:`revtal.backbones.build`, which infers the checkpoint's layout), converted, wrapped and frozen.
         ``weights``: a trained extractor's state dict to build from instead (rebuilding a trained model: the layout
         is inferred from it the same way, whatever the mode)."""
-        from revtal.backbones import build
-
         pretrained = settings.pretrained if (settings.pretrained and self.loads_pretrained) else None
         if weights is not None:
             pretrained = weights
@@ -87,22 +115,18 @@ class TrainingMode:
     def wrap(self, backbone: nn.Module, settings: "BackboneConfig") -> nn.Module:
         return backbone
 
-    def schedule(self, settings: "BackboneConfig", iters_per_epoch: int) -> "CoefficientSchedule | None":
+    def schedule(self, settings: "BackboneConfig", iters_per_epoch: int) -> CoefficientSchedule | None:
         """The coefficient schedule the mode follows while training (default: none, the coefficients stay)."""
         return None
 
     def hooks(self, model: nn.Module, settings: "BackboneConfig", iters_per_epoch: int) -> "ModeHooks":
         """The per-step hooks of one training run of ``model`` (built by :meth:`build_extractor`)."""
-        from revtal.engine.config import calibrate_options
-        from revtal.reversible import reversible_stages
-        from revtal.reversible.safety import ReconstructionMonitor
-
         monitor = None
         if settings.monitor_every > 0 and any(s.backprop == "reversible" for s in reversible_stages(model)):
             monitor = ReconstructionMonitor(model, every=settings.monitor_every, tolerance=settings.monitor_tolerance,
                                             fallback=settings.monitor_fallback)
         return ModeHooks(model, self.schedule(settings, iters_per_epoch), monitor,
-                         calibration=calibrate_options(settings.schedule))
+                         calibration=settings.schedule.calibrate_options())
 
     def __repr__(self) -> str:
         return f"TrainingMode({self.name!r})"
@@ -112,6 +136,9 @@ class FrozenMode(TrainingMode):
     name = "frozen"
     description = "backbone under no_grad in eval mode; only the localizer trains (head-only baseline)"
     backbone_grad = False
+
+    def validate(self, config: "Config", source: str) -> None:
+        """Anything goes: precomputed features are what a frozen backbone gives."""
 
     def wrap(self, backbone: nn.Module, settings: "BackboneConfig") -> nn.Module:
         backbone.requires_grad_(False)
@@ -123,9 +150,7 @@ class CheckpointMode(TrainingMode):
     description = "end to end, each block under torch.utils.checkpoint (non-reentrant)"
 
     def convert(self, backbone: nn.Module, settings: "BackboneConfig") -> None:
-        import revtal
-
-        revtal.convert(backbone, "original", backprop="checkpoint")
+        convert(backbone, "original", backprop="checkpoint")
 
 
 class Re2Mode(TrainingMode):
@@ -133,9 +158,7 @@ class Re2Mode(TrainingMode):
     description = "Re²TAL: rewired to alpha=0, beta=1 from the pretrained weights, float reversible backprop"
 
     def convert(self, backbone: nn.Module, settings: "BackboneConfig") -> None:
-        import revtal
-
-        revtal.convert(backbone, "re2", backprop="reversible")
+        convert(backbone, "re2", backprop="reversible")
 
 
 class FixedCoefficientMode(TrainingMode):
@@ -147,11 +170,12 @@ class FixedCoefficientMode(TrainingMode):
     def coefficients(self, settings: "BackboneConfig") -> tuple[float, float]:
         return settings.alpha, settings.beta
 
-    def convert(self, backbone: nn.Module, settings: "BackboneConfig") -> None:
-        import revtal
+    def exact_betas(self, settings: "BackboneConfig") -> list[tuple[str, float]]:
+        return [("backbone.beta", settings.beta)]
 
+    def convert(self, backbone: nn.Module, settings: "BackboneConfig") -> None:
         alpha, beta = self.coefficients(settings)
-        revtal.convert(backbone, "dr2net", alpha=alpha, beta=beta, backprop=settings.backprop,
+        convert(backbone, "dr2net", alpha=alpha, beta=beta, backprop=settings.backprop,
                        beta_bits=settings.beta_bits)
 
 
@@ -163,6 +187,9 @@ class ScratchMode(FixedCoefficientMode):
     def coefficients(self, settings: "BackboneConfig") -> tuple[float, float]:
         return settings.schedule.alpha_end, settings.schedule.beta_end
 
+    def exact_betas(self, settings: "BackboneConfig") -> list[tuple[str, float]]:
+        return [("backbone.schedule.beta_end", settings.schedule.beta_end)]
+
 
 class Dr2NetMode(FixedCoefficientMode):
     name = "dr2net"
@@ -171,7 +198,11 @@ class Dr2NetMode(FixedCoefficientMode):
     def coefficients(self, settings: "BackboneConfig") -> tuple[float, float]:
         return settings.schedule.alpha0, settings.schedule.beta0
 
-    def schedule(self, settings: "BackboneConfig", iters_per_epoch: int) -> "CoefficientSchedule":
+    def exact_betas(self, settings: "BackboneConfig") -> list[tuple[str, float]]:
+        return [("backbone.schedule.beta0", settings.schedule.beta0),
+                ("backbone.schedule.beta_end", settings.schedule.beta_end)]
+
+    def schedule(self, settings: "BackboneConfig", iters_per_epoch: int) -> CoefficientSchedule:
         return settings.schedule.build(iters_per_epoch)
 
 
@@ -180,59 +211,37 @@ class AdapterMode(TrainingMode):
     method's options are the ``backbone.<section>`` settings."""
 
     section = "losa"  # the BackboneConfig field holding the method's config
-
-    def adapter_class(self) -> type:
-        raise NotImplementedError
+    adapter: type = LoSA  # its FrozenBackboneAdapter class
 
     def backbone_frames(self, settings: "BackboneConfig", video_frames: int) -> int:
         return getattr(settings, self.section).clip_frames  # the backbone takes one clip of clip_frames
 
     def wrap(self, backbone: nn.Module, settings: "BackboneConfig") -> nn.Module:
-        return self.adapter_class()(backbone, getattr(settings, self.section).build())
+        return self.adapter(backbone, getattr(settings, self.section).build())
 
 
 class LoSAMode(AdapterMode):
     name = "losa"
     description = "frozen backbone + LoSA adapters (no gradient through the backbone)"
-    section = "losa"
-
-    def adapter_class(self) -> type:
-        from revtal.adapters.losa import LoSA
-
-        return LoSA
+    section, adapter = "losa", LoSA
 
 
 class UniPTMode(AdapterMode):
     name = "unipt"
     description = "frozen backbone + UniPT's parallel network (no gradient through the backbone)"
-    section = "unipt"
-
-    def adapter_class(self) -> type:
-        from revtal.adapters.unipt import UniPT
-
-        return UniPT
+    section, adapter = "unipt", UniPT
 
 
 class STAdapterMode(AdapterMode):
     name = "st_adapter"
     description = "frozen ViT + ST-Adapters inside its blocks (gradients pass through the frozen blocks)"
-    section = "st_adapter"
-
-    def adapter_class(self) -> type:
-        from revtal.adapters.st_adapter import STAdapter
-
-        return STAdapter
+    section, adapter = "st_adapter", STAdapter
 
 
 class AIMMode(AdapterMode):
     name = "aim"
     description = "frozen ViT + AIM's temporal, spatial and joint adapters in its blocks (gradients pass through it)"
-    section = "aim"
-
-    def adapter_class(self) -> type:
-        from revtal.adapters.aim import AIM
-
-        return AIM
+    section, adapter = "aim", AIM
 
 
 _MODES: dict[str, TrainingMode] = {}
@@ -267,10 +276,8 @@ class ModeHooks:
     step that every exact stage reconstructs its input bitwise (a non-deterministic recompute would silently corrupt
     gradients otherwise)."""
 
-    def __init__(self, model: nn.Module, schedule: "CoefficientSchedule | None" = None, monitor=None,
+    def __init__(self, model: nn.Module, schedule: CoefficientSchedule | None = None, monitor=None,
                  calibration: dict[str, Any] | None = None):
-        from revtal.reversible import reversible_stages
-
         self.model = model
         self.schedule = schedule
         self.monitor = monitor
@@ -295,7 +302,7 @@ class ModeHooks:
             stage.verify_next_backward()
         return coefficients
 
-    def after_backward(self) -> "list[ReconstructionEvent]":
+    def after_backward(self) -> list[ReconstructionEvent]:
         """Call after the backward; raises if an exact stage did not reconstruct bitwise, returns monitor events."""
         for stage in self._verifying:
             check = stage.last_check
