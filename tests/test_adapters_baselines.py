@@ -8,6 +8,8 @@ import torch
 
 import revtal.backbones as backbones
 from revtal.adapters import AIM, AIMConfig, LoSA, LoSAConfig, STAdapter, STAdapterConfig, UniPT, UniPTConfig
+from revtal.bench.plan import plan_recipe
+from revtal.engine.config import config_from_dict
 from revtal.utils.memory import saved_bytes
 
 CLIP = 4  # frames per clip of the tiny ViT (tubelet 2: two steps per clip)
@@ -228,3 +230,26 @@ def test_bad_configs_and_backbones_are_clear_errors(vit):
         AIM(vit, AIMConfig(clip_frames=CLIP, layers=[9]))
     with pytest.raises(ValueError, match=r"STAdapter: video length T=6 frames is not a positive multiple"):
         STAdapter(vit, STAdapterConfig(clip_frames=CLIP))(torch.randn(1, 3, 6, SIZE, SIZE))
+
+
+# -------------------------------------------------------------------------------------------- revtal plan
+PLAN_RECIPE = {
+    "data": {"num_frames": 16, "img_size": 32, "batch_size": 1},
+    "backbone": {"name": "vit_tiny_video", "options": {"patch_size": 16, "tubelet_size": 2, "depth": 4},
+                 **{m: {"clip_frames": 8} for m in ("losa", "unipt", "st_adapter", "aim")}},
+    "localizer": {"options": {"embed_dim": 32, "head_dim": 32, "num_heads": 4, "window_size": 3,
+                              "num_branch_blocks": 1, "regression_ranges": [[0, 4], [4, 10000]]}},
+}
+
+
+def test_plan_of_the_adapter_modes_on_fake_tensors_equals_the_real_cpu_step():
+    """``revtal plan`` builds each adapter mode on the meta device and runs it on fake tensors: the same peak and
+    split as the real CPU step; the in-block adapter keeps more activations than the side network."""
+    config = config_from_dict(PLAN_RECIPE)
+    activations = {}
+    for mode in ("st_adapter", "unipt"):  # one of each family (the others build through the same AdapterMode)
+        real = plan_recipe(config, mode, classes=3, fake=False, rules="cpu")
+        simulated = plan_recipe(config, mode, classes=3, fake=True, rules="cpu")
+        assert simulated == real, mode
+        activations[mode] = real.split["activations"]
+    assert activations["st_adapter"] > activations["unipt"] > 0
