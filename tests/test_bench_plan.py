@@ -81,10 +81,34 @@ TINY = {
 }
 
 
-@pytest.mark.parametrize("mode", ["conventional", "dr2net_exact"])
-def test_plan_of_a_recipe_on_fake_tensors_equals_the_real_cpu_step(mode):
+def test_two_simulated_steps_of_exact_mode_equal_the_real_cpu_steps_given_the_measured_stream_widths():
     config = config_from_dict(TINY)
-    real = plan_recipe(config, mode, classes=3, fake=False)
-    simulated = plan_recipe(config, mode, classes=3, fake=True)
-    assert simulated == real
-    assert real.split["grads"] > 0 and real.split["activations"] > 0
+    real = plan_recipe(config, "dr2net:exact", classes=3, fake=False, rules="cpu")
+    simulated = plan_recipe(config, "dr2net:exact", classes=3, fake=True, rules="cpu",
+                            exact_stream_bits=real.exact_stream_bits)
+    assert real.exact_stream_bits and simulated == real
+    assert real.split["grads"] > 0 and real.split["optimizer"] > 0 and real.split["activations"] > 0
+
+
+def test_exact_mode_simulated_with_the_stated_worst_case_magnitudes_bounds_the_real_step():
+    config = config_from_dict(TINY)
+    real = plan_recipe(config, "dr2net:exact", steps=1, classes=3, fake=False, rules="cpu")
+    worst = plan_recipe(config, "dr2net:exact", steps=1, classes=3, fake=True, rules="cpu")
+    assert all(w[0] >= r[0] and w[1] >= r[1] for w, r in zip(worst.exact_stream_bits, real.exact_stream_bits))
+    assert worst.peak_bytes >= real.peak_bytes
+
+
+def test_a_converted_model_on_the_meta_device_runs_forward_and_backward():
+    import revtal
+    from revtal.backbones import build
+
+    for method, backprop, coefficients in [("dr2net", "exact", {"alpha": 1.0, "beta": 0.125}),
+                                           ("re2", "reversible", {}), ("original", "checkpoint", {})]:
+        with torch.device("meta"):
+            model = build("vit_tiny_video", num_frames=8, img_size=32, patch_size=16, tubelet_size=2)
+            revtal.convert(model, method, backprop=backprop, **coefficients)
+            model.train()
+            out = model(torch.zeros(1, 3, 8, 32, 32))
+            out.sum().backward()
+        assert out.is_meta and out.shape == (1, 64, 4)
+        assert all(p.grad is not None and p.grad.is_meta for p in model.parameters())

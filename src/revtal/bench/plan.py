@@ -31,6 +31,8 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from revtal.reversible import reversible_stages
+
 CATEGORIES = ("params", "grads", "optimizer", "activations")
 PHASES = ("setup", "forward", "backward", "optimizer")
 
@@ -246,6 +248,9 @@ class StepPlan:
     cuda_allocated_bytes: int = 0  # the peak with CUDA's 512-byte rounding of every block
     reserved_bytes: int = 0  # modelled CUDA reserved peak (caching allocator)
     steps: int = 1
+    # per exact stage, the widths of x_n's low bits and y_n its last forward stored (ExactStorage.stream_bits):
+    # measured on real tensors, the stated worst case on fake ones
+    exact_stream_bits: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
@@ -253,7 +258,7 @@ class StepPlan:
             "params_bytes": self.split.get("params", 0), "grads_bytes": self.split.get("grads", 0),
             "optimizer_bytes": self.split.get("optimizer", 0), "activation_bytes": self.split.get("activations", 0),
             "cuda_allocated_bytes": self.cuda_allocated_bytes, "reserved_bytes": self.reserved_bytes,
-            "steps": self.steps,
+            "steps": self.steps, "exact_stream_bits": [list(b) for b in self.exact_stream_bits],
         }
 
 
@@ -399,13 +404,17 @@ def dense_loss(localizer, output) -> Tensor:
 
 
 def plan_recipe(config, mode: str, steps: int = 2, classes: int = DEFAULT_CLASSES, fake: bool = True,
-                rules: str = "cuda", progress: Callable[[], None] | None = None) -> StepPlan:
+                rules: str = "cuda", progress: Callable[[], None] | None = None,
+                exact_stream_bits: list | None = None) -> StepPlan:
     """The peak of live tensor bytes of ``steps`` training steps of ``config`` in plan mode ``mode``.
 
     The step is the trainer's: the mode's hooks before the forward (coefficient schedule, first-step verification
     of exact stages, the float-reconstruction monitor) and after the backward, the forward and loss under the
     recipe's autocast, backward, gradient clipping, AdamW over the backbone and head groups, ``zero_grad``.
     ``fake=False`` runs the same on real CPU tensors (random weights): the reference a simulation must equal.
+
+    ``exact_stream_bits``: the widths each exact stage of a simulation stores for its output streams (as a real
+    run reported them in :attr:`StepPlan.exact_stream_bits`) instead of the stated worst case.
 
     ``rules="cuda"`` (fake tensors only) runs the step as a GPU would (:mod:`revtal.bench.cuda_emulation`: CUDA's
     autocast lists and attention kernels); ``rules="cpu"`` runs it as the CPU does (the validation against real CPU
@@ -430,6 +439,9 @@ def plan_recipe(config, mode: str, steps: int = 2, classes: int = DEFAULT_CLASSE
     fake_mode = FakeTensorMode() if fake else None
     torch.manual_seed(config.train.seed)
     model = build_recipe_model(config, classes, fake_mode)
+    exact_stages = [s for s in reversible_stages(model) if s.backprop == "exact"]
+    for stage, bits in zip(exact_stages, exact_stream_bits or []):
+        stage.exact_arithmetic.simulated_low_bits = tuple(bits)
     training_mode = get_mode(config.backbone.mode)
     hooks = training_mode.hooks(model, config.backbone, iters_per_epoch=1)
     ocfg = config.optim
@@ -452,10 +464,13 @@ def plan_recipe(config, mode: str, steps: int = 2, classes: int = DEFAULT_CLASSE
                 torch.nn.utils.clip_grad_norm_(trainable, ocfg.clip_grad, foreach=True)
             optimizer.step()
 
-        return simulate_steps(
+        result = simulate_steps(
             model, optimizer, step_loss, steps=steps,
             before_step=lambda step: hooks.before_step(0, step - 1, step - 1),
             after_backward=hooks.after_backward, optimizer_step=optimizer_step, progress=progress)
+    stored = [s.exact_arithmetic.last_storage for s in exact_stages]
+    result.exact_stream_bits = [tuple(s.stream_bits) for s in stored if s is not None]
+    return result
 
 
 def _autocast(amp: str):
@@ -493,32 +508,58 @@ def check_plan_arguments(steps: int, gpus: Iterable[float]) -> None:
             raise ValueError(f"--gpu-gib sizes must be in (0, 4096] GiB, got {gib:g}")
 
 
+def _plan_mode(config_dict: dict, mode: str, steps: int, classes: int) -> dict:
+    """One mode's record (run in a worker process by :func:`plan`)."""
+    from revtal.engine.config import config_from_dict
+
+    torch.set_num_threads(1)  # fake tensors compute nothing: one thread per worker
+    config = config_from_dict(config_dict, source="revtal plan")
+    try:
+        result = plan_recipe(config, mode, steps=steps, classes=classes)
+    except (RuntimeError, TypeError, AssertionError, NotImplementedError) as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"mode {mode}: the model cannot be simulated: {type(err).__name__}: {message}") from None
+    return {"mode": MODE_ALIASES.get(mode, mode), **result.to_dict()}
+
+
 def plan(config, modes: Iterable[str] = tuple(PLAN_MODES), steps: int = 2, gpus: Iterable[float] = DEFAULT_GPUS,
-         classes: int = DEFAULT_CLASSES, progress: bool = False) -> dict:
+         classes: int = DEFAULT_CLASSES, jobs: int = 1, progress: bool = False) -> dict:
     """``revtal plan``: each mode's simulated GPU step of ``config`` as a record (see :class:`StepPlan`), with the
-    GPU sizes it fits. Raises ValueError naming the mode for a mode or model that cannot be planned."""
+    GPU sizes it fits; ``jobs`` modes at a time in worker processes. Raises ValueError naming the mode for a mode
+    or model that cannot be planned."""
+    import concurrent.futures
+    import multiprocessing
+
     from tqdm import tqdm
 
     from revtal.bench.runner import machine_info
 
     modes, gpus = list(modes), [float(g) for g in gpus]
     check_plan_arguments(steps, gpus)
+    if jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {jobs}")
     for mode in modes:
         mode_config(config, mode)  # unknown modes and invalid combinations fail before any work
-    records = []
-    with tqdm(total=len(modes) * steps, desc="revtal plan", unit="step", disable=not progress, leave=False) as bar:
-        for mode in modes:
-            bar.set_postfix_str(mode)
-            try:
-                result = plan_recipe(config, mode, steps=steps, classes=classes, progress=bar.update)
-            except (RuntimeError, TypeError, AssertionError, NotImplementedError) as err:
-                message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                raise ValueError(f"mode {mode}: the model cannot be simulated: {message}") from err
-            record = {"mode": MODE_ALIASES.get(mode, mode), **result.to_dict()}
-            record["fits"] = {_gpu_key(g): fits(result.reserved_bytes, g) for g in gpus}
-            records.append(record)
+    args = [(config.to_dict(), mode, steps, classes) for mode in modes]
+    with tqdm(total=len(modes), desc="revtal plan", unit="mode", disable=not progress, leave=False) as bar:
+        if jobs == 1:
+            records = []
+            for a in args:
+                bar.set_postfix_str(a[1])
+                records.append(_plan_mode(*a))
+                bar.update()
+        else:
+            context = multiprocessing.get_context("spawn")  # no forked torch state in the workers
+            with concurrent.futures.ProcessPoolExecutor(min(jobs, len(modes)), mp_context=context) as pool:
+                futures = [pool.submit(_plan_mode, *a) for a in args]
+                for _ in concurrent.futures.as_completed(futures):
+                    bar.update()
+                records = [f.result() for f in futures]
+    for record in records:
+        record["fits"] = {_gpu_key(g): fits(record["reserved_bytes"], g) for g in gpus}
     return {
         "records": records,
+        "steps": steps,
         "margin_bytes": {"cuda_context": CONTEXT_BYTES, "workspaces": WORKSPACE_BYTES},
         "rules": "cuda",
         "classes": classes,
