@@ -405,13 +405,15 @@ def dense_loss(localizer, output) -> Tensor:
 
 def plan_recipe(config, mode: str, steps: int = 2, classes: int = DEFAULT_CLASSES, fake: bool = True,
                 rules: str = "cuda", progress: Callable[[], None] | None = None,
-                exact_stream_bits: list | None = None) -> StepPlan:
+                exact_stream_bits: list | None = None, device: str = "cpu") -> StepPlan:
     """The peak of live tensor bytes of ``steps`` training steps of ``config`` in plan mode ``mode``.
 
     The step is the trainer's: the mode's hooks before the forward (coefficient schedule, first-step verification
     of exact stages, the float-reconstruction monitor) and after the backward, the forward and loss under the
     recipe's autocast, backward, gradient clipping, AdamW over the backbone and head groups, ``zero_grad``.
-    ``fake=False`` runs the same on real CPU tensors (random weights): the reference a simulation must equal.
+    ``fake=False`` runs the same on real tensors of ``device`` (random weights): on the CPU, the reference a
+    simulation must equal; on CUDA (``scripts/gpu_check.sh``), the step whose ``torch.cuda.max_memory_allocated``
+    the CUDA-rules simulation predicts.
 
     ``exact_stream_bits``: the widths each exact stage of a simulation stores for its output streams (as a real
     run reported them in :attr:`StepPlan.exact_stream_bits`) instead of the stated worst case.
@@ -423,22 +425,23 @@ def plan_recipe(config, mode: str, steps: int = 2, classes: int = DEFAULT_CLASSE
     """
     import contextlib
 
-    from revtal.bench.cuda_emulation import CudaAutocast
-
     from torch._subclasses.fake_tensor import FakeTensorMode
 
+    from revtal.bench.cuda_emulation import CudaAutocast
     from revtal.engine.modes import get_mode
     from revtal.engine.optim import build_optimizer
 
     if rules not in ("cuda", "cpu"):
         raise ValueError(f"rules must be 'cuda' or 'cpu', got {rules!r}")
-    if rules == "cuda" and not fake:
-        raise ValueError("rules='cuda' simulates a GPU step and needs fake tensors (fake=True)")
-    cuda = rules == "cuda"
+    if fake and device != "cpu":
+        raise ValueError("a simulation runs on fake CPU tensors: device must be 'cpu'")
+    emulate_cuda = fake and rules == "cuda"
     config = mode_config(config, mode)
     fake_mode = FakeTensorMode() if fake else None
     torch.manual_seed(config.train.seed)
     model = build_recipe_model(config, classes, fake_mode)
+    if not fake:
+        model.to(device)
     exact_stages = [s for s in reversible_stages(model) if s.backprop == "exact"]
     for stage, bits in zip(exact_stages, exact_stream_bits or []):
         stage.exact_arithmetic.simulated_low_bits = tuple(bits)
@@ -446,7 +449,7 @@ def plan_recipe(config, mode: str, steps: int = 2, classes: int = DEFAULT_CLASSE
     hooks = training_mode.hooks(model, config.backbone, iters_per_epoch=1)
     ocfg = config.optim
     scope = fake_mode if fake_mode is not None else torch.enable_grad()
-    with scope, (CudaAutocast() if cuda else contextlib.nullcontext()):
+    with scope, (CudaAutocast() if emulate_cuda else contextlib.nullcontext()):
         model.train()
         # the multi-tensor (foreach) AdamW and clipping: torch's default for CUDA tensors, on both sides
         optimizer = build_optimizer(model.trainable_backbone(), model.localizer, ocfg.backbone_lr, ocfg.head_lr,
@@ -454,8 +457,8 @@ def plan_recipe(config, mode: str, steps: int = 2, classes: int = DEFAULT_CLASSE
         trainable = [p for p in model.parameters() if p.requires_grad]
 
         def step_loss() -> Tensor:
-            video, mask = recipe_inputs(config)
-            with _autocast(ocfg.amp):
+            video, mask = (t.to(device) for t in recipe_inputs(config))
+            with _autocast(ocfg.amp, torch.device(device).type):
                 output = model(video, mask)
                 return dense_loss(model.localizer, output)
 
@@ -473,10 +476,51 @@ def plan_recipe(config, mode: str, steps: int = 2, classes: int = DEFAULT_CLASSE
     return result
 
 
-def _autocast(amp: str):
+def _autocast(amp: str, device_type: str = "cpu"):
     if amp == "none":
-        return torch.autocast("cpu", enabled=False)
-    return torch.autocast("cpu", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+        return torch.autocast(device_type, enabled=False)
+    return torch.autocast(device_type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+# the GPU check: recipes scaled to fit one GPU, and the modes each is checked in
+GPU_CHECK_RECIPES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
+    "tiny_cpu_dr2net": ("configs/tiny_cpu_dr2net.yaml", (), ("conventional", "dr2net:exact")),
+    "anet_swin3d_t_64f": ("configs/anet_swin3d_t_dr2net.yaml", ("data.batch_size=1", "data.num_frames=64"),
+                          ("conventional", "checkpoint", "re2", "dr2net:exact")),
+    "thumos_losa_64f": ("configs/thumos_losa.yaml", ("data.batch_size=1", "data.num_frames=64"),
+                        ("frozen", "conventional", "losa")),
+}
+
+
+def cuda_check(recipes: Iterable[str] = tuple(GPU_CHECK_RECIPES), steps: int = 2, classes: int = DEFAULT_CLASSES,
+               root: str = ".") -> list[dict]:
+    """For each recipe and mode: the plan (fake tensors, CUDA rules) beside ``torch.cuda.max_memory_allocated``
+    and ``max_memory_reserved`` of the same steps run on the GPU (needs CUDA)."""
+    from pathlib import Path
+
+    from revtal.engine.config import load_config
+
+    records = []
+    for name in recipes:
+        path, overrides, modes = GPU_CHECK_RECIPES[name]
+        config = load_config(Path(root) / path, list(overrides))
+        for mode in modes:
+            planned = plan_recipe(config, mode, steps=steps, classes=classes)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            measured = plan_recipe(config, mode, steps=steps, classes=classes, fake=False, device="cuda")
+            allocated = torch.cuda.max_memory_allocated() - base
+            reserved = torch.cuda.max_memory_reserved()
+            records.append({
+                "recipe": name, "mode": mode, "plan_peak_bytes": planned.peak_bytes,
+                "plan_cuda_allocated_bytes": planned.cuda_allocated_bytes, "plan_reserved_bytes": planned.reserved_bytes,
+                "cuda_max_allocated_bytes": allocated, "cuda_max_reserved_bytes": reserved,
+                "meter_peak_bytes_on_cuda": measured.peak_bytes,
+                "allocated_ratio": planned.cuda_allocated_bytes / allocated if allocated else None,
+                "reserved_ratio": planned.reserved_bytes / reserved if reserved else None,
+            })
+    return records
 
 
 # ------------------------------------------------------------------------------------------------- the report
