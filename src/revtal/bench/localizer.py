@@ -58,14 +58,16 @@ def add_arguments(parser) -> None:
 
 def generate_feature_set(root: str | os.PathLike, videos: int = 60, dim: int = 64, classes: int = 5,
                          lengths: tuple[int, int] = (128, 512), shared: float = 0.6, signal: float = 3.0,
-                         seed: int = 0) -> Path:
+                         seed: int = 0, actions: tuple[int, int] = (1, 6),
+                         durations: tuple[int, int] = (4, 96)) -> Path:
     """Write synthetic features and ground truth under ``root``; returns ``root``.
 
     Feature ``t`` of a video (one per second; position ``t`` covers ``[t, t + 1)`` s) is standard Gaussian noise
     plus, inside an action of class ``c`` at relative position φ ∈ [0, 1], ``a·((1 - φ)·start_c + φ·end_c)`` with
     unit-norm class patterns and a per-instance amplitude ``a`` ∈ [0.6, 1.4] × ``signal``: the class lives in
     the direction and the boundaries in how it drifts. The last two classes share the first ``shared`` of their
-    pattern channels. Videos hold 1–6 non-overlapping actions of 4–96 steps (log-uniform). Writes ``features/ID.npy``
+    pattern channels. Videos hold ``actions`` (default 1–6) non-overlapping actions of ``durations`` (default 4–96)
+    steps, log-uniform. Writes ``features/ID.npy``
     (C, T) and ``annotations.json`` for revtal, ``reference/ID.npy`` (T, C) and ``reference.json`` for ActionFormer.
     """
     from revtal.data.annotations import AnnotationSet, VideoAnnotation, save_annotations
@@ -88,11 +90,11 @@ def generate_feature_set(root: str | os.PathLike, videos: int = 60, dim: int = 6
         features = rng.standard_normal((length, dim))
         segments, labels = [], []
         occupied = np.zeros(length, dtype=bool)
-        wanted = int(rng.integers(1, 7))
+        wanted = int(rng.integers(actions[0], actions[1] + 1))
         for _ in range(50 * wanted):
             if len(segments) == wanted:
                 break
-            size = min(int(np.exp(rng.uniform(np.log(4), np.log(96)))), length - 2)
+            size = min(int(np.exp(rng.uniform(np.log(durations[0]), np.log(durations[1])))), length - 2)
             start = int(rng.integers(0, length - size + 1))
             if occupied[max(0, start - 1): start + size + 1].any():
                 continue
