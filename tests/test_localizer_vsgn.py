@@ -249,7 +249,7 @@ def test_vsgn_learns_synthetic_actions_and_its_loss_falls():
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             schedule.step()
-            total += float(losses["total"])
+            total += float(losses["total"].detach())
         epoch_losses.append(total)
     assert epoch_losses[-1] < 0.5 * epoch_losses[0], epoch_losses
 
@@ -266,3 +266,18 @@ def test_vsgn_learns_synthetic_actions_and_its_loss_falls():
         videos[vid] = VideoAnnotation(vid, "validation", float(length), evaluation[2][index].numpy(), evaluation[3][index].numpy())
     result = evaluate_detection(AnnotationSet(classes=names, videos=videos), {"results": results}, THUMOS_TIOU)
     assert result.average_mAP >= 0.7, result.format_table()
+
+
+def test_the_registry_builds_each_localizer_with_its_own_settings_and_names_the_known_ones():
+    from revtal.localizers.registry import build_localizer, get_localizer, localizer_names
+
+    assert localizer_names()[:2] == ["actionformer", "vsgn"]
+    model = build_localizer("vsgn", 8, 3, VSGNConfig(**SMALL))
+    assert isinstance(model, VSGN) and model.config.hidden_dim == 16
+    assert get_localizer("vsgn").settings is VSGNConfig
+    with pytest.raises(ValueError, match="unknown localizer 'bmn'; known: actionformer, vsgn"):
+        get_localizer("bmn")
+    from revtal.localizers.actionformer import ActionFormerConfig
+
+    with pytest.raises(TypeError, match="takes VSGNConfig settings, got ActionFormerConfig"):
+        build_localizer("vsgn", 8, 3, ActionFormerConfig())
