@@ -281,3 +281,18 @@ def test_the_registry_builds_each_localizer_with_its_own_settings_and_names_the_
 
     with pytest.raises(TypeError, match="takes VSGNConfig settings, got ActionFormerConfig"):
         build_localizer("vsgn", 8, 3, ActionFormerConfig())
+
+
+def test_the_boundary_adjuster_equals_a_kernel_3_conv_over_each_proposals_three_samples():
+    from revtal.localizers.vsgn import _BoundaryAdjuster
+
+    torch.manual_seed(0)
+    adjuster = _BoundaryAdjuster(16)
+    torch.nn.init.normal_(adjuster.out.weight)  # zero at init: make the output depend on the features
+    features, positions, distance = torch.randn(2, 16, 30), torch.rand(2, 50) * 100, torch.rand(2, 50) * 5
+    fast = adjuster(features, positions, distance, stride=4)
+    samples = torch.stack([positions - distance, positions, positions + distance], dim=-1)
+    node = torch.round((samples - 1.5) / 4).clamp(0, 29).long()  # nearest node of stride 4 (centres 4j + 1.5)
+    gathered = torch.stack([features[b][:, node[b]] for b in range(2)])  # (B, C, P, 3)
+    hidden = torch.relu(adjuster.sample_conv(gathered.permute(0, 2, 1, 3).reshape(-1, 16, 3))[..., 0])
+    assert torch.allclose(fast, adjuster.out(hidden).view(2, -1), atol=1e-5)

@@ -284,11 +284,17 @@ class _Head(nn.Module):
 
 
 class _BoundaryAdjuster(nn.Module):
-    """One boundary's shift from the finest decoder features at (boundary - d, boundary, boundary + d)."""
+    """One boundary's shift from the finest decoder features at (boundary - d, boundary, boundary + d).
+
+    A kernel-3 conv over the three samples, ``ReLU(W_left f(l) + W_centre f(c) + W_right f(r) + b)``, then a linear
+    output. The three maps are applied to every node once and the results gathered per sample, which is the same
+    arithmetic as convolving each proposal's gathered samples but costs one pass over the nodes, not one per
+    proposal (a pyramid has several proposals per finest node).
+    """
 
     def __init__(self, dim: int):
         super().__init__()
-        self.sample_conv = nn.Conv1d(dim, dim, 3)  # the three samples in, one vector out
+        self.sample_conv = nn.Conv1d(dim, dim, 3)  # weight (out, in, 3): one map per sample
         self.out = nn.Linear(dim, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
@@ -298,11 +304,13 @@ class _BoundaryAdjuster(nn.Module):
         batch, channels, length = features.shape
         samples = torch.stack([positions - distance, positions, positions + distance], dim=-1)  # (B, P, 3)
         node = torch.round((samples - (stride - 1) / 2) / stride).clamp(0, length - 1).long()
-        gathered = torch.gather(features[:, :, None, :].expand(-1, -1, node.shape[1], -1), 3,
-                                node[:, None].expand(-1, channels, -1, -1))  # (B, C, P, 3)
-        gathered = gathered.permute(0, 2, 1, 3).reshape(-1, channels, 3)
-        hidden = F.relu(self.sample_conv(gathered))[..., 0]  # (B·P, C)
-        return self.out(hidden).view(batch, -1)
+        # (B, 3, C, T0): the sample_conv's map for each of the three taps applied to every node
+        projected = torch.einsum("ocs,bct->bsot", self.sample_conv.weight, features)
+        hidden = self.sample_conv.bias[None, None]
+        for tap in range(3):
+            index = node[:, None, :, tap].expand(-1, channels, -1)  # (B, C, P)
+            hidden = hidden + torch.gather(projected[:, tap], 2, index).transpose(1, 2)
+        return self.out(F.relu(hidden))[..., 0]
 
 
 class VSGN(nn.Module):
