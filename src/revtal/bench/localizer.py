@@ -1,7 +1,8 @@
 """``revtal bench localizer``: revtal's ActionFormer head against the reference ActionFormer on the same features.
 
-One synthetic feature set (:func:`generate_feature_set`: videos of ``--dim``-dimensional features, 128–512 steps
-each, 5 action classes, the last two sharing 60 % of their pattern) is written once; then, per seed, revtal's
+Three independently generated synthetic feature sets (:data:`FEATURE_SETS`, :func:`generate_feature_set`: videos of
+``--dim``-dimensional features; the sets differ in generator seed, video lengths, action density and durations and
+class count; the last two classes share 60 % of their pattern) are written once; then, per set and seed, revtal's
 head-only training (:class:`revtal.engine.trainer.Trainer` with ``data.features_dir``) and — where the optional
 ``actionformer`` package is installed (``pip install revtal[reference]``; it builds with ``pip install
 --no-build-isolation actionformer==1.5.0``) — the reference's model, optimiser, scheduler, EMA and post-processing,
@@ -12,8 +13,10 @@ default to 12 + 3 epochs at a 4e-4 peak rate on 60 videos so that 3 seeds × 2 i
 prediction files are scored by revtal's ActivityNet mAP at tIoU 0.3:0.1:0.7, for the final weights and for the EMA
 weights (what each recipe evaluates). ``--set key=value`` changes revtal's recipe only (ablations).
 
-Nothing here copies the reference: it is imported and called. Every run writes ``OUT/runs/<impl>_seed<k>.json``;
-the tables (mean ± sample std over seeds) go to stdout and ``--json``.
+Nothing here copies the reference: it is imported and called. ``--implementations vsgn`` also trains revtal's VSGN
+(:data:`VSGN_OPTIONS`) with the same recipe. Every run writes ``OUT/runs/<set>_<impl>_seed<k>.json`` (an interrupted
+benchmark reads finished runs instead of repeating them); the tables (mean ± sample std over seeds, and paired
+per-seed differences with 95 % intervals) go to stdout and ``--json``.
 """
 
 from __future__ import annotations
@@ -27,8 +30,21 @@ from pathlib import Path
 import numpy as np
 
 from revtal.evaluation.detection import THUMOS_TIOU
+from revtal.utils.io import atomic_write
 
-IMPLEMENTATIONS = ("revtal", "reference")
+IMPLEMENTATIONS = ("revtal", "reference", "vsgn")
+
+# Independently generated feature sets (issue 28: parity on data the localizer was not tuned on). Each differs in the
+# generator seed, video lengths, action density and durations, and the class count; ``--videos``, ``--dim`` and
+# ``--signal`` apply to all, ``--data-seed`` shifts every generator seed. Set "A" is the page's original layout.
+FEATURE_SETS: dict[str, dict] = {
+    "A": dict(seed=101, lengths=(128, 512), actions=(1, 6), durations=(4, 96), classes=5),
+    "B": dict(seed=202, lengths=(64, 256), actions=(3, 10), durations=(3, 48), classes=8),
+    "C": dict(seed=303, lengths=(256, 576), actions=(1, 3), durations=(8, 160), classes=3),
+}
+# VSGN's options in the comparison (the same width as the ActionFormer: 128): strides 2-32 and anchors of 2 and 5
+# strides cover the sets' 3-160-step actions; stitching windows of 576 steps (the reference's max_seq_len)
+VSGN_OPTIONS = "{hidden_dim: 128, num_levels: 5, stem_stride: 1, anchor_scales: [2.0, 5.0], head_num_layers: 2, stitch_window: 576}"
 WIDTH = 128
 # the reference's max_seq_len must be a multiple of stride × window at every level: 32 × 18 = 576 covers 512 steps
 REFERENCE_MAX_SEQ_LEN = 576
@@ -41,14 +57,17 @@ def add_arguments(parser) -> None:
     group.add_argument("--videos", type=int, default=60,
                        help="synthetic videos, 2/3 training and 1/3 validation (default 60; the issue's set had 120)")
     group.add_argument("--dim", type=int, default=64, help="feature channels")
-    group.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic feature set")
+    group.add_argument("--data-seed", type=int, default=0, help="added to every feature set's generator seed")
+    group.add_argument("--feature-sets", nargs="+", choices=sorted(FEATURE_SETS), default=sorted(FEATURE_SETS),
+                       help="which independently generated feature sets to run (default all: A B C)")
     # defaults sized for a 2-core CPU (docs/LOCALIZER.md); the THUMOS recipe is 30 + 5 epochs at 1e-4
     group.add_argument("--epochs", type=int, default=12, help="epochs after warmup (default 12; the recipe's 30)")
     group.add_argument("--warmup-epochs", type=int, default=3, help="linear warmup epochs (default 3; the recipe's 5)")
     group.add_argument("--lr", type=float, default=4e-4, help="peak learning rate of both (default 4e-4; the recipe's 1e-4)")
     group.add_argument("--signal", type=float, default=3.0, help="action pattern strength over unit feature noise")
-    group.add_argument("--implementations", nargs="+", choices=IMPLEMENTATIONS, default=list(IMPLEMENTATIONS),
-                       help="which to train (reference: skipped with a note when actionformer is not installed)")
+    group.add_argument("--implementations", nargs="+", choices=IMPLEMENTATIONS, default=["revtal", "reference"],
+                       help="which to train: revtal's ActionFormer, the reference package (skipped with a note when "
+                            "actionformer is not installed) and revtal's VSGN (default revtal reference)")
     group.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override revtal's recipe (e.g. localizer.options.regression_bias_init=0)")
     group.add_argument("--tag", default="", help="suffix of this run's result files (e.g. an ablation's name)")
@@ -120,13 +139,15 @@ def generate_feature_set(root: str | os.PathLike, videos: int = 60, dim: int = 6
 
 # ------------------------------------------------------------------------------------------------ revtal
 
-def revtal_overrides(root: Path, out: Path, seed: int, epochs: int, warmup_epochs: int, lr: float) -> list[str]:
+def revtal_overrides(root: Path, out: Path, seed: int, epochs: int, warmup_epochs: int, lr: float,
+                     localizer: str = "actionformer") -> list[str]:
     """revtal's recipe of the parity benchmark, as ``--set`` assignments (the THUMOS recipe at width 128)."""
     total = epochs + warmup_epochs
+    options = VSGN_OPTIONS if localizer == "vsgn" else f"{{embed_dim: {WIDTH}, head_dim: {WIDTH}}}"
     return [
         f"data.annotations={root / 'annotations.json'}", f"data.features_dir={root / 'features'}",
         "data.train_subset=training", "data.val_subset=validation", "data.batch_size=2", "backbone.mode=frozen",
-        f"localizer.options={{embed_dim: {WIDTH}, head_dim: {WIDTH}}}",
+        f"localizer.name={localizer}", f"localizer.options={options}",
         f"optim.epochs={total}", f"optim.warmup_epochs={warmup_epochs}", f"optim.head_lr={lr}",
         "optim.weight_decay=0.05", "optim.clip_grad=1.0", "optim.ema=true", "optim.ema_decay=0.999",
         f"eval.every={total}", f"eval.tiou={[round(float(t), 2) for t in THUMOS_TIOU]}", f"train.seed={seed}", f"train.out_dir={out}",
@@ -140,11 +161,12 @@ def _score(annotations, predictions) -> dict:
     return evaluate_detection(annotations, {"results": predictions}, THUMOS_TIOU, subset="validation").to_json()
 
 
-def run_revtal(root: Path, out: Path, seed: int, epochs: int, warmup_epochs: int, lr: float, overrides=()) -> dict:
+def run_revtal(root: Path, out: Path, seed: int, epochs: int, warmup_epochs: int, lr: float, overrides=(),
+               localizer: str = "actionformer") -> dict:
     from revtal.engine.config import load_config
     from revtal.engine.trainer import Trainer
 
-    config = load_config(None, [*revtal_overrides(root, out, seed, epochs, warmup_epochs, lr), *overrides])
+    config = load_config(None, [*revtal_overrides(root, out, seed, epochs, warmup_epochs, lr, localizer), *overrides])
     start = time.perf_counter()
     trainer = Trainer(config, progress=False, overwrite=True)  # a benchmark re-measures from scratch
     trainer.fit()
@@ -282,22 +304,66 @@ def _mean_std(values: list[float]) -> str:
 
 
 def tables(records: list[dict]) -> str:
-    """Per implementation and weights: mAP per tIoU and average, mean ± std over seeds; then the runs."""
-    lines = ["| implementation | weights | seeds | " + " | ".join(f"mAP@{t:.1f}" for t in THUMOS_TIOU) + " | avg mAP |",
-             "| --- | --- | --- |" + " --- |" * (len(THUMOS_TIOU) + 1)]
-    names = sorted({r["implementation"] for r in records}, key=lambda n: (n != "revtal", n))
-    for name in names:
-        runs = [r for r in records if r["implementation"] == name]
-        for weights in ("final", "ema"):
-            per_tiou = [_mean_std([r[weights]["mAP"][i] for r in runs]) for i in range(len(THUMOS_TIOU))]
-            average = _mean_std([r[weights]["average_mAP"] for r in runs])
-            seeds = ",".join(str(r["seed"]) for r in runs)
-            lines.append(f"| {name} | {weights} | {seeds} | " + " | ".join(per_tiou) + f" | {average} |")
-    lines += ["", "| implementation | seed | parameters | avg mAP final | avg mAP EMA | train s |", "| --- | --- | --- | --- | --- | --- |"]
+    """Per feature set, implementation and weights: mAP per tIoU and average, mean ± std over seeds; then the
+    paired differences (revtal − reference, vsgn − revtal) and the runs."""
+    lines = ["| set | implementation | weights | seeds | " + " | ".join(f"mAP@{t:.1f}" for t in THUMOS_TIOU) + " | avg mAP |",
+             "| --- | --- | --- | --- |" + " --- |" * (len(THUMOS_TIOU) + 1)]
+    order = {name: i for i, name in enumerate(IMPLEMENTATIONS)}
+    sets = sorted({r.get("set", "") for r in records})
+    for feature_set in sets:
+        names = sorted({r["implementation"] for r in records if r.get("set", "") == feature_set}, key=lambda n: order.get(n, 9))
+        for name in names:
+            runs = [r for r in records if r["implementation"] == name and r.get("set", "") == feature_set]
+            for weights in ("final", "ema"):
+                per_tiou = [_mean_std([r[weights]["mAP"][i] for r in runs]) for i in range(len(THUMOS_TIOU))]
+                average = _mean_std([r[weights]["average_mAP"] for r in runs])
+                seeds = ",".join(str(r["seed"]) for r in runs)
+                lines.append(f"| {feature_set} | {name} | {weights} | {seeds} | " + " | ".join(per_tiou) + f" | {average} |")
+    paired = paired_differences(records)
+    if paired:
+        lines += ["", "| set | difference (final weights) | seeds | per seed | mean [95 % CI] | verdict |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for row in paired:
+            ci = row["ci95"]
+            interval = f"{100 * row['mean']:+.2f}" + (f" [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]" if ci else "")
+            per_seed = " / ".join(f"{100 * d:+.2f}" for d in row["per_seed"])
+            lines.append(f"| {row['set']} | {row['entry']} − {row['baseline']} | {','.join(map(str, row['seeds']))} "
+                         f"| {per_seed} | {interval} | {row['verdict']} |")
+    lines += ["", "| set | implementation | seed | parameters | avg mAP final | avg mAP EMA | train s |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in records:
-        lines.append(f"| {r['implementation']} | {r['seed']} | {r['parameters']:,} | {100 * r['final']['average_mAP']:.2f} "
-                     f"| {100 * r['ema']['average_mAP']:.2f} | {r['train_seconds']:.0f} |")
+        lines.append(f"| {r.get('set', '')} | {r['implementation']} | {r['seed']} | {r['parameters']:,} | "
+                     f"{100 * r['final']['average_mAP']:.2f} | {100 * r['ema']['average_mAP']:.2f} | {r['train_seconds']:.0f} |")
     return "\n".join(lines)
+
+
+PAIRS = (("revtal", "reference"), ("vsgn", "revtal"))
+
+
+def paired_differences(records: list[dict]) -> list[dict]:
+    """Per feature set, (entry − baseline) average mAP of the final weights over the seeds both ran: per seed,
+    mean, and the 95 % interval of the mean (Student's t; runs of one seed share the data)."""
+    from revtal.bench.study import PairedDifference
+
+    rows = []
+    for feature_set in sorted({r.get("set", "") for r in records}):
+        for entry, baseline in PAIRS:
+            mine = {r["seed"]: r["final"]["average_mAP"] for r in records
+                    if r["implementation"] == entry and r.get("set", "") == feature_set}
+            theirs = {r["seed"]: r["final"]["average_mAP"] for r in records
+                      if r["implementation"] == baseline and r.get("set", "") == feature_set}
+            seeds = sorted(set(mine) & set(theirs))
+            if not seeds:
+                continue
+            diffs = np.array([mine[s] - theirs[s] for s in seeds])
+            summary = PairedDifference(float(diffs.mean()), float(diffs.std(ddof=1)) if len(diffs) > 1 else None, len(diffs))
+            rows.append({"set": feature_set, "entry": entry, "baseline": baseline, "seeds": seeds,
+                         "per_seed": diffs.tolist(), **summary.to_dict()})
+    return rows
+
+
+def feature_set_root(out: Path, name: str, args: argparse.Namespace) -> Path:
+    return out / f"features_{name}_v{args.videos}_d{args.dim}_x{args.signal:g}_s{args.data_seed}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -308,43 +374,56 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    root = out / f"features_v{args.videos}_d{args.dim}_x{args.signal:g}_s{args.data_seed}"
-    if not (root / "reference.json").exists():
-        print(f"writing the synthetic feature set to {root}", flush=True)
-        generate_feature_set(root, videos=args.videos, dim=args.dim, signal=args.signal, seed=args.data_seed)
     implementations = list(args.implementations)
     if "reference" in implementations and not reference_available():
         print("note: the reference (pip package actionformer) is not installed: training revtal only. "
               "Install it with: pip install --no-build-isolation 'revtal[reference]'", flush=True)
         implementations.remove("reference")
     machine = machine_info("cpu")
-    print(f"revtal bench localizer: {args.videos} videos, {args.epochs}+{args.warmup_epochs} epochs, lr {args.lr:g}, "
-          f"signal {args.signal:g}, seeds {args.seeds}, "
+    print(f"revtal bench localizer: feature sets {' '.join(args.feature_sets)}, {args.videos} videos each, "
+          f"{args.epochs}+{args.warmup_epochs} epochs, lr {args.lr:g}, signal {args.signal:g}, seeds {args.seeds}, "
           f"{', '.join(implementations)}; {machine['cpu_model']} ({machine['cpu_cores_available']} cores, "
           f"{torch.get_num_threads()} torch threads), load {machine['load_average_at_start']}", flush=True)
     tag = f"_{args.tag}" if args.tag else ""
     (out / "runs").mkdir(parents=True, exist_ok=True)
     records = []
-    for seed in args.seeds:
-        for name in implementations:
-            started = time.perf_counter()
-            print(f"training {name} seed {seed} ...", flush=True)
-            if name == "revtal":
-                record = run_revtal(root, out / f"train_revtal{tag}_seed{seed}", seed, args.epochs, args.warmup_epochs,
-                                    args.lr, args.overrides)
-            else:
-                record = run_reference(root, seed, args.epochs, args.warmup_epochs, args.lr, classes=5, dim=args.dim)
-            record.update(implementation=name, seed=seed, overrides=list(args.overrides) if name == "revtal" else [])
-            (out / "runs" / f"{name}{tag}_seed{seed}.json").write_text(json.dumps(record, indent=2))
-            print(f"  {name} seed {seed}: average mAP {100 * record['final']['average_mAP']:.2f} (final weights), "
-                  f"{100 * record['ema']['average_mAP']:.2f} (EMA), {time.perf_counter() - started:.0f} s", flush=True)
-            records.append(record)
+    for feature_set in args.feature_sets:
+        spec = dict(FEATURE_SETS[feature_set])
+        spec["seed"] += args.data_seed
+        root = feature_set_root(out, feature_set, args)
+        if not (root / "reference.json").exists():
+            print(f"writing feature set {feature_set} to {root}", flush=True)
+            generate_feature_set(root, videos=args.videos, dim=args.dim, signal=args.signal, **spec)
+        for seed in args.seeds:
+            for name in implementations:
+                path = out / "runs" / f"{feature_set}_{name}{tag}_seed{seed}.json"
+                if path.exists():  # a finished run of an interrupted benchmark is read, not repeated
+                    record = json.loads(path.read_text())
+                    print(f"  {feature_set} {name} seed {seed}: read {path}", flush=True)
+                    records.append(record)
+                    continue
+                started = time.perf_counter()
+                print(f"set {feature_set}: training {name} seed {seed} ...", flush=True)
+                if name == "reference":
+                    record = run_reference(root, seed, args.epochs, args.warmup_epochs, args.lr,
+                                           classes=spec["classes"], dim=args.dim)
+                else:
+                    localizer = "vsgn" if name == "vsgn" else "actionformer"
+                    record = run_revtal(root, out / f"train_{feature_set}_{name}{tag}_seed{seed}", seed, args.epochs,
+                                        args.warmup_epochs, args.lr, args.overrides if name == "revtal" else (), localizer)
+                record.update(set=feature_set, implementation=name, seed=seed,
+                              overrides=list(args.overrides) if name == "revtal" else [])
+                text = json.dumps(record, indent=2)
+                atomic_write(path, lambda fh: fh.write(text), binary=False)
+                print(f"  {feature_set} {name} seed {seed}: average mAP {100 * record['final']['average_mAP']:.2f} "
+                      f"(final weights), {100 * record['ema']['average_mAP']:.2f} (EMA), "
+                      f"{time.perf_counter() - started:.0f} s", flush=True)
+                records.append(record)
     text = tables(records)
     print(text)
     if args.json:
         machine["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-        Path(args.json).write_text(json.dumps({"machine": machine, "settings": vars(args), "records": records},
-                                              indent=2, default=str))
+        Path(args.json).write_text(json.dumps({"machine": machine, "settings": vars(args), "records": records,
+                                               "paired": paired_differences(records)}, indent=2, default=str))
         print(f"wrote {args.json}")
     return 0
-
