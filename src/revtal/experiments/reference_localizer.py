@@ -21,22 +21,29 @@ per-seed differences with 95 % intervals) go to stdout and ``--json``.
 
 from __future__ import annotations
 
-import argparse
+import copy
 import json
 import os
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from revtal.evaluation.detection import THUMOS_TIOU
+from revtal.bench.runner import machine_info
+from revtal.data.annotations import AnnotationSet, VideoAnnotation, load_annotations, save_annotations
+from revtal.engine.config import load_config
+from revtal.engine.inference import Predictor
+from revtal.engine.trainer import Trainer
+from revtal.evaluation.detection import THUMOS_TIOU, evaluate_detection
+from revtal.experiments.study.statistics import PairedDifference
 from revtal.utils.io import atomic_write
 
 IMPLEMENTATIONS = ("revtal", "reference", "vsgn")
 
 # Independently generated feature sets (issue 28: parity on data the localizer was not tuned on). Each differs in the
-# generator seed, video lengths, action density and durations, and the class count; ``--videos``, ``--dim`` and
-# ``--signal`` apply to all, ``--data-seed`` shifts every generator seed. Set "A" is the page's original layout.
+# generator seed, video lengths, action density and durations, and the class count; ``videos``, ``dim`` and
+# ``signal`` apply to all, ``data_seed`` shifts every generator seed.
 FEATURE_SETS: dict[str, dict] = {
     "A": dict(seed=101, lengths=(128, 512), actions=(1, 6), durations=(4, 96), classes=5),
     "B": dict(seed=202, lengths=(64, 256), actions=(3, 10), durations=(3, 48), classes=8),
@@ -48,29 +55,6 @@ VSGN_OPTIONS = "{hidden_dim: 128, num_levels: 5, stem_stride: 1, anchor_scales: 
 WIDTH = 128
 # the reference's max_seq_len must be a multiple of stride × window at every level: 32 × 18 = 576 covers 512 steps
 REFERENCE_MAX_SEQ_LEN = 576
-
-
-def add_arguments(parser) -> None:
-    group = parser.add_argument_group("localizer (revtal bench localizer)")
-    group.add_argument("--out", default="runs/bench_localizer", help="working folder (features, runs, tables)")
-    group.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds (default 0 1 2)")
-    group.add_argument("--videos", type=int, default=60,
-                       help="synthetic videos, 2/3 training and 1/3 validation (default 60; the issue's set had 120)")
-    group.add_argument("--dim", type=int, default=64, help="feature channels")
-    group.add_argument("--data-seed", type=int, default=0, help="added to every feature set's generator seed")
-    group.add_argument("--feature-sets", nargs="+", choices=sorted(FEATURE_SETS), default=sorted(FEATURE_SETS),
-                       help="which independently generated feature sets to run (default all: A B C)")
-    # defaults sized for a 2-core CPU (docs/LOCALIZER.md); the THUMOS recipe is 30 + 5 epochs at 1e-4
-    group.add_argument("--epochs", type=int, default=12, help="epochs after warmup (default 12; the recipe's 30)")
-    group.add_argument("--warmup-epochs", type=int, default=3, help="linear warmup epochs (default 3; the recipe's 5)")
-    group.add_argument("--lr", type=float, default=4e-4, help="peak learning rate of both (default 4e-4; the recipe's 1e-4)")
-    group.add_argument("--signal", type=float, default=3.0, help="action pattern strength over unit feature noise")
-    group.add_argument("--implementations", nargs="+", choices=IMPLEMENTATIONS, default=["revtal", "reference"],
-                       help="which to train: revtal's ActionFormer, the reference package (skipped with a note when "
-                            "actionformer is not installed) and revtal's VSGN (default revtal reference)")
-    group.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override revtal's recipe (e.g. localizer.options.regression_bias_init=0)")
-    group.add_argument("--tag", default="", help="suffix of this run's result files (e.g. an ablation's name)")
 
 
 # ------------------------------------------------------------------------------------------- the feature set
@@ -89,8 +73,6 @@ def generate_feature_set(root: str | os.PathLike, videos: int = 60, dim: int = 6
     steps, log-uniform. Writes ``features/ID.npy``
     (C, T) and ``annotations.json`` for revtal, ``reference/ID.npy`` (T, C) and ``reference.json`` for ActionFormer.
     """
-    from revtal.data.annotations import AnnotationSet, VideoAnnotation, save_annotations
-
     root = Path(root)
     rng = np.random.default_rng(seed)
     patterns = rng.standard_normal((classes, 2, dim))
@@ -156,16 +138,12 @@ def revtal_overrides(root: Path, out: Path, seed: int, epochs: int, warmup_epoch
 
 
 def _score(annotations, predictions) -> dict:
-    from revtal.evaluation.detection import evaluate_detection
 
     return evaluate_detection(annotations, {"results": predictions}, THUMOS_TIOU, subset="validation").to_json()
 
 
 def run_revtal(root: Path, out: Path, seed: int, epochs: int, warmup_epochs: int, lr: float, overrides=(),
                localizer: str = "actionformer") -> dict:
-    from revtal.engine.config import load_config
-    from revtal.engine.trainer import Trainer
-
     config = load_config(None, [*revtal_overrides(root, out, seed, epochs, warmup_epochs, lr, localizer), *overrides])
     start = time.perf_counter()
     trainer = Trainer(config, progress=False, overwrite=True)  # a benchmark re-measures from scratch
@@ -181,7 +159,6 @@ def run_revtal(root: Path, out: Path, seed: int, epochs: int, warmup_epochs: int
 
 
 def _predict(trainer, model, config=None) -> dict:
-    from revtal.engine.inference import Predictor
 
     return Predictor(model, config or trainer.config, trainer.classes, trainer.device).predict(trainer.val_set)
 
@@ -206,6 +183,7 @@ def reference_available() -> bool:
 
 def reference_config(root: Path, classes: int, dim: int, epochs: int, warmup_epochs: int, lr: float) -> dict:
     """The reference's configuration: its defaults with the THUMOS-14 recipe's values at width 128."""
+    # the reference is an optional package (the reference extra): imported only when it runs
     from actionformer.core.config import DEFAULTS, _merge, _update_config
 
     recipe = {
@@ -230,22 +208,17 @@ def reference_config(root: Path, classes: int, dim: int, epochs: int, warmup_epo
         "opt": {"type": "AdamW", "learning_rate": lr, "weight_decay": 0.05, "epochs": epochs,
                 "warmup": True, "warmup_epochs": warmup_epochs, "schedule_type": "cosine"},
     }
-    import copy
 
     _merge(copy.deepcopy(DEFAULTS), recipe)
     return _update_config(recipe)
 
 
 def run_reference(root: Path, seed: int, epochs: int, warmup_epochs: int, lr: float, classes: int, dim: int) -> dict:
-    import copy
-
-    import torch
+    # the reference is an optional package (the reference extra): imported only when it runs
     from actionformer.datasets import make_dataset
     from actionformer.datasets.data_utils import trivial_batch_collator, worker_init_reset_seed
     from actionformer.modeling import make_meta_arch
     from actionformer.utils import ModelEma, fix_random_seed, make_optimizer, make_scheduler
-
-    from revtal.data.annotations import load_annotations
 
     cfg = reference_config(root, classes, dim, epochs, warmup_epochs, lr)
     generator = fix_random_seed(seed, include_cuda=False)
@@ -309,8 +282,7 @@ def tables(records: list[dict]) -> str:
     lines = ["| set | implementation | weights | seeds | " + " | ".join(f"mAP@{t:.1f}" for t in THUMOS_TIOU) + " | avg mAP |",
              "| --- | --- | --- | --- |" + " --- |" * (len(THUMOS_TIOU) + 1)]
     order = {name: i for i, name in enumerate(IMPLEMENTATIONS)}
-    sets = sorted({r.get("set", "") for r in records})
-    for feature_set in sets:
+    for feature_set in sorted({r.get("set", "") for r in records}):
         names = sorted({r["implementation"] for r in records if r.get("set", "") == feature_set}, key=lambda n: order.get(n, 9))
         for name in names:
             runs = [r for r in records if r["implementation"] == name and r.get("set", "") == feature_set]
@@ -343,8 +315,6 @@ PAIRS = (("revtal", "reference"), ("vsgn", "revtal"))
 def paired_differences(records: list[dict]) -> list[dict]:
     """Per feature set, (entry − baseline) average mAP of the final weights over the seeds both ran: per seed,
     mean, and the 95 % interval of the mean (Student's t; runs of one seed share the data)."""
-    from revtal.bench.study import PairedDifference
-
     rows = []
     for feature_set in sorted({r.get("set", "") for r in records}):
         for entry, baseline in PAIRS:
@@ -362,68 +332,61 @@ def paired_differences(records: list[dict]) -> list[dict]:
     return rows
 
 
-def feature_set_root(out: Path, name: str, args: argparse.Namespace) -> Path:
-    return out / f"features_{name}_v{args.videos}_d{args.dim}_x{args.signal:g}_s{args.data_seed}"
-
-
-def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from revtal.bench.runner import machine_info
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    implementations = list(args.implementations)
+def compare(out: str | Path, *, seeds=(0, 1, 2), videos: int = 60, dim: int = 64, data_seed: int = 0,
+            epochs: int = 12, warmup_epochs: int = 3, lr: float = 4e-4, signal: float = 3.0,
+            implementations=("revtal", "reference"), feature_sets=tuple(FEATURE_SETS), overrides=(), tag: str = "",
+            json_path: str | None = None, settings: dict | None = None) -> int:
+    """Train each implementation for each seed on each feature set under ``out``, print the tables and
+    (``json_path``) write them with the machine and ``settings`` (the command line's options). A run whose result
+    file exists (an interrupted benchmark) is read instead of trained again."""
+    out = Path(out)
+    implementations = list(implementations)
     if "reference" in implementations and not reference_available():
         print("note: the reference (pip package actionformer) is not installed: training revtal only. "
               "Install it with: pip install --no-build-isolation 'revtal[reference]'", flush=True)
         implementations.remove("reference")
     machine = machine_info("cpu")
-    print(f"revtal bench localizer: feature sets {' '.join(args.feature_sets)}, {args.videos} videos each, "
-          f"{args.epochs}+{args.warmup_epochs} epochs, lr {args.lr:g}, signal {args.signal:g}, seeds {args.seeds}, "
+    print(f"revtal bench localizer: feature sets {' '.join(feature_sets)}, {videos} videos each, "
+          f"{epochs}+{warmup_epochs} epochs, lr {lr:g}, signal {signal:g}, seeds {list(seeds)}, "
           f"{', '.join(implementations)}; {machine['cpu_model']} ({machine['cpu_cores_available']} cores, "
           f"{torch.get_num_threads()} torch threads), load {machine['load_average_at_start']}", flush=True)
-    tag = f"_{args.tag}" if args.tag else ""
+    tag = f"_{tag}" if tag else ""
     (out / "runs").mkdir(parents=True, exist_ok=True)
     records = []
-    for feature_set in args.feature_sets:
+    for feature_set in feature_sets:
         spec = dict(FEATURE_SETS[feature_set])
-        spec["seed"] += args.data_seed
-        root = feature_set_root(out, feature_set, args)
+        spec["seed"] += data_seed
+        root = out / f"features_{feature_set}_v{videos}_d{dim}_x{signal:g}_s{data_seed}"
         if not (root / "reference.json").exists():
             print(f"writing feature set {feature_set} to {root}", flush=True)
-            generate_feature_set(root, videos=args.videos, dim=args.dim, signal=args.signal, **spec)
-        for seed in args.seeds:
+            generate_feature_set(root, videos=videos, dim=dim, signal=signal, **spec)
+        for seed in seeds:
             for name in implementations:
                 path = out / "runs" / f"{feature_set}_{name}{tag}_seed{seed}.json"
-                if path.exists():  # a finished run of an interrupted benchmark is read, not repeated
-                    record = json.loads(path.read_text())
+                if path.exists():
                     print(f"  {feature_set} {name} seed {seed}: read {path}", flush=True)
-                    records.append(record)
+                    records.append(json.loads(path.read_text()))
                     continue
                 started = time.perf_counter()
                 print(f"set {feature_set}: training {name} seed {seed} ...", flush=True)
                 if name == "reference":
-                    record = run_reference(root, seed, args.epochs, args.warmup_epochs, args.lr,
-                                           classes=spec["classes"], dim=args.dim)
+                    record = run_reference(root, seed, epochs, warmup_epochs, lr, classes=spec["classes"], dim=dim)
                 else:
-                    localizer = "vsgn" if name == "vsgn" else "actionformer"
-                    record = run_revtal(root, out / f"train_{feature_set}_{name}{tag}_seed{seed}", seed, args.epochs,
-                                        args.warmup_epochs, args.lr, args.overrides if name == "revtal" else (), localizer)
+                    record = run_revtal(root, out / f"train_{feature_set}_{name}{tag}_seed{seed}", seed, epochs,
+                                        warmup_epochs, lr, overrides if name == "revtal" else (),
+                                        "vsgn" if name == "vsgn" else "actionformer")
                 record.update(set=feature_set, implementation=name, seed=seed,
-                              overrides=list(args.overrides) if name == "revtal" else [])
+                              overrides=list(overrides) if name == "revtal" else [])
                 text = json.dumps(record, indent=2)
                 atomic_write(path, lambda fh: fh.write(text), binary=False)
                 print(f"  {feature_set} {name} seed {seed}: average mAP {100 * record['final']['average_mAP']:.2f} "
                       f"(final weights), {100 * record['ema']['average_mAP']:.2f} (EMA), "
                       f"{time.perf_counter() - started:.0f} s", flush=True)
                 records.append(record)
-    text = tables(records)
-    print(text)
-    if args.json:
+    print(tables(records))
+    if json_path:
         machine["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-        Path(args.json).write_text(json.dumps({"machine": machine, "settings": vars(args), "records": records,
+        Path(json_path).write_text(json.dumps({"machine": machine, "settings": settings or {}, "records": records,
                                                "paired": paired_differences(records)}, indent=2, default=str))
-        print(f"wrote {args.json}")
+        print(f"wrote {json_path}")
     return 0
