@@ -296,3 +296,22 @@ def test_the_boundary_adjuster_equals_a_kernel_3_conv_over_each_proposals_three_
     gathered = torch.stack([features[b][:, node[b]] for b in range(2)])  # (B, C, P, 3)
     hidden = torch.relu(adjuster.sample_conv(gathered.permute(0, 2, 1, 3).reshape(-1, 16, 3))[..., 0])
     assert torch.allclose(fast, adjuster.out(hidden).view(2, -1), atol=1e-5)
+
+
+def test_vsgn_trains_through_the_trainer_on_a_feature_set_and_is_scored(tmp_path):
+    """localizer.name: vsgn end to end: the same trainer, post-processing and evaluation as ActionFormer."""
+    from revtal.experiments import reference_localizer
+
+    root = reference_localizer.generate_feature_set(tmp_path / "features", videos=6, dim=8, classes=3, lengths=(40, 60),
+                                                    seed=3)
+    options = ("localizer.options={hidden_dim: 16, num_levels: 2, stem_stride: 1, head_num_layers: 1, "
+               "anchor_scales: [2.0, 4.0], stitch_window: 160}")
+    record = reference_localizer.run_revtal(root, tmp_path / "train", seed=0, epochs=2, warmup_epochs=0, lr=1e-3,
+                                            overrides=[options], localizer="vsgn")
+    assert 0 < record["parameters"] < 50_000  # the small VSGN, not a default-sized model
+    for weights in ("final", "ema"):
+        assert 0.0 <= record[weights]["average_mAP"] <= 1.0 and len(record[weights]["mAP"]) == 5
+    import yaml
+
+    saved = yaml.safe_load((tmp_path / "train" / "config.yaml").read_text())
+    assert saved["localizer"]["name"] == "vsgn" and saved["localizer"]["options"]["hidden_dim"] == 16
