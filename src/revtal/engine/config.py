@@ -8,7 +8,9 @@ optim.head_lr=3e-4``, ``--set backbone.mode=re2``).
 A loaded :class:`Config` is frozen: nothing changes it while a job runs, so the ``config.yaml`` a run saves is the
 whole job (:meth:`Config.with_values` derives a changed copy, validated like a loaded one). Sections that configure
 another component's settings class are derived from that class rather than copying its fields
-(:func:`~revtal.engine.typed_config.settings_section`): ``localizer.options`` is :class:`~revtal.localizers.actionformer.ActionFormerConfig`,
+(:func:`~revtal.engine.typed_config.settings_section`): ``localizer.options`` is the settings class of the localizer
+``localizer.name`` names (:class:`~revtal.localizers.actionformer.ActionFormerConfig`,
+:class:`~revtal.localizers.vsgn.VSGNConfig`; :mod:`revtal.localizers.registry`),
 ``localizer.postprocess`` :class:`~revtal.localizers.postprocess.PostprocessConfig`, ``backbone.losa``
 :class:`~revtal.adapters.losa.LoSAConfig`, and ``backbone.schedule`` every argument of
 :class:`~revtal.reversible.schedule.CoefficientSchedule` (plus those of its ``calibrate``, prefixed ``calibrate_``,
@@ -19,7 +21,8 @@ used by ``end: auto``). What a training mode requires of the rest of the config 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -30,8 +33,8 @@ from revtal.engine.modes import get_mode, mode_names
 from revtal.engine.typed_config import (ConfigError, FrozenDict, apply_override, build_section, dataclass_section,
                                         fields_of_signature, read_recipe, recipe_source, set_dotted,
                                         settings_section, thaw)
-from revtal.localizers.actionformer import ActionFormerConfig
 from revtal.localizers.postprocess import PostprocessConfig
+from revtal.localizers.registry import get_localizer, localizer_names
 from revtal.reversible.schedule import CoefficientSchedule
 
 __all__ = ["Config", "ConfigError", "config_from_dict", "dump_config", "load_config", "read_recipe", "recipe_source"]
@@ -39,7 +42,15 @@ __all__ = ["Config", "ConfigError", "config_from_dict", "dump_config", "load_con
 
 # ------------------------------------------------------------------------------------- sections from other classes
 
-LocalizerOptions = dataclass_section("LocalizerOptions", ActionFormerConfig, "ActionFormerConfig fields.", __name__)
+# one options section per registered localizer: ``localizer.options`` takes the fields of the named one's settings
+LOCALIZER_OPTIONS: dict[str, type] = {
+    name: dataclass_section("LocalizerOptions" if name == "actionformer"
+                            else f"{get_localizer(name).settings.__name__.removesuffix('Config')}Options",
+                            get_localizer(name).settings,
+                            f"{get_localizer(name).settings.__name__} fields (``localizer.name: {name}``).", __name__)
+    for name in localizer_names()
+}
+LocalizerOptions = LOCALIZER_OPTIONS["actionformer"]  # the default localizer's section
 PostprocessOptions = dataclass_section("PostprocessOptions", PostprocessConfig, "PostprocessConfig fields.", __name__)
 LoSAOptions = dataclass_section("LoSAOptions", LoSAConfig, "LoSAConfig fields (``backbone.mode: losa``).", __name__)
 
@@ -129,8 +140,31 @@ class BackboneConfig:
 
 @dataclass(frozen=True)
 class LocalizerConfig:
-    options: LocalizerOptions = field(default_factory=LocalizerOptions)  # type: ignore[valid-type]
+    name: str = "actionformer"  # a registered localizer (revtal.localizers.registry): actionformer | vsgn
+    # the named localizer's settings: read as a mapping, typed against that localizer's section by Config.validate
+    options: Any = field(default_factory=LocalizerOptions)
     postprocess: PostprocessOptions = field(default_factory=PostprocessOptions)  # type: ignore[valid-type]
+
+    def resolved(self, source: str) -> "LocalizerConfig":
+        """This section with ``options`` typed for ``name``; an option the localizer does not take is an error
+        naming it. Options left at another localizer's defaults (no ``options`` given) become ``name``'s defaults."""
+        if self.name not in LOCALIZER_OPTIONS:
+            raise ConfigError(f"{source}: localizer.name must be one of {localizer_names()}, got {self.name!r}")
+        section = LOCALIZER_OPTIONS[self.name]
+        options = self.options
+        if isinstance(options, section):
+            return self
+        if isinstance(options, Mapping):
+            known = [f.name for f in dataclasses.fields(section)]
+            for key in options:
+                if key not in known:
+                    raise ConfigError(f"{source}: unknown key 'localizer.options.{key}': localizer {self.name!r} takes "
+                                      f"no option {key!r} (its options: {', '.join(known)})")
+            return replace(self, options=build_section(section, options, "localizer.options", source, RANGES))
+        if dataclasses.is_dataclass(options) and options == type(options)():
+            return replace(self, options=section())
+        raise ConfigError(f"{source}: localizer.options were set for another localizer than localizer.name="
+                          f"{self.name!r}; give that localizer's options as a mapping")
 
 
 @dataclass(frozen=True)
@@ -173,6 +207,10 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self, source: str = "<config>") -> "Config":
+        """Checks across sections; returns the config with ``localizer.options`` typed for ``localizer.name``."""
+        localizer = self.localizer.resolved(source)
+        if localizer is not self.localizer:
+            return replace(self, localizer=localizer).validate(source)
         def bad(key: str, value: Any, allowed) -> ConfigError:
             return ConfigError(f"{source}: {key} must be one of {list(allowed)}, got {value!r}")
 
