@@ -49,6 +49,17 @@ class train:
             config, _ = resumed_config(resume, args.config, args.overrides, args.allow_config_change, args.out)
         else:
             resume, config = None, _load(args)
+        if config.task == "classification":
+            from revtal.engine.classification import ClassificationTrainer
+
+            trainer = ClassificationTrainer(config, resume=resume, overwrite=args.overwrite,
+                                            allow_config_change=args.allow_config_change)
+            history = trainer.fit()
+            if history and history[-1].metrics:
+                m = history[-1].metrics
+                print(f"final top-1 {100 * m['top1']:.2f}%, top-5 {100 * m['top5']:.2f}%, mean class accuracy "
+                      f"{100 * m['mean_class_accuracy']:.2f}% over {m['num_videos']} videos  ({trainer.out_dir})")
+            return 0
         trainer = Trainer(config, resume=resume, overwrite=args.overwrite,
                           allow_config_change=args.allow_config_change)
         history = trainer.fit()
