@@ -135,3 +135,30 @@ def test_options_the_task_does_not_take_fail_at_load(clips_root, tmp_path, value
 def test_classification_options_are_refused_by_a_tal_recipe():
     with pytest.raises(ConfigError, match="classification.mixup_alpha is a classification option, but task is 'tal'"):
         config_from_dict({"classification": {"mixup_alpha": 0.8}})
+
+
+def test_k400_re2_repretraining_recipe_feeds_the_thumos_re2tal_recipe(clips_root, tmp_path):
+    """The two commands of Re²TAL's recipe, shrunk: one step of the re-pretraining config (Swin-T, re2), then the
+    TAL recipe builds its backbone from that run's best.pt."""
+    from pathlib import Path
+
+    from revtal.engine.config import load_config
+    from revtal.engine.model import build_model
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    shrink = [f"classification.train_list={clips_root / 'train.csv'}", f"classification.val_list={clips_root / 'val.csv'}",
+              f"classification.root={clips_root}", "backbone.pretrained=''", "data.num_frames=4", "data.img_size=32",
+              "data.batch_size=6", "data.num_workers=0", "classification.test_clips=1", "classification.test_crops=1",
+              "classification.frame_interval=1", "optim.epochs=1", "optim.amp=none", "eval.every=1",
+              f"train.out_dir={tmp_path / 'k400'}"]
+    config = load_config(configs / "k400_swin3d_t_re2_repretrain.yaml", shrink)
+    assert config.backbone.mode == "re2" and config.backbone.name == "swin3d_t"
+    trainer = ClassificationTrainer(config, progress=False)
+    trainer.fit()
+    assert trainer.step == 1
+    tal = load_config(configs / "thumos_re2tal.yaml", [f"backbone.pretrained={tmp_path / 'k400' / 'best.pt'}",
+                                                        "data.num_frames=4", "data.img_size=32", "optim.amp=none"])
+    model = build_model(tal, num_classes=20)
+    trained = {k[len("backbone."):]: v for k, v in trainer.model.state_dict().items() if k.startswith("backbone.")}
+    loaded = model.extractor.state_dict()
+    assert set(trained) == set(loaded) and all(torch.equal(trained[k], loaded[k]) for k in trained)
