@@ -77,6 +77,11 @@ def test_dr2net_float_backprop_follows_the_schedule(clips_root, tmp_path):
     assert revtal.reversible_stages(trainer.model)[0].backprop == "reversible"
     assert history[0].alpha > history[1].alpha and history[0].beta < history[1].beta  # half-way, then the end point
     assert (history[1].alpha, history[1].beta) == pytest.approx((0.3, 0.7), abs=1e-6)
+    # the checkpoint rebuilds the trained classifier (weights and coefficients): the same accuracy again
+    from revtal.engine.classification import evaluate_checkpoint
+
+    again = evaluate_checkpoint(tmp_path / "last.pt", out_dir=tmp_path / "again", progress=False)
+    assert again == json.loads((tmp_path / "eval.json").read_text())
 
 
 def test_resume_continues_bit_exactly_with_mixup_cutmix_and_drop_path(clips_root, tmp_path):

@@ -126,8 +126,13 @@ def load_clip_lists(config: Config) -> tuple[ClipList, ClipList]:
     c, skip = config.classification, config.data.skip_bad_videos
     train = load_clip_list(c.train_list, c.root or None, format=c.format, classes=c.classes or None,
                            skip_bad_videos=skip)
-    val = load_clip_list(c.val_list, c.root or None, format=c.format, classes=train.classes, skip_bad_videos=skip)
-    return train, val
+    return train, load_val_list(config, train.classes)
+
+
+def load_val_list(config: Config, classes: list[str]) -> ClipList:
+    c = config.classification
+    return load_clip_list(c.val_list, c.root or None, format=c.format, classes=classes,
+                          skip_bad_videos=config.data.skip_bad_videos)
 
 
 def clip_dataset(config: Config, clips: ClipList, train: bool) -> ClipDataset:
@@ -365,8 +370,35 @@ def evaluate_classifier(model: ClassificationModel, dataset: ClipDataset, config
     metrics["views"] = {"clips": dataset.test_clips, "crops": dataset.test_crops}
     metrics["skipped"] = sorted(dataset.skipped)
     if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / "eval.json").write_text(json.dumps(metrics, indent=1))
     return metrics
+
+
+def load_classifier(checkpoint: TrainingCheckpoint, config: Config | None = None) -> ClassificationModel:
+    """The trained classifier of a classification checkpoint (EMA weights when the run kept them, at its last α/β),
+    built from the checkpoint's backbone weights through its mode, as the TAL predictor rebuilds a TAL model."""
+    config = config or checkpoint.config()
+    if config.task != "classification":
+        raise ValueError(f"{checkpoint.path}: a checkpoint of task {config.task!r}, not classification")
+    weights = checkpoint.inference_weights()
+    backbone_weights = {k[len("backbone."):]: v for k, v in weights.items() if k.startswith("backbone.")}
+    model = build_classifier(config, len(checkpoint.classes), backbone_weights)
+    checkpoint.restore_model(model)
+    return model.eval()
+
+
+def evaluate_checkpoint(path: str | Path, config: Config | None = None, out_dir: str | Path | None = None,
+                        progress: bool = True) -> dict:
+    """``revtal eval`` of a classification checkpoint: its model on the validation list of ``config`` (default: the
+    run's own config), all views; writes ``eval.json`` to ``out_dir``."""
+    checkpoint = TrainingCheckpoint(path)
+    config = config or checkpoint.config()
+    model = load_classifier(checkpoint, config)
+    device = resolve_device(config.train.device)
+    val = load_val_list(config, checkpoint.classes)
+    return evaluate_classifier(model.to(device), clip_dataset(config, val, train=False), config, device,
+                               Path(out_dir) if out_dir is not None else None, progress)
 
 
 def chance_top1(dataset: ClipDataset) -> float:
