@@ -269,7 +269,11 @@ class ClassificationTrainer:
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss at epoch {epoch + 1} step {it} (alpha={alpha}, beta={beta})")
             self.scaler.scale(loss / accumulate).backward()
-            self.hooks.after_backward()
+            for event in self.hooks.after_backward():  # float reconstruction checks (and fallbacks) of reversible modes
+                self.log.log(self.step, {"safety/relative_error": event.relative_error, "safety/stage": event.stage,
+                                         "safety/fallback": event.fallback})
+                if self.progress:
+                    tqdm.write(event.message())
             if (it + 1) % accumulate == 0 or it + 1 == len(self.train_loader):
                 self._optimizer_step()
             if it == 0 and self.model.last_saved_bytes is not None:

@@ -30,6 +30,28 @@ AR_CLASSES = 12
 AR_SCHEDULE = {"alpha0": 1.0, "alpha_end": 0.3, "beta0": 0.1, "beta_end": 0.7, "every": 2, "unit": "iteration"}
 
 
+_EXACT = ("backbone.backprop=exact",)
+# (name, description, overrides of ar_config) of the action-recognition entries; the tables are in the catalogue
+AR_ENTRY_SPECS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("ar_frozen", "AR: linear probe on the frozen backbone", ("backbone.mode=frozen",)),
+    ("ar_conventional", "AR: conventional end-to-end finetuning", ("backbone.mode=conventional",)),
+    ("ar_scratch", "AR: reversible (α=0.3, β=0.7) from random initialisation, exact",
+     ("backbone.mode=scratch", *_EXACT)),
+    ("ar_hard", "AR: hard finetune at fixed α=0.3, β=0.7 from the pretrained weights, exact",
+     ("backbone.mode=hard", "backbone.alpha=0.3", "backbone.beta=0.7", *_EXACT)),
+    ("ar_dr2net", "AR: Dr²Net dynamic (1, 0.1) → (0.3, 0.7), η = 2 iterations, simultaneous, exact",
+     ("backbone.mode=dr2net", *_EXACT)),
+    ("ar_dr2net_vanilla", "AR: Dr²Net vanilla, fixed α=1, β=0.1, exact",
+     ("backbone.mode=hard", "backbone.alpha=1.0", "backbone.beta=0.1", *_EXACT)),
+    ("ar_order_alpha_first", "AR: schedule α first, then β (exact)",
+     ("backbone.mode=dr2net", "backbone.schedule.order=alpha_first", *_EXACT)),
+    ("ar_order_beta_first", "AR: schedule β first, then α (exact)",
+     ("backbone.mode=dr2net", "backbone.schedule.order=beta_first", *_EXACT)),
+    *((f"ar_eta_{eta}", f"AR: Dr²Net dynamic, α/β updated every η = {eta} iterations (exact)",
+       ("backbone.mode=dr2net", f"backbone.schedule.every={eta}", *_EXACT)) for eta in (1, 5, 10, 20)),
+)
+
+
 def classification_recipe(tal: Config, out: Path, *, classes: int, epochs: int, quick: bool,
                           mode: str = "dr2net") -> Config:
     """A ``task: classification`` recipe on synthetic clips with the backbone (name, options, pretrained, backprop)
@@ -57,9 +79,13 @@ def classification_recipe(tal: Config, out: Path, *, classes: int, epochs: int, 
 
 
 def ar_config(tal: Config, out: Path, quick: bool, epochs: int | None) -> Config:
-    """The base recipe of the action-recognition entries (their overrides apply on top)."""
-    return classification_recipe(tal, out, classes=4 if quick else AR_CLASSES, epochs=1 if quick else (epochs or 8),
-                                 quick=quick)
+    """The base recipe of the action-recognition entries (their overrides apply on top), with its synthetic clips
+    written once under ``out/data`` for every run."""
+    from revtal.engine.classification import resolve_clips
+
+    config = classification_recipe(tal, out, classes=4 if quick else AR_CLASSES, epochs=1 if quick else (epochs or 8),
+                                   quick=quick)
+    return resolve_clips(config, out)
 
 
 def classification_record(config: Config, progress: bool) -> dict:
@@ -97,6 +123,8 @@ def repretrained_checkpoint(tal: Config, out: Path, mode: str, seed: int, quick:
     """Re²TAL's middle step for the TAL runs of training seed ``seed``: the backbone of ``tal.backbone.pretrained``
     finetuned in ``mode`` on clip classification of the TAL classes; made once under OUT/repretrain/<mode>_seed<k>
     (deterministic) and reused."""
+    from revtal.engine.classification import ClassificationTrainer, resolve_clips
+
     folder = out / "repretrain" / f"{mode}_seed{seed}"
     info_path = folder / "repretrain.json"
     if info_path.exists():
@@ -105,9 +133,8 @@ def repretrained_checkpoint(tal: Config, out: Path, mode: str, seed: int, quick:
             return info
     config = classification_recipe(tal, folder / "run", classes=tal.data.synthetic.classes, epochs=1 if quick else 4,
                                    quick=quick, mode=mode)
+    config = resolve_clips(config, out)  # one set of clips for every mode and seed
     config = config.with_values({"train.seed": seed}, source="revtal study (re-pretraining)")
-    from revtal.engine.classification import ClassificationTrainer
-
     trainer = ClassificationTrainer(config, overwrite=True, progress=progress)
     history = trainer.fit()
     info = {"checkpoint": str(folder / "run" / "best.pt"), "source": tal.backbone.pretrained, "mode": mode,
@@ -115,3 +142,13 @@ def repretrained_checkpoint(tal: Config, out: Path, mode: str, seed: int, quick:
     folder.mkdir(parents=True, exist_ok=True)
     info_path.write_text(json.dumps(info, indent=2))
     return info
+
+
+def prepare_clips(tal: Config, out: Path, quick: bool, *, ar: bool, repretrain: bool) -> None:
+    """Write the synthetic clips the selected entries need (the AR set, the re-pretraining set) once."""
+    from revtal.engine.classification import resolve_clips
+
+    if ar:
+        ar_config(tal, out / "ar", quick, None)
+    if repretrain:
+        resolve_clips(classification_recipe(tal, out, classes=tal.data.synthetic.classes, epochs=1, quick=quick), out)
