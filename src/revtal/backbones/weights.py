@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -158,8 +159,6 @@ def _short_list(items: list[str]) -> str:
 
 
 def _numpy_array_globals() -> list:
-    import numpy as np
-
     multiarray = getattr(np, "_core", None) or np.core  # numpy 2 renamed numpy.core
     return [multiarray.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 

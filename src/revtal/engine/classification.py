@@ -15,7 +15,7 @@ resumed run mixes the same way), drop path (a backbone option: ``backbone.option
 ``mean_class_accuracy`` and ``per_class`` (class name → top-1 accuracy).
 
 Checkpoints (``last.pt`` every epoch, ``best.pt`` at the best top-1) have the layout of the TAL trainer's
-(:func:`~revtal.engine.checkpoint.training_state`), so ``--resume`` continues a run bit for bit on CPU. One process
+(:func:`~revtal.engine.run_state.training_state`), so ``--resume`` continues a run bit for bit on CPU. One process
 (no DDP) in this version.
 """
 
@@ -38,13 +38,15 @@ from revtal.data.cliplists import ClipList, load_clip_list
 from revtal.data.clips import ClipDataset, collate_clips
 from revtal.data.dataset import build_loader
 from revtal.data.mixup import MixupCutmix, soft_target_cross_entropy
-from revtal.engine.checkpoint import TrainingCheckpoint, atomic_save, training_state
+from revtal.data.synthetic import generate_clip_dataset
 from revtal.engine.config import Config, dump_config
-from revtal.engine.inference import autocast, resolve_device
 from revtal.engine.modes import TrainingMode, get_mode
 from revtal.engine.optim import ModelEMA, build_optimizer, warmup_cosine
 from revtal.engine.resume import check_resume_changes, config_changes
+from revtal.engine.run_state import TrainingCheckpoint, atomic_save, training_state
 from revtal.engine.rundir import claim_run_dir
+from revtal.engine.runtime import autocast, resolve_device
+from revtal.engine.trainer import MetricLog, enable_deterministic_algorithms, seed_everything
 from revtal.evaluation.classification import average_views, classification_metrics
 from revtal.utils.memory import SavedTensorMeter
 
@@ -108,8 +110,6 @@ def resolve_clips(config: Config, out_dir: str | Path) -> Config:
     c = config.classification
     if c.train_list:
         return config
-    from revtal.data.synthetic import generate_clip_dataset
-
     s = c.synthetic
     root = synthetic_clips_dir(config, Path(out_dir))
     if not (root / "classes.txt").exists():
@@ -167,8 +167,6 @@ class ClassificationTrainer:
 
     def __init__(self, config: Config, *, resume: "str | Path | TrainingCheckpoint | None" = None,
                  overwrite: bool = False, allow_config_change: bool = False, progress: bool = True):
-        from revtal.engine.trainer import MetricLog, enable_deterministic_algorithms, seed_everything
-
         if config.task != "classification":
             raise ValueError(f"ClassificationTrainer needs task: classification, got {config.task!r}")
         self.device = resolve_device(config.train.device)
@@ -177,7 +175,9 @@ class ClassificationTrainer:
         resume_path = resume.path if isinstance(resume, TrainingCheckpoint) else resume
         in_place = resume_path is not None and Path(resume_path).resolve().parent == self.out_dir.resolve()
         claim_run_dir(self.out_dir, resume=in_place, overwrite=overwrite)
-        config = resolve_clips(config, self.out_dir)
+        if not config.classification.train_list:
+            raise ValueError("classification.train_list is empty: locate the clips first (the synthetic ones: "
+                             "revtal.engine.classification.resolve_clips, as revtal train does)")
         self.config = config
         self.out_dir.mkdir(parents=True, exist_ok=True)
         dump_config(config, self.out_dir / "config.yaml")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from revtal.engine.classification import ClassificationTrainer, resolve_clips
 from revtal.engine.config import Config, config_from_dict
 
 AR_CLASSES = 12
@@ -81,7 +82,6 @@ def classification_recipe(tal: Config, out: Path, *, classes: int, epochs: int, 
 def ar_config(tal: Config, out: Path, quick: bool, epochs: int | None) -> Config:
     """The base recipe of the action-recognition entries (their overrides apply on top), with its synthetic clips
     written once under ``out/data`` for every run."""
-    from revtal.engine.classification import resolve_clips
 
     config = classification_recipe(tal, out, classes=4 if quick else AR_CLASSES, epochs=1 if quick else (epochs or 8),
                                    quick=quick)
@@ -91,7 +91,6 @@ def ar_config(tal: Config, out: Path, quick: bool, epochs: int | None) -> Config
 def classification_record(config: Config, progress: bool) -> dict:
     """Train ``config`` (task classification) and describe the run as the study records TAL runs; the score is
     top-1 accuracy."""
-    from revtal.engine.classification import ClassificationTrainer
 
     started = time.perf_counter()
     trainer = ClassificationTrainer(config, progress=progress)
@@ -123,7 +122,6 @@ def repretrained_checkpoint(tal: Config, out: Path, mode: str, seed: int, quick:
     """Re²TAL's middle step for the TAL runs of training seed ``seed``: the backbone of ``tal.backbone.pretrained``
     finetuned in ``mode`` on clip classification of the TAL classes; made once under OUT/repretrain/<mode>_seed<k>
     (deterministic) and reused."""
-    from revtal.engine.classification import ClassificationTrainer, resolve_clips
 
     folder = out / "repretrain" / f"{mode}_seed{seed}"
     info_path = folder / "repretrain.json"
@@ -146,7 +144,6 @@ def repretrained_checkpoint(tal: Config, out: Path, mode: str, seed: int, quick:
 
 def prepare_clips(tal: Config, out: Path, quick: bool, *, ar: bool, repretrain: bool) -> None:
     """Write the synthetic clips the selected entries need (the AR set, the re-pretraining set) once."""
-    from revtal.engine.classification import resolve_clips
 
     if ar:
         ar_config(tal, out / "ar", quick, None)
