@@ -392,11 +392,11 @@ def load_classifier(checkpoint: TrainingCheckpoint, config: Config | None = None
     return model.eval()
 
 
-def evaluate_checkpoint(path: str | Path, config: Config | None = None, out_dir: str | Path | None = None,
+def evaluate_checkpoint(path: "str | Path | TrainingCheckpoint", config: Config | None = None, out_dir: str | Path | None = None,
                         progress: bool = True) -> dict:
     """``revtal eval`` of a classification checkpoint: its model on the validation list of ``config`` (default: the
     run's own config), all views; writes ``eval.json`` to ``out_dir``."""
-    checkpoint = TrainingCheckpoint(path)
+    checkpoint = path if isinstance(path, TrainingCheckpoint) else TrainingCheckpoint(path)
     config = config or checkpoint.config()
     model = load_classifier(checkpoint, config)
     device = resolve_device(config.train.device)
