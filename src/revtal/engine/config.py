@@ -119,6 +119,47 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class SyntheticClipsConfig:
+    """The embedded trimmed-clip dataset (``task: classification`` without ``classification.train_list``): clips of
+    the synthetic actions, written under ``<out>/data`` on first use (:func:`revtal.data.synthetic.
+    generate_clip_dataset`)."""
+
+    classes: int = 4
+    train_per_class: int = 24
+    val_per_class: int = 8
+    seed: int = 0
+    size: int = 32
+    fps: float = 4.0
+    min_duration: float = 4.0
+    max_duration: float = 8.0
+
+
+@dataclass(frozen=True)
+class ClassificationConfig:
+    """``task: classification``: trimmed clips (revtal.data.cliplists / revtal.data.clips) and the parts of
+    VideoMAE's finetuning recipe that the optimiser lacks. ``data.num_frames`` frames of ``data.img_size``² make a
+    clip; ``data.batch_size``, ``num_workers``, ``skip_bad_videos``, ``cache_mb``, ``mean`` and ``std`` apply."""
+
+    train_list: str = ""  # clip list, SSv2 JSON or class folder; empty: the synthetic clips
+    val_list: str = ""
+    root: str = ""  # prefix of relative paths in the lists (default: each list's folder)
+    classes: str = ""  # class names: a file (one per line, name,id, id name, or JSON), default: from the lists
+    format: str = "auto"  # auto | list | csv | ssv2 | folders
+    sampling: str = "uniform"  # uniform (TSN segments, SSv2) | dense (frame_interval apart, Kinetics)
+    frame_interval: int = 4
+    test_clips: int = 1  # evaluation views: clips x crops per video (VideoMAE: 2 x 3 on SSv2, 5 x 3 on Kinetics)
+    test_crops: int = 1
+    train_scale: tuple[float, float] = (0.25, 1.0)  # random resized crop: area fraction kept
+    mixup_alpha: float = 0.0  # VideoMAE: 0.8
+    cutmix_alpha: float = 0.0  # VideoMAE: 1.0
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    label_smoothing: float = 0.0  # VideoMAE: 0.1
+    head_dropout: float = 0.0
+    synthetic: SyntheticClipsConfig = field(default_factory=SyntheticClipsConfig)
+
+
+@dataclass(frozen=True)
 class BackboneConfig:
     name: str = "vit_tiny_video"
     pretrained: str = ""  # local checkpoint path of the backbone network
@@ -177,6 +218,9 @@ class OptimConfig:
     min_lr_ratio: float = 0.0
     clip_grad: float = 1.0
     accumulate: int = 1
+    # layer-wise learning-rate decay of the backbone (VideoMAE: 0.75): block i of n trains at backbone_lr x
+    # layer_decay^(n + 1 - i), the embeddings at layer_decay^(n + 1); 1 turns it off
+    layer_decay: float = 1.0
     ema: bool = False
     ema_decay: float = 0.999
     amp: str = "none"  # none | bf16 | fp16 (fp16 on CUDA only)
@@ -199,12 +243,14 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Config:
+    task: str = "tal"  # tal | classification
     data: DataConfig = field(default_factory=DataConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     localizer: LocalizerConfig = field(default_factory=LocalizerConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    classification: ClassificationConfig = field(default_factory=ClassificationConfig)
 
     def validate(self, source: str = "<config>") -> "Config":
         """Checks across sections; returns the config with ``localizer.options`` typed for ``localizer.name``."""
@@ -214,8 +260,11 @@ class Config:
         def bad(key: str, value: Any, allowed) -> ConfigError:
             return ConfigError(f"{source}: {key} must be one of {list(allowed)}, got {value!r}")
 
+        if self.task not in TASKS:
+            raise bad("task", self.task, TASKS)
         if self.backbone.mode not in mode_names():
             raise bad("backbone.mode", self.backbone.mode, mode_names())
+        self._check_task_keys(source)
         if self.backbone.backprop not in ("exact", "reversible", "vanilla"):
             raise bad("backbone.backprop", self.backbone.backprop, ("exact", "reversible", "vanilla"))
         if self.backbone.monitor_fallback not in ("exact", "vanilla"):
@@ -243,6 +292,34 @@ class Config:
                 raise ConfigError(f"{source}: {key} must be positive, got {getattr(getattr(self, section), name)!r}")
         return self
 
+    def _check_task_keys(self, source: str) -> None:
+        """An option the task does not take is an error (it would be silently ignored otherwise)."""
+        defaults = Config()
+        if self.task == "tal":
+            if self.classification != defaults.classification:
+                changed = _changed_keys(self.classification, defaults.classification, "classification")
+                raise ConfigError(f"{source}: {changed[0]} is a classification option, but task is 'tal' "
+                                  "(set task: classification)")
+            return
+        changed = [key for key in _changed_keys(self.data, defaults.data, "data")
+                   if ".".join(key.split(".")[:2]) in TAL_ONLY_KEYS]
+        changed += _changed_keys(self.localizer, defaults.localizer, "localizer")
+        changed += [key for key in _changed_keys(self.eval, defaults.eval, "eval") if key == "eval.tiou"]
+        if changed:
+            raise ConfigError(f"{source}: {changed[0]} is a TAL option, which task: classification does not take "
+                              "(its data are under classification.*)")
+        c = self.classification
+        if c.sampling not in ("uniform", "dense"):
+            raise ConfigError(f"{source}: classification.sampling must be one of ['uniform', 'dense'], got {c.sampling!r}")
+        if c.format not in ("auto", "list", "csv", "ssv2", "folders"):
+            raise ConfigError(f"{source}: classification.format must be one of ['auto', 'list', 'csv', 'ssv2', "
+                              f"'folders'], got {c.format!r}")
+        if c.test_crops not in (1, 3):
+            raise ConfigError(f"{source}: classification.test_crops must be 1 or 3, got {c.test_crops!r}")
+        if bool(c.train_list) != bool(c.val_list):
+            raise ConfigError(f"{source}: set both classification.train_list and classification.val_list "
+                              "(or neither, for the synthetic clips)")
+
     def to_dict(self) -> dict:
         """Plain dicts, lists and scalars (YAML, checkpoints); :func:`config_from_dict` reads it back equal."""
         return thaw(self)
@@ -260,6 +337,26 @@ class Config:
         for assignment in assignments:
             apply_override(data, assignment)
         return config_from_dict(data, source)
+
+
+TASKS = ("tal", "classification")
+# data fields that only TAL reads (classification reads its clips from the classification section)
+TAL_ONLY_KEYS = {f"data.{name}" for name in ("annotations", "video_dir", "features_dir", "train_subset", "val_subset",
+                                             "mode", "crop_ratio", "max_seq_len", "trunc_thresh", "synthetic")}
+
+
+def _changed_keys(section: Any, default: Any, prefix: str) -> list[str]:
+    """Dotted keys of ``section`` that differ from ``default`` (recursing into sub-sections)."""
+    keys = []
+    for f in dataclasses.fields(section):
+        value, base = getattr(section, f.name), getattr(default, f.name)
+        if value == base:
+            continue
+        if dataclasses.is_dataclass(value):
+            keys += _changed_keys(value, base, f"{prefix}.{f.name}") or [f"{prefix}.{f.name}"]
+        else:
+            keys.append(f"{prefix}.{f.name}")
+    return keys
 
 
 # ------------------------------------------------------------------------------------------------------ loading
@@ -281,7 +378,15 @@ RANGES: dict[str, str] = {
     "optim.epochs": "[1, inf)", "optim.backbone_lr": "[0, inf)", "optim.head_lr": "[0, inf)",
     "optim.weight_decay": "[0, inf)", "optim.warmup_epochs": "[0, inf)", "optim.min_lr_ratio": "[0, 1]",
     "optim.clip_grad": "[0, inf)", "optim.accumulate": "[1, inf)", "optim.ema_decay": "[0, 1)",
-    "eval.tiou": "(0, 1]", "eval.every": "[1, inf)",
+    "eval.tiou": "(0, 1]", "eval.every": "[1, inf)", "optim.layer_decay": "(0, 1]",
+    "classification.frame_interval": "[1, inf)", "classification.test_clips": "[1, inf)",
+    "classification.train_scale": "(0, 1]", "classification.mixup_alpha": "[0, inf)",
+    "classification.cutmix_alpha": "[0, inf)", "classification.mixup_prob": "[0, 1]",
+    "classification.mixup_switch_prob": "[0, 1]", "classification.label_smoothing": "[0, 1)",
+    "classification.head_dropout": "[0, 1)", "classification.synthetic.classes": "[1, 20]",
+    "classification.synthetic.train_per_class": "[1, inf)", "classification.synthetic.val_per_class": "[1, inf)",
+    "classification.synthetic.size": "[2, inf)", "classification.synthetic.fps": "(0, inf)",
+    "classification.synthetic.min_duration": "(0, inf)", "classification.synthetic.max_duration": "(0, inf)",
     "train.seed": "[0, 4294967295]", "train.log_every": "[1, inf)",
 }
 

@@ -204,6 +204,14 @@ class LoSAMode(TrainingMode):
     name = "losa"
     description = "frozen backbone + LoSA adapters (no gradient through the backbone)"
 
+    def validate(self, config: "Config", source: str) -> None:
+        super().validate(config, source)
+        # a trimmed clip (task: classification) is one backbone input cut into LoSA's clips
+        if config.task == "classification" and config.data.num_frames % config.backbone.losa.clip_frames:
+            raise ConfigError(f"{source}: backbone.mode losa runs the backbone over clips of backbone.losa.clip_frames="
+                              f"{config.backbone.losa.clip_frames} frames; data.num_frames={config.data.num_frames} "
+                              "must be a multiple of it")
+
     def backbone_frames(self, settings: "BackboneConfig", video_frames: int) -> int:
         return settings.losa.clip_frames  # LoSA runs the backbone over clips of clip_frames
 
