@@ -122,7 +122,7 @@ class CheckpointMode(TrainingMode):
     def convert(self, backbone: nn.Module, settings: "BackboneConfig") -> None:
         import revtal
 
-        revtal.convert(backbone, "original", backprop="checkpoint")
+        revtal.convert(backbone, "original", backprop="checkpoint", window_chunk=settings.window_chunk)
 
 
 class Re2Mode(TrainingMode):
@@ -132,7 +132,7 @@ class Re2Mode(TrainingMode):
     def convert(self, backbone: nn.Module, settings: "BackboneConfig") -> None:
         import revtal
 
-        revtal.convert(backbone, "re2", backprop="reversible")
+        revtal.convert(backbone, "re2", backprop="reversible", window_chunk=settings.window_chunk)
 
 
 class FixedCoefficientMode(TrainingMode):
@@ -149,7 +149,7 @@ class FixedCoefficientMode(TrainingMode):
 
         alpha, beta = self.coefficients(settings)
         revtal.convert(backbone, "dr2net", alpha=alpha, beta=beta, backprop=settings.backprop,
-                       beta_bits=settings.beta_bits)
+                       beta_bits=settings.beta_bits, window_chunk=settings.window_chunk)
 
 
 class ScratchMode(FixedCoefficientMode):

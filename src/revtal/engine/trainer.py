@@ -296,7 +296,7 @@ class Trainer:
 
     def _start_hooks(self, video: torch.Tensor) -> None:
         """The mode's once-per-run preparation on the first batch (the end point of an ``end: auto`` schedule)."""
-        report = self.hooks.start(self.model.extractor, video)
+        report = self.hooks.start(self.model.extractor, self.model.backbone_input(video))
         if report and self.progress:
             tqdm.write(report)
 
