@@ -47,3 +47,24 @@ def test_backbone_embeddings_and_norms_are_not_decayed_and_groups_carry_the_rate
     groups = {g["name"]: (g["lr"], g["weight_decay"], len(g["params"])) for g in optimizer.param_groups}
     assert groups == {"backbone": (1e-5, 0.05, 1), "backbone_no_decay": (1e-5, 0.0, 7),
                       "head": (1e-4, 0.05, 1), "head_no_decay": (1e-4, 0.0, 1)}
+
+
+def test_fused_adamw_step_holds_no_temporary_the_size_of_all_parameters():
+    from tests.helpers import live_peak_bytes
+
+    torch.manual_seed(0)
+    backbone, head = torch.nn.Sequential(*[torch.nn.Linear(64, 64) for _ in range(8)]), torch.nn.Linear(64, 4)
+    total = sum(p.numel() * p.element_size() for p in [*backbone.parameters(), *head.parameters()])
+    peaks = []
+    for optimizer in (
+        build_optimizer(backbone, head, 1e-3, 1e-3, 0.05, fused=True),
+        # CUDA's default AdamW implementation (foreach): every update at once
+        torch.optim.AdamW(list(backbone.parameters()) + list(head.parameters()), foreach=True),
+    ):
+        for _ in range(2):  # the first step creates the state; the second is the steady one
+            for p in [*backbone.parameters(), *head.parameters()]:
+                p.grad = torch.randn_like(p)
+            peak = live_peak_bytes(optimizer.step)
+        peaks.append(peak)
+    fused, foreach = peaks
+    assert foreach >= total and fused <= 0.1 * total, (fused, foreach, total)

@@ -236,6 +236,7 @@ class OptimConfig:
     ema: bool = False
     ema_decay: float = 0.999
     amp: str = "none"  # none | bf16 | fp16 (fp16 on CUDA only)
+    fused: bool = False  # fused AdamW: in-place update per parameter, no temporary the size of all parameters
 
 
 @dataclass(frozen=True)

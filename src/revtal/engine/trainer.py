@@ -140,7 +140,8 @@ class Trainer:
             )
         ocfg = config.optim
         self.optimizer = build_optimizer(
-            self.model.trainable_backbone(), self.model.localizer, ocfg.backbone_lr, ocfg.head_lr, ocfg.weight_decay
+            self.model.trainable_backbone(), self.model.localizer, ocfg.backbone_lr, ocfg.head_lr, ocfg.weight_decay,
+            fused=ocfg.fused,
         )
         self.iters_per_epoch = max(1, math.ceil(len(self.train_loader) / ocfg.accumulate))  # optimizer steps
         self.lr_schedule = warmup_cosine(
