@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "selfcheck": "verify the reversible engine on a tiny model and print what was checked",
     "bench": "memory and speed benchmarks",
     "study": "the papers' tables in miniature on the synthetic dataset",
+    "plan": "will this recipe fit my GPU, and in which mode? (simulated on fake tensors, no GPU needed)",
 }
 
 

@@ -39,11 +39,13 @@ def decay_groups(module: nn.Module) -> tuple[list[nn.Parameter], list[nn.Paramet
 
 def build_optimizer(
     backbone: nn.Module | None, head: nn.Module, backbone_lr: float, head_lr: float, weight_decay: float,
-    fused: bool = False,
+    foreach: bool | None = None, fused: bool = False,
 ) -> torch.optim.AdamW:
-    """AdamW over the backbone's and the head's parameters. ``fused``: torch's fused AdamW kernel, which updates
-    each parameter in place; the default (``foreach`` on CUDA) computes the update of all parameters at once and
-    holds a temporary the size of all of them (4 GB for ViT-g: docs/SCALE.md). Same maths and state layout."""
+    """AdamW over the backbone's and the head's decayed and not-decayed parameters. ``foreach``: torch's choice by
+    default (the multi-tensor implementation on CUDA); ``revtal plan`` sets it to simulate a GPU's step on CPU.
+    ``fused``: torch's fused AdamW kernel, which updates each parameter in place, where the multi-tensor one
+    computes the update of all parameters at once and holds a temporary the size of all of them (4 GB for ViT-g:
+    docs/SCALE.md); same maths and state layout."""
     groups = []
     for module, lr, tag in ((backbone, backbone_lr, "backbone"), (head, head_lr, "head")):
         if module is None:
@@ -55,7 +57,9 @@ def build_optimizer(
             groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": f"{tag}_no_decay"})
     if not groups:
         raise ValueError("nothing to optimise: no parameter requires grad")
-    return torch.optim.AdamW(groups, fused=True) if fused else torch.optim.AdamW(groups)
+    if fused:
+        return torch.optim.AdamW(groups, fused=True)
+    return torch.optim.AdamW(groups, foreach=foreach)
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_ratio: float = 0.0):
