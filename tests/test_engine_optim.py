@@ -79,3 +79,24 @@ def test_layer_decay_puts_swin_patch_merging_with_the_block_before():
     assert blocks == 12
     assert depth[id(named["net.features.1.reduction.weight"])] == depth[id(named["net.features.0.1.mlp.0.weight"])] == 2
     assert depth[id(named["net.norm.weight"])] == 13
+
+
+def test_fused_adamw_step_holds_no_temporary_the_size_of_all_parameters():
+    from tests.helpers import live_peak_bytes
+
+    torch.manual_seed(0)
+    backbone, head = torch.nn.Sequential(*[torch.nn.Linear(64, 64) for _ in range(8)]), torch.nn.Linear(64, 4)
+    total = sum(p.numel() * p.element_size() for p in [*backbone.parameters(), *head.parameters()])
+    peaks = []
+    for optimizer in (
+        build_optimizer(backbone, head, 1e-3, 1e-3, 0.05, fused=True),
+        # CUDA's default AdamW implementation (foreach): every update at once
+        torch.optim.AdamW(list(backbone.parameters()) + list(head.parameters()), foreach=True),
+    ):
+        for _ in range(2):  # the first step creates the state; the second is the steady one
+            for p in [*backbone.parameters(), *head.parameters()]:
+                p.grad = torch.randn_like(p)
+            peak = live_peak_bytes(optimizer.step)
+        peaks.append(peak)
+    fused, foreach = peaks
+    assert foreach >= total and fused <= 0.1 * total, (fused, foreach, total)

@@ -380,8 +380,14 @@ def build_recipe_model(config, classes: int, fake_mode=None) -> nn.Module:
 
 
 def recipe_inputs(config) -> tuple[Tensor, Tensor]:
-    """A training batch of ``config``'s shape: the video (B, 3, T, H, W) float32 and its frame mask (B, T)."""
+    """A training batch of ``config``'s shape: the video (B, 3, T, H, W) float32 and its frame mask (B, T); in
+    snippets mode the longest training item, ``max_seq_len`` clips (else ``num_frames / clip_stride``) of
+    ``clip_frames`` frames, (B, n, 3, clip_frames, H, W) and (B, n)."""
     data = config.data
+    if data.mode == "snippets":
+        clips = data.max_seq_len or max(1, data.num_frames // data.clip_stride)
+        video = torch.zeros(data.batch_size, clips, 3, data.clip_frames, data.img_size, data.img_size)
+        return video, torch.ones(data.batch_size, clips, dtype=torch.bool)
     video = torch.zeros(data.batch_size, 3, data.num_frames, data.img_size, data.img_size)
     return video, torch.ones(data.batch_size, data.num_frames, dtype=torch.bool)
 
@@ -453,7 +459,7 @@ def plan_recipe(config, mode: str, steps: int = 2, classes: int = DEFAULT_CLASSE
         model.train()
         # the multi-tensor (foreach) AdamW and clipping: torch's default for CUDA tensors, on both sides
         optimizer = build_optimizer(model.trainable_backbone(), model.localizer, ocfg.backbone_lr, ocfg.head_lr,
-                                    ocfg.weight_decay, foreach=True)
+                                    ocfg.weight_decay, foreach=True, fused=ocfg.fused)
         trainable = [p for p in model.parameters() if p.requires_grad]
 
         def step_loss() -> Tensor:

@@ -101,8 +101,13 @@ class DataConfig:
     features_dir: str = ""  # precomputed features (revtal extract): train the localizer on them (mode frozen)
     train_subset: str = "train"
     val_subset: str = "validation"
-    mode: str = "frames"  # frames (whole video is one backbone input) | snippets
+    mode: str = "frames"  # frames (whole video is one backbone input) | snippets (clips, one backbone input each)
     num_frames: int = 32
+    # snippets mode: the sequence is clips of clip_frames frames starting every clip_stride frames of an fps
+    # re-sampling (null: the annotation's fps, then the file's); the backbone runs clip by clip
+    clip_frames: int = 16
+    clip_stride: int = 16
+    fps: float | None = None
     img_size: int = 32
     batch_size: int = 2
     num_workers: int = 0
@@ -171,6 +176,9 @@ class BackboneConfig:
     alpha: float = 0.3  # fixed coefficients of `hard` mode
     beta: float = 0.7
     beta_bits: int = 8
+    # Video Swin: compute window attention this many windows at a time (one chunk's attention matrices in memory,
+    # not all of them; revtal.reversible.video_swin); null: the library's attention. Converted modes only.
+    window_chunk: int | None = None
     # float reversible modes: verify one stage's reconstruction every N steps (0: off) and fall back if it fails
     monitor_every: int = 50
     monitor_tolerance: float = 1e-3
@@ -224,6 +232,7 @@ class OptimConfig:
     ema: bool = False
     ema_decay: float = 0.999
     amp: str = "none"  # none | bf16 | fp16 (fp16 on CUDA only)
+    fused: bool = False  # fused AdamW: in-place update per parameter, no temporary the size of all parameters
 
 
 @dataclass(frozen=True)
@@ -276,6 +285,15 @@ class Config:
         if ratio is not None and (len(ratio) != 2 or not all(isinstance(r, (int, float)) for r in ratio)
                                   or not 0 < ratio[0] <= ratio[1] <= 1):
             raise ConfigError(f"{source}: data.crop_ratio must be [low, high] with 0 < low <= high <= 1, got {ratio!r}")
+        if self.backbone.window_chunk is not None and not (
+                isinstance(self.backbone.window_chunk, int) and self.backbone.window_chunk > 0):
+            raise ConfigError(f"{source}: backbone.window_chunk must be a positive number of windows or null, got "
+                              f"{self.backbone.window_chunk!r}")
+        if self.data.mode == "snippets" and self.backbone.mode == "losa":
+            raise ConfigError(f"{source}: backbone.mode: losa cuts the video into clips itself "
+                              "(backbone.losa.clip_frames); use data.mode: frames with it")
+        if self.data.fps is not None and not self.data.fps > 0:
+            raise ConfigError(f"{source}: data.fps must be positive or null, got {self.data.fps!r}")
         if self.data.max_seq_len is not None and self.data.max_seq_len <= 0:
             raise ConfigError(f"{source}: data.max_seq_len must be positive or null, got {self.data.max_seq_len!r}")
         if not 0 <= self.data.trunc_thresh <= 1:
@@ -365,7 +383,7 @@ def _changed_keys(section: Any, default: Any, prefix: str) -> list[str]:
 # error names the dotted key and the file): "[a, b]" closed, "(a, b)" open, "inf" unbounded. Lists: each entry.
 RANGES: dict[str, str] = {
     "data.num_frames": "[1, inf)", "data.img_size": "[1, inf)", "data.batch_size": "[1, inf)",
-    "data.num_workers": "[0, inf)", "data.cache_mb": "[0, inf)", "data.std": "(0, inf)",
+    "data.num_workers": "[0, inf)", "data.clip_frames": "[1, inf)", "data.clip_stride": "[1, inf)", "data.cache_mb": "[0, inf)", "data.std": "(0, inf)",
     "data.synthetic.videos": "[1, inf)", "data.synthetic.classes": "[1, inf)", "data.synthetic.seed": "[0, inf)",
     "data.synthetic.size": "[1, inf)", "data.synthetic.fps": "(0, inf)", "data.synthetic.min_duration": "(0, inf)",
     "data.synthetic.max_duration": "(0, inf)", "data.synthetic.val_fraction": "(0, 1)",

@@ -144,7 +144,7 @@ class CheckpointMode(TrainingMode):
     description = "end to end, each block under torch.utils.checkpoint (non-reentrant)"
 
     def convert(self, backbone: nn.Module, settings: "BackboneConfig") -> None:
-        convert(backbone, "original", backprop="checkpoint")
+        convert(backbone, "original", backprop="checkpoint", window_chunk=settings.window_chunk)
 
 
 class Re2Mode(TrainingMode):
@@ -152,7 +152,7 @@ class Re2Mode(TrainingMode):
     description = "Re²TAL: rewired to alpha=0, beta=1 from the pretrained weights, float reversible backprop"
 
     def convert(self, backbone: nn.Module, settings: "BackboneConfig") -> None:
-        convert(backbone, "re2", backprop="reversible")
+        convert(backbone, "re2", backprop="reversible", window_chunk=settings.window_chunk)
 
 
 class FixedCoefficientMode(TrainingMode):
@@ -170,7 +170,7 @@ class FixedCoefficientMode(TrainingMode):
     def convert(self, backbone: nn.Module, settings: "BackboneConfig") -> None:
         alpha, beta = self.coefficients(settings)
         convert(backbone, "dr2net", alpha=alpha, beta=beta, backprop=settings.backprop,
-                       beta_bits=settings.beta_bits)
+                beta_bits=settings.beta_bits, window_chunk=settings.window_chunk)
 
 
 class ScratchMode(FixedCoefficientMode):

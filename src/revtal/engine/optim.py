@@ -66,12 +66,15 @@ def layer_ids(module: nn.Module) -> tuple[dict[int, int], int]:
 
 def build_optimizer(
     backbone: nn.Module | None, head: nn.Module, backbone_lr: float, head_lr: float, weight_decay: float,
-    layer_decay: float = 1.0, foreach: bool | None = None,
+    layer_decay: float = 1.0, foreach: bool | None = None, fused: bool = False,
 ) -> torch.optim.AdamW:
     """AdamW over the trainable parameters: backbone and head at their learning rates, weight decay as
     :func:`decays` says; with ``layer_decay < 1`` (VideoMAE, BEiT) the backbone parameters at depth ``d`` of ``n``
     blocks (:func:`layer_ids`) train at ``backbone_lr * layer_decay ** (n + 1 - d)``. ``foreach``: torch's choice by
-    default (the multi-tensor implementation on CUDA); ``revtal plan`` sets it to simulate a GPU's step on CPU."""
+    default (the multi-tensor implementation on CUDA); ``revtal plan`` sets it to simulate a GPU's step on CPU.
+    ``fused``: torch's fused AdamW kernel, which updates each parameter in place, where the multi-tensor one
+    computes the update of all parameters at once and holds a temporary the size of all of them (4 GB for ViT-g:
+    docs/SCALE.md); same maths and state layout."""
     groups = []
     for module, lr, tag in ((backbone, backbone_lr, "backbone"), (head, head_lr, "head")):
         if module is None:
@@ -91,6 +94,8 @@ def build_optimizer(
             groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": f"{tag}_no_decay"})
     if not groups:
         raise ValueError("nothing to optimise: no parameter requires grad")
+    if fused:
+        return torch.optim.AdamW(groups, fused=True)
     return torch.optim.AdamW(groups, foreach=foreach)
 
 
