@@ -150,7 +150,7 @@ class CheckpointMode(TrainingMode):
     description = "end to end, each block under torch.utils.checkpoint (non-reentrant)"
 
     def convert(self, backbone: nn.Module, settings: "BackboneConfig") -> None:
-        convert(backbone, "original", backprop="checkpoint")
+        convert(backbone, "original", backprop="checkpoint", window_chunk=settings.window_chunk)
 
 
 class Re2Mode(TrainingMode):
@@ -158,7 +158,7 @@ class Re2Mode(TrainingMode):
     description = "Re²TAL: rewired to alpha=0, beta=1 from the pretrained weights, float reversible backprop"
 
     def convert(self, backbone: nn.Module, settings: "BackboneConfig") -> None:
-        convert(backbone, "re2", backprop="reversible")
+        convert(backbone, "re2", backprop="reversible", window_chunk=settings.window_chunk)
 
 
 class FixedCoefficientMode(TrainingMode):
@@ -176,7 +176,7 @@ class FixedCoefficientMode(TrainingMode):
     def convert(self, backbone: nn.Module, settings: "BackboneConfig") -> None:
         alpha, beta = self.coefficients(settings)
         convert(backbone, "dr2net", alpha=alpha, beta=beta, backprop=settings.backprop,
-                       beta_bits=settings.beta_bits)
+                beta_bits=settings.beta_bits, window_chunk=settings.window_chunk)
 
 
 class ScratchMode(FixedCoefficientMode):
@@ -212,6 +212,14 @@ class AdapterMode(TrainingMode):
 
     section = "losa"  # the BackboneConfig field holding the method's config
     adapter: type = LoSA  # its FrozenBackboneAdapter class
+
+    def validate(self, config: "Config", source: str) -> None:
+        super().validate(config, source)
+        # a trimmed clip (task: classification) is one backbone input cut into LoSA's clips
+        if config.task == "classification" and config.data.num_frames % config.backbone.losa.clip_frames:
+            raise ConfigError(f"{source}: backbone.mode losa runs the backbone over clips of backbone.losa.clip_frames="
+                              f"{config.backbone.losa.clip_frames} frames; data.num_frames={config.data.num_frames} "
+                              "must be a multiple of it")
 
     def backbone_frames(self, settings: "BackboneConfig", video_frames: int) -> int:
         return getattr(settings, self.section).clip_frames  # the backbone takes one clip of clip_frames
