@@ -31,11 +31,7 @@ COMMANDS: dict[str, str] = {
     "selfcheck": "verify the reversible engine on a tiny model and print what was checked",
     "bench": "memory and speed benchmarks",
     "study": "the papers' tables in miniature on the synthetic dataset",
-<<<<<<< HEAD
-    "plan": "will this recipe fit my GPU, and in which mode? (simulated on fake tensors)",
-=======
     "plan": "will this recipe fit my GPU, and in which mode? (simulated on fake tensors, no GPU needed)",
->>>>>>> plan
 }
 
 
