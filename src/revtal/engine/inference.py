@@ -165,7 +165,7 @@ class Predictor:
             for (a, b), s, c in zip(det["segments"].tolist(), det["scores"].tolist(), det["labels"].tolist())
         ]
 
-    def plot(self, result: dict, out: str | Path, ground_truth: AnnotationSet | None = None, min_score: float = 0.2):
+    def plot(self, result: dict, out: str | Path, ground_truth: AnnotationSet | None = None, min_score: float | None = None):
         video_id = Path(result["video"]).stem
         gt = None
         # the file of video ID may be named v_ID (ActivityNet downloads), as the datasets match them
@@ -175,4 +175,5 @@ class Predictor:
             ann = ground_truth.videos[known[0]]
             gt = [{"segment": list(map(float, s)), "label": ground_truth.classes[int(c)]}
                   for s, c in zip(ann.segments, ann.labels)]
-        return plot_timeline(out, video_id, result["duration"], result["detections"], self.classes, gt, min_score)
+        return plot_timeline(out, video_id, result["duration"], result["detections"], self.classes, gt,
+                             min_score=min_score)
