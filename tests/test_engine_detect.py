@@ -2,7 +2,7 @@
 
 import matplotlib.pyplot as plt
 
-from revtal.engine.visualize import plot_timeline, shown_detections, timeline_figure, timeline_title
+from revtal.evaluation.plots import plot_timeline, shown_detections, timeline_figure, timeline_title
 
 
 def _detections(*scores):

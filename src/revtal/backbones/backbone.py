@@ -32,6 +32,7 @@ from revtal.backbones.weights import (
 from revtal.backbones.video_vit import (
     VIDEOMAE_DROPPED, VIDEOMAE_PREFIXES, VideoViT, hf_videomae_to_timm, videomae_to_timm,
 )
+from revtal.reversible.stage import between_stages
 
 Features = Tensor | tuple[Tensor, list[Tensor]]
 
@@ -150,8 +151,6 @@ class Swin3dBackbone(VideoBackbone):
 
     def forward_features(self, video: Tensor, return_intermediates: bool = False) -> Features:
         self._check_video(video)
-        from revtal.reversible.stage import between_stages
-
         net = self.net
         x = net.pos_drop(between_stages(net, net.patch_embed, video))  # channels last: (B, T', H', W', C)
         intermediates = []

@@ -16,7 +16,9 @@ always constructed with ``weights=None``: nothing is downloaded, pretrained weig
 from __future__ import annotations
 
 import fnmatch
+import importlib
 import inspect
+import typing
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -26,6 +28,7 @@ from torchvision.ops import StochasticDepth
 from revtal.backbones.backbone import ResNet3dBackbone, Swin3dBackbone, VideoBackbone, VideoViTBackbone
 from revtal.backbones.weights import StateDict, load_checked, read_state_dict, unwrap_state_dict
 from revtal.backbones.inflate import inflate_state_dict
+from revtal.backbones.slowfast import SlowFastBackbone, slowfast
 from revtal.backbones.video_vit import VideoViT, infer_layout, video_vit
 
 BackboneFactory = Callable[..., VideoBackbone]
@@ -71,8 +74,6 @@ def keyword_parameters(target: Callable | str, exclude: tuple[str, ...] = (), **
     def parameters() -> dict[str, inspect.Parameter]:
         fn = target
         if isinstance(fn, str):
-            import importlib
-
             module, _, attribute = fn.partition(":")
             fn = getattr(importlib.import_module(module), attribute)
         hints = _annotations(fn)
@@ -90,8 +91,6 @@ def keyword_parameters(target: Callable | str, exclude: tuple[str, ...] = (), **
 
 
 def _annotations(fn: Callable) -> dict:
-    import typing
-
     try:
         return typing.get_type_hints(fn)
     except Exception:  # a library's annotations that do not resolve here: options stay untyped, not unknown
@@ -256,8 +255,6 @@ def r2plus1d_18(**opts) -> VideoBackbone:
 
 # --------------------------------------------------------------------------------------- pytorchvideo SlowFast
 def _slowfast(depth: int, opts: dict) -> VideoBackbone:
-    from revtal.backbones.slowfast import SlowFastBackbone, slowfast
-
     for key in ("num_frames", "img_size", "checkpoint", "strict"):
         opts.pop(key, None)
     alpha = opts.pop("alpha", 4)
