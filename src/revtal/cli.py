@@ -17,6 +17,7 @@ import sys
 import traceback
 
 from revtal.errors import USER_ERRORS, debug_requested, one_line
+from revtal.utils.io import DISK_ERRNOS, disk_error_message
 
 # command: what it does; its module is revtal.commands.<command>
 COMMANDS: dict[str, str] = {
@@ -90,6 +91,13 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         print(f"revtal {args.command}: error: {one_line(err, debug)}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in DISK_ERRNOS:
+            raise
+        if debug:
+            traceback.print_exc()
+        print(f"revtal {args.command}: error: {disk_error_message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"revtal {args.command}: interrupted", file=sys.stderr)

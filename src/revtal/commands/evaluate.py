@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from revtal.evaluation.detection import evaluate_detection
+from revtal.utils.io import write_text_atomic
 
 
 def _parse_tiou(text: str) -> list[float]:
@@ -54,6 +55,6 @@ def run(args: argparse.Namespace) -> int:
     if args.json_out:
         path = Path(args.json_out)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+        write_text_atomic(path, json.dumps(result.to_json(), indent=2) + "\n")
         print(f"wrote {path}")
     return 0

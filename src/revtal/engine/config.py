@@ -33,6 +33,7 @@ from revtal.engine.typed_config import (ConfigError, FrozenDict, apply_override,
 from revtal.localizers.actionformer import ActionFormerConfig
 from revtal.localizers.postprocess import PostprocessConfig
 from revtal.reversible.schedule import CoefficientSchedule
+from revtal.utils.io import write_text_atomic
 
 __all__ = ["Config", "ConfigError", "config_from_dict", "dump_config", "load_config", "read_recipe", "recipe_source"]
 
@@ -259,4 +260,4 @@ def config_from_dict(data: Mapping, source: str = "<dict>") -> Config:
 
 
 def dump_config(config: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+    write_text_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -31,6 +31,7 @@ from revtal.engine.runtime import autocast, model_inputs
 from revtal.evaluation.detection import evaluate_detection
 from revtal.evaluation.plots import plot_timeline
 from revtal.localizers.postprocess import detections_to_seconds
+from revtal.utils.io import atomic_write, write_text_atomic
 
 
 class Predictor:
@@ -97,7 +98,7 @@ class Predictor:
             out = Path(out_dir)
             out.mkdir(parents=True, exist_ok=True)
             write_predictions(out / "predictions.json", predictions)
-            (out / "eval.json").write_text(json.dumps(metrics, indent=2))
+            write_text_atomic(out / "eval.json", json.dumps(metrics, indent=2))
         return metrics
 
     @torch.no_grad()
@@ -114,7 +115,8 @@ class Predictor:
         count = 0
         for batch in tqdm(loader, desc="extract", disable=not self.progress, dynamic_ncols=True):
             feats = self.features(batch["video"])[0]
-            np.save(out / f"{batch['video_id'][0]}.npy", feats.float().cpu().numpy())
+            array = feats.float().cpu().numpy()
+            atomic_write(out / f"{batch['video_id'][0]}.npy", lambda fh: np.save(fh, array))
             count += 1
         return count
 

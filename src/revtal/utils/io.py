@@ -125,3 +125,8 @@ def _atomic_write(path: Path, write: Callable[[IO], None], binary: bool) -> None
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """``Path.write_text`` through :func:`atomic_write`: never a truncated file, storage errors naming ``path``."""
+    atomic_write(path, lambda fh: fh.write(text), binary=False)
