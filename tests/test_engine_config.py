@@ -142,3 +142,29 @@ def test_bad_yaml_is_one_line_with_its_position(tmp_path):
     with pytest.raises(ConfigError) as error:
         load_config(f)
     assert "\n" not in str(error.value) and str(error.value).startswith(f"{f}: not valid YAML (line ")
+
+
+def test_an_empty_recipe_or_a_key_given_twice_is_an_error_not_a_silent_default(tmp_path):
+    empty, comment, twice = tmp_path / "empty.yaml", tmp_path / "comment.yaml", tmp_path / "twice.yaml"
+    empty.write_text("")
+    comment.write_text("# nothing set yet\n")
+    twice.write_text("data:\n  batch_size: 2\noptim:\n  epochs: 3\n  epochs: 30\n")
+    for path in (empty, comment):
+        with pytest.raises(ConfigError, match=rf"{path}: the config file is empty"):
+            load_config(path)
+    with pytest.raises(ConfigError, match=r"twice.yaml: not valid YAML \(line 5, column 3\): duplicate key 'epochs' "
+                                          r"\(first on line 4\)"):
+        load_config(twice)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("backbone.options.depth=two", r"backbone.options.depth must be an integer, got str 'two'"),
+    ("backbone.options.deepth=2", r"unknown key 'backbone.options.deepth' for backbone vit_tiny_video \(its options: "
+                                  r"attn_drop_rate, depth, "),
+    ("backbone.options.drop_path_rate=yes", r"backbone.options.drop_path_rate must be a number"),
+    ("backbone.name=vit_x", r"backbone.name: unknown backbone 'vit_x'; registered: "),
+])
+def test_backbone_options_are_checked_against_the_backbone_at_load(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+    assert load_config(None, ["backbone.options.depth=2"]).backbone.options["depth"] == 2

@@ -26,9 +26,10 @@ from typing import Any, Mapping
 import yaml
 
 from revtal.adapters.losa import LoSAConfig
+from revtal.backbones.builder import backbone_options
 from revtal.engine.modes import get_mode, mode_names
-from revtal.engine.typed_config import (ConfigError, FrozenDict, apply_override, build_section, dataclass_section,
-                                        fields_of_signature, read_recipe, recipe_source, set_dotted,
+from revtal.engine.typed_config import (ConfigError, FrozenDict, apply_override, build_section, check_option,
+                                        dataclass_section, fields_of_signature, read_recipe, recipe_source, set_dotted,
                                         settings_section, thaw)
 from revtal.localizers.actionformer import ActionFormerConfig
 from revtal.localizers.postprocess import PostprocessConfig
@@ -184,6 +185,7 @@ class Config:
         if self.backbone.monitor_fallback not in ("exact", "vanilla"):
             raise bad("backbone.monitor_fallback", self.backbone.monitor_fallback, ("exact", "vanilla"))
         get_mode(self.backbone.mode).validate(self, source)  # what the training mode itself requires
+        _check_backbone_options(self.backbone, source)
         if self.data.mode not in ("frames", "snippets"):
             raise bad("data.mode", self.data.mode, ("frames", "snippets"))
         ratio = self.data.crop_ratio
@@ -223,6 +225,21 @@ class Config:
         for assignment in assignments:
             apply_override(data, assignment)
         return config_from_dict(data, source)
+
+
+def _check_backbone_options(backbone: BackboneConfig, source: str) -> None:
+    """``backbone.options`` against the options the named backbone declares (names and scalar types), at load."""
+    try:
+        accepted = backbone_options(backbone.name)
+    except ValueError as err:
+        raise ConfigError(f"{source}: backbone.name: {err}") from None
+    if accepted is None:
+        return
+    for key, value in backbone.options.items():
+        if key not in accepted:
+            raise ConfigError(f"{source}: unknown key 'backbone.options.{key}' for backbone {backbone.name} (its "
+                              f"options: {', '.join(sorted(accepted))})")
+        check_option(value, accepted[key].annotation, f"backbone.options.{key}", source)
 
 
 # ------------------------------------------------------------------------------------------------------ loading
