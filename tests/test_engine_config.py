@@ -168,3 +168,23 @@ def test_backbone_options_are_checked_against_the_backbone_at_load(override, mes
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
     assert load_config(None, ["backbone.options.depth=2"]).backbone.options["depth"] == 2
+
+
+def test_relative_paths_are_read_from_the_config_files_folder_and_kept_absolute(tmp_path, monkeypatch):
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir()
+    elsewhere.mkdir()
+    recipe = project / "my_data.yaml"
+    recipe.write_text("data:\n  annotations: my_data/annotations.json\n  video_dir: my_data/videos\n"
+                      "backbone:\n  pretrained: /abs/weights.pth\n")
+    monkeypatch.chdir(elsewhere)
+    config = load_config(recipe, ["data.features_dir=features", "backbone.mode=frozen"])
+    assert config.data.annotations == str(project / "my_data" / "annotations.json")
+    assert config.data.video_dir == str(project / "my_data" / "videos")
+    assert config.data.features_dir == str(elsewhere / "features")  # --set: from the working directory
+    assert config.backbone.pretrained == "/abs/weights.pth"
+    from revtal.engine.config import dump_config
+
+    dump_config(config, elsewhere / "run" / "config.yaml")
+    monkeypatch.chdir(project)  # a run's saved config names the same files from any directory
+    assert load_config(elsewhere / "run" / "config.yaml") == config

@@ -19,6 +19,7 @@ used by ``end: auto``). What a training mode requires of the rest of the config 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -29,8 +30,9 @@ from revtal.adapters.losa import LoSAConfig
 from revtal.backbones.builder import backbone_options
 from revtal.engine.modes import get_mode, mode_names
 from revtal.engine.typed_config import (ConfigError, FrozenDict, apply_override, build_section, check_option,
-                                        dataclass_section, fields_of_signature, read_recipe, recipe_source, set_dotted,
+                                        dataclass_section, fields_of_signature, recipe_source, set_dotted,
                                         settings_section, thaw)
+from revtal.engine.typed_config import read_recipe as read_yaml_recipe
 from revtal.localizers.actionformer import ActionFormerConfig
 from revtal.localizers.postprocess import PostprocessConfig
 from revtal.reversible.schedule import CoefficientSchedule
@@ -264,6 +266,38 @@ RANGES: dict[str, str] = {
     "eval.tiou": "(0, 1]", "eval.every": "[1, inf)",
     "train.seed": "[0, 4294967295]", "train.log_every": "[1, inf)",
 }
+
+
+# keys naming input files or folders. A relative value is read from the folder of the config file that holds it (one
+# given with --set, from the working directory) and kept absolute: a run's config.yaml and checkpoints then name
+# the same files from any working directory, and a recipe works wherever it is run from.
+PATH_KEYS = ("data.annotations", "data.video_dir", "data.features_dir", "backbone.pretrained",
+             "backbone.options.image_checkpoint")
+
+
+def read_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """The values a recipe file and ``--set`` overrides set (:func:`revtal.engine.typed_config.read_recipe`), with
+    the relative paths of :data:`PATH_KEYS` made absolute: against the file's folder, or for overrides the working
+    directory."""
+    data = read_yaml_recipe(path)
+    if path:
+        anchor_paths(data, Path(path).parent)
+    for assignment in overrides:
+        apply_override(data, assignment)
+    anchor_paths(data, Path.cwd())
+    return data
+
+
+def anchor_paths(data: dict, base: Path) -> None:
+    """Make the relative values of :data:`PATH_KEYS` in the raw ``data`` absolute against ``base`` (in place)."""
+    for key in PATH_KEYS:
+        *sections, name = key.split(".")
+        node: Any = data
+        for section in sections:
+            node = node.get(section) if isinstance(node, dict) else None
+        value = node.get(name) if isinstance(node, dict) else None
+        if isinstance(value, str) and value and not os.path.isabs(os.path.expanduser(value)):
+            node[name] = os.path.abspath(base / value)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
