@@ -43,9 +43,9 @@ import av
 import numpy as np
 import torch
 import torch.utils.data
-from tqdm import tqdm
 
 from revtal.data.annotations import AnnotationSet, VideoAnnotation, save_annotations
+from revtal.utils.progress import progress as progress_bar
 
 PATTERNS = ("up", "down", "blink", "steady", "grow", "shrink")
 COLOURS: tuple[tuple[str, tuple[int, int, int]], ...] = (
@@ -316,7 +316,7 @@ def generate_dataset(
     val_ids = set(np.random.default_rng([seed, 1_000_003]).permutation(num_videos)[:num_val].tolist())
 
     videos: dict[str, VideoAnnotation] = {}
-    for i in tqdm(range(num_videos), desc="synth videos", disable=not progress):
+    for i in progress_bar(range(num_videos), desc="synth videos", disable=not progress):
         rng = np.random.default_rng([seed, i])
         num_frames = max(1, int(round(rng.uniform(low, high) * fps)))
         instances = _place_instances(num_frames, fps, num_classes, max_instances, short_range, long_range, rng)

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from revtal.data.annotations import AnnotationSet, write_predictions
 from revtal.data.dataset import collate_tal
@@ -32,6 +31,7 @@ from revtal.evaluation.detection import evaluate_detection
 from revtal.evaluation.plots import plot_timeline
 from revtal.localizers.postprocess import detections_to_seconds
 from revtal.utils.io import atomic_write, write_text_atomic
+from revtal.utils.progress import progress
 
 
 class Predictor:
@@ -72,7 +72,7 @@ class Predictor:
         results: dict[str, list[dict]] = {}
         indices = list(range(rank, len(dataset), world))
         loader = make_loader(torch.utils.data.Subset(dataset, indices), self.config, train=False)
-        for batch in tqdm(loader, desc="evaluate", disable=not self.progress, leave=False):
+        for batch in progress(loader, desc="evaluate", disable=not self.progress, leave=False):
             video, frame_mask = model_inputs(batch, self.device)
             with autocast(self.device, self.config.optim.amp):
                 output = self.model(video, frame_mask)
@@ -113,7 +113,7 @@ class Predictor:
         out.mkdir(parents=True, exist_ok=True)
         loader = torch.utils.data.DataLoader(dataset, batch_size=1, collate_fn=collate_tal)
         count = 0
-        for batch in tqdm(loader, desc="extract", disable=not self.progress, dynamic_ncols=True):
+        for batch in progress(loader, desc="extract", disable=not self.progress):
             feats = self.features(batch["video"])[0]
             array = feats.float().cpu().numpy()
             atomic_write(out / f"{batch['video_id'][0]}.npy", lambda fh: np.save(fh, array))
