@@ -37,7 +37,7 @@ COMMANDS: dict[str, str] = {
 
 # OpenMP threads that finish a parallel region spin for a while waiting for the next one. On a machine whose cores
 # are busy with other processes that spinning starves the thread everyone waits for: the demo's conventional
-# training at 2 threads took ~30x longer per step than at 1 (README, "Threads on a busy machine"). Sleeping waiters
+# training at 2 threads took ~30x longer per step than at 1 (docs/THREADS.md). Sleeping waiters
 # (PASSIVE) cost nothing measurable there and keep 2 threads as fast as 1 when the cores are busy. OpenMP reads the
 # policy once, when torch loads it, so it is set before any command module (and torch) is imported; a value the
 # user set wins.
