@@ -225,12 +225,6 @@ def video_vit(size: str, **kwargs) -> VideoViT:
 
 
 # ------------------------------------------------------------------------------------------------ checkpoint keys
-# checkpoint prefixes that wrap the encoder we want; applied in this order (see checkpoint.select_prefixed)
-VIDEOMAE_PREFIXES = ("module.", "backbone.", "net.", "encoder.")
-# keys a VideoMAE / VideoMAEv2 checkpoint may hold that are not part of the backbone: the classification head, the
-# pretraining decoder and its projection and mask token
-VIDEOMAE_DROPPED = (r"head\.", r"head_dropout\.", r"decoder\.", r"encoder_to_decoder\.", r"mask_token$")
-
 _VIDEOMAE_RENAMES = ((re.compile(r"^(blocks\.\d+\.)gamma_1$"), r"\1ls1.gamma"),
                      (re.compile(r"^(blocks\.\d+\.)gamma_2$"), r"\1ls2.gamma"))
 

@@ -10,7 +10,10 @@ mismatches. Nothing is ever downloaded: every path is a local file.
 
 from __future__ import annotations
 
+import codecs
+import collections
 import logging
+import pickle
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -25,7 +28,7 @@ logger = logging.getLogger(__name__)
 StateDict = dict[str, Tensor]
 
 # keys under which training scripts commonly nest the model weights, tried in this order
-_WRAPPER_KEYS = ("state_dict", "model", "module", "model_state", "model_state_dict", "net")
+_WRAPPER_KEYS = ("state_dict", "model", "module", "model_state", "model_state_dict", "net", "blobs")
 _LIST_LIMIT = 40
 
 
@@ -50,6 +53,8 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)  # key, ckpt, model
     dropped: list[str] = field(default_factory=list)  # keys deliberately left out (heads, decoders, other nets)
+    layout: str = ""  # the checkpoint layout recognised (revtal.backbones.layouts)
+    notes: list[str] = field(default_factory=list)  # what loading that layout changed (heads dropped, inflation)
 
     @property
     def clean(self) -> bool:
@@ -157,18 +162,172 @@ def _short_list(items: list[str]) -> str:
     return shown + (f", ... and {len(items) - _LIST_LIMIT} more" if len(items) > _LIST_LIMIT else "")
 
 
-def read_state_dict(path: str | Path) -> StateDict:
-    """Read a local checkpoint file and unwrap it to a flat ``{key: tensor}`` dict."""
+def read_state_dict(path: str | Path, trust: bool = False) -> StateDict:
+    """Read a local checkpoint file (see :func:`read_checkpoint`) and unwrap it to a flat ``{key: tensor}`` dict."""
+    return unwrap_state_dict(read_checkpoint(path, trust=trust), source=str(path))
+
+
+# What the files people download need besides tensors: training scripts save their argparse arguments (VideoMAE's
+# save_model) and numpy scalars, dtypes and arrays (metrics, random-generator states). None of these runs code when
+# unpickled, so they are read through torch's weights-only unpickler with an allow-list, never by full unpickling.
+def _harmless_globals() -> dict[str, object]:
+    import argparse
+
+    import numpy as np
+
+    allowed: dict[str, object] = {"argparse.Namespace": argparse.Namespace, "numpy.dtype": np.dtype,
+                                  "numpy.ndarray": np.ndarray}
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed[f"{module}._reconstruct"] = np._core.multiarray._reconstruct
+        allowed[f"{module}.scalar"] = np._core.multiarray.scalar
+    for name in dir(np.dtypes):
+        if name.endswith("DType"):
+            allowed[f"numpy.dtypes.{name}"] = getattr(np.dtypes, name)
+    return allowed
+
+
+TRUST_OPTION = "--trust-checkpoint (config: backbone.trust_checkpoint: true)"
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def plain_text(message: str) -> str:
+    """``message`` without terminal escape codes (torch colours parts of its weights-only error)."""
+    return _ANSI.sub("", message)
+
+
+class UntrustedCheckpointError(ValueError):
+    """Reading the file needs full unpickling (it may run code) and the user did not ask for it."""
+
+
+def read_checkpoint(path: str | Path, trust: bool = False) -> object:
+    """The object saved in a local checkpoint file, read without running code from it.
+
+    In order: ``torch.load(weights_only=True)``; the same with :func:`_harmless_globals` allowed when the file needs
+    them; a plain pickle of numpy arrays (Caffe2 ``.pkl`` models, e.g. SlowFast's) through an unpickler that allows
+    numpy only. Anything else needs ``trust=True`` (full unpickling: only for files from a trusted source), and the
+    error names that option. A whole pickled ``nn.Module`` is recognised and explained; with ``trust=True`` its
+    state dict is returned."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"checkpoint file {path} does not exist (revtal never downloads weights: pass a local file)"
         )
+    if not _is_torch_file(path):
+        return _read_numpy_pickle(path)
+    allowed = _harmless_globals()
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001  re-raised with the file name
-        raise ValueError(f"cannot read checkpoint {path}: {error}") from error
-    return unwrap_state_dict(obj, source=str(path))
+        with torch.serialization.safe_globals([(obj, name) for name, obj in allowed.items()]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if trust:
+            return _read_trusted(path)
+        message = plain_text(str(error))
+        foreign = [n for n in _globals_needed(path) or _GLOBAL.findall(message) if n not in allowed]
+        raise _untrusted_error(path, foreign, message) from None
+    except Exception as error:  # noqa: BLE001  a truncated or foreign file: re-raised with the file name
+        raise ValueError(f"cannot read checkpoint {path}: {plain_text(str(error)).strip()}") from None
+
+
+def _is_torch_file(path: Path) -> bool:
+    """A zip archive (torch.save since 1.6) or torch's legacy format (a pickled magic number first)."""
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+    # legacy torch.save: pickle protocol 2 of the integer magic number 0x1950a86a20f9469cfc6c
+    return head.startswith(b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19")
+
+
+def _globals_needed(path: Path) -> list[str]:
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # noqa: BLE001  legacy format: torch's error message names the first one
+        return []
+
+
+def _module_globals(names: Iterable[str]) -> list[str]:
+    return [n for n in names if n.startswith(("torch.nn.modules.", "__main__.")) or ".models." in n]
+
+
+def _untrusted_error(path: Path, names: list[str], message: str) -> UntrustedCheckpointError:
+    shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+    if _module_globals(names):
+        return UntrustedCheckpointError(
+            f"checkpoint {path} holds a whole pickled model (torch.save(model), classes {shown}), not a state dict: "
+            f"reading it runs that model's code. Save its weights where its code is available, "
+            f"torch.save(model.state_dict(), 'weights.pt'), and pass that file; or, if you trust the file, pass "
+            f"{TRUST_OPTION} and revtal takes the state dict from the model"
+        )
+    if names:
+        return UntrustedCheckpointError(
+            f"checkpoint {path} needs full unpickling, which can run code: it names {shown}, not only tensors and "
+            f"the harmless types revtal allows (argparse.Namespace, numpy). If you trust the file, pass "
+            f"{TRUST_OPTION}"
+        )
+    first = next((line.strip() for line in message.splitlines() if "error" in line.lower()), message.strip())
+    return UntrustedCheckpointError(
+        f"checkpoint {path} cannot be read as weights only ({first[:300]}); if you trust the file, pass {TRUST_OPTION}"
+    )
+
+
+def _read_trusted(path: Path) -> object:
+    logger.warning("reading %s with full unpickling (trusted by the user)", path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # noqa: BLE001  e.g. the pickled model's class cannot be imported here
+        raise ValueError(f"cannot read checkpoint {path} even with full unpickling: "
+                         f"{type(error).__name__}: {plain_text(str(error)).strip()}") from None
+    if isinstance(obj, nn.Module):
+        logger.warning("%s holds a whole %s; using its state_dict()", path, type(obj).__name__)
+        return obj.state_dict()
+    return obj
+
+
+class _NumpyUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, strings, numbers and numpy arrays; refuses every other global."""
+
+    def find_class(self, module: str, name: str):
+        import numpy as np
+
+        allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+                   ("collections", "OrderedDict"): collections.OrderedDict,
+                   # protocol-2 pickles written by Python 3 spell bytes as _codecs.encode(text, "latin1")
+                   ("_codecs", "encode"): codecs.encode}
+        for core in ("numpy.core.multiarray", "numpy._core.multiarray"):
+            allowed[(core, "_reconstruct")] = np._core.multiarray._reconstruct
+            allowed[(core, "scalar")] = np._core.multiarray.scalar
+        if (module, name) not in allowed:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a numpy checkpoint")
+        return allowed[(module, name)]
+
+
+def _read_numpy_pickle(path: Path) -> object:
+    """A plain pickle of numpy arrays in dicts (Caffe2 models, written by Python 2: bytes decoded as latin-1), with
+    the arrays as tensors."""
+    try:
+        with open(path, "rb") as fh:
+            obj = _NumpyUnpickler(fh, encoding="latin1").load()
+    except Exception as error:  # noqa: BLE001  not a pickle, or one with other objects
+        raise ValueError(
+            f"cannot read checkpoint {path}: neither a torch.save file nor a pickle of numpy arrays "
+            f"({type(error).__name__}: {plain_text(str(error)).strip()[:200]})"
+        ) from None
+    return _numpy_to_torch(obj)
+
+
+def _numpy_to_torch(obj: object) -> object:
+    import numpy as np
+
+    if isinstance(obj, np.ndarray) and obj.dtype != object:
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, Mapping):
+        return {k: _numpy_to_torch(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_numpy_to_torch(v) for v in obj)
+    return obj
 
 
 def unwrap_state_dict(obj: object, source: str = "<state dict>") -> StateDict:
@@ -229,12 +388,16 @@ def load_checked(
     strict: bool = True,
     source: str = "<state dict>",
     dropped: Iterable[str] = (),
+    layout: str = "",
+    notes: Iterable[str] = (),
 ) -> LoadReport:
     """Load ``state_dict`` into ``module``; strict: any missing/unexpected/mismatched key raises
     :class:`CheckpointMismatchError` and nothing is loaded. Non-strict: the matching tensors are loaded and a
     warning lists the rest."""
     report = compare(module, state_dict)
-    report.dropped = list(dropped)
+    report.dropped, report.layout, report.notes = list(dropped), layout, list(notes)
+    if layout:
+        logger.info("checkpoint %s: %s layout%s", source, layout, "".join(f"; {n}" for n in report.notes))
     if report.dropped:
         logger.info("checkpoint %s: dropped %d keys not used by the backbone: %s", source, len(report.dropped),
                     _short_list(report.dropped))
