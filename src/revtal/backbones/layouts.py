@@ -24,13 +24,36 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 StateDict = dict[str, Tensor]
+
+
+def select_prefixed(state_dict: StateDict, prefixes: Iterable[str]) -> tuple[StateDict, list[str]]:
+    """For each prefix in turn: if some keys carry it, keep only those (prefix removed) and drop the others.
+
+    Returns the selected state dict and the dropped keys (original names)."""
+    dropped: list[str] = []
+    for prefix in prefixes:
+        if not any(k.startswith(prefix) for k in state_dict):
+            continue
+        dropped += [k for k in state_dict if not k.startswith(prefix)]
+        state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    return state_dict, dropped
+
+
+def drop_matching(state_dict: StateDict, patterns: Iterable[str]) -> tuple[StateDict, list[str]]:
+    """Remove keys matching any regular expression in ``patterns`` (``re.match``); returns (kept, dropped)."""
+    compiled = [re.compile(p) for p in patterns]
+    dropped = [k for k in state_dict if any(c.match(k) for c in compiled)]
+    return {k: v for k, v in state_dict.items() if k not in set(dropped)}, dropped
+
+
+
 Rename = tuple[str, "str | Callable[[re.Match], str]"]
 
 
@@ -167,15 +190,88 @@ _BN_COUNTER = (r".*num_batches_tracked$",)  # absent from checkpoints older than
 
 
 # ------------------------------------------------------------------------------------------------------ VideoMAE
-def _videomae_convert(sd: StateDict, target: Mapping[str, Tensor] | None) -> StateDict:
-    from revtal.backbones.video_vit import videomae_to_timm
+_VIDEOMAE_RENAMES = ((re.compile(r"^(blocks\.\d+\.)gamma_1$"), r"\1ls1.gamma"),
+                     (re.compile(r"^(blocks\.\d+\.)gamma_2$"), r"\1ls2.gamma"))
 
+
+def videomae_to_timm(state_dict: StateDict) -> StateDict:
+    """VideoMAE / VideoMAEv2 block keys → timm Block keys (after prefix selection and dropping).
+
+    ``attn.q_bias`` + ``attn.v_bias`` → ``attn.qkv.bias`` = [q_bias, 0, v_bias]; layer scale ``gamma_1/2`` →
+    ``ls1/ls2.gamma``. Keys already in timm form pass through, so timm-format checkpoints load too.
+    """
+    out: StateDict = {}
+    for key, value in state_dict.items():
+        match = re.match(r"^(blocks\.\d+\.attn\.)(q_bias|v_bias)$", key)
+        if match:
+            if match.group(2) == "q_bias":
+                prefix = match.group(1)
+                v_bias = state_dict.get(prefix + "v_bias")
+                if v_bias is None:
+                    raise ValueError(f"checkpoint has {key} but no {prefix}v_bias")
+                out[prefix + "qkv.bias"] = torch.cat([value, torch.zeros_like(value), v_bias])
+            continue
+        for pattern, replacement in _VIDEOMAE_RENAMES:
+            key = pattern.sub(replacement, key)
+        out[key] = value
+    return out
+
+
+# HuggingFace transformers VideoMAE layer names → timm names (within ``encoder.layer.N.``)
+_HF_LAYER_RENAMES = {
+    "layernorm_before": "norm1",
+    "layernorm_after": "norm2",
+    "attention.output.dense": "attn.proj",
+    "intermediate.dense": "mlp.fc1",
+    "output.dense": "mlp.fc2",
+}
+
+
+def hf_videomae_to_timm(state_dict: StateDict) -> StateDict:
+    """A HuggingFace ``VideoMAEModel`` / ``VideoMAEForVideoClassification`` state dict → this module's keys.
+
+    Separate query/key/value weights are stacked into ``qkv.weight``; biases follow :func:`videomae_to_timm`.
+    """
+    sd = {k.removeprefix("videomae."): v for k, v in state_dict.items()}
+    out: StateDict = {}
+    for key, value in sd.items():
+        if key.startswith("embeddings.patch_embeddings.projection."):
+            out["patch_embed.proj." + key.rsplit(".", 1)[1]] = value
+        elif key.startswith(("layernorm.", "fc_norm.")):
+            out[key.replace("layernorm.", "norm.", 1)] = value
+        elif key.startswith("classifier."):
+            out["head." + key.split(".", 1)[1]] = value
+        elif key.startswith("encoder.layer."):
+            index, rest = key[len("encoder.layer."):].split(".", 1)
+            block = f"blocks.{index}."
+            if rest.startswith("attention.attention."):
+                name = rest[len("attention.attention."):]
+                if name == "query.weight":
+                    attention = f"encoder.layer.{index}.attention.attention."
+                    qkv = [sd[f"{attention}{p}.weight"] for p in ("query", "key", "value")]
+                    out[block + "attn.qkv.weight"] = torch.cat(qkv)
+                elif name in ("q_bias", "v_bias"):
+                    out[block + "attn." + name] = value
+                elif name in ("query.bias", "value.bias"):  # transformers ≥ 5 keeps them on the linear layers
+                    out[block + "attn." + name[0] + "_bias"] = value
+                continue
+            for hf_name, timm_name in _HF_LAYER_RENAMES.items():
+                if rest.startswith(hf_name + "."):
+                    out[block + timm_name + rest[len(hf_name):]] = value
+                    break
+            else:
+                out[key] = value
+        else:
+            out[key] = value
+    return videomae_to_timm(out)
+
+
+
+def _videomae_convert(sd: StateDict, target: Mapping[str, Tensor] | None) -> StateDict:
     return videomae_to_timm(sd)
 
 
 def _hf_videomae_convert(sd: StateDict, target: Mapping[str, Tensor] | None) -> StateDict:
-    from revtal.backbones.video_vit import hf_videomae_to_timm
-
     return {k: v for k, v in hf_videomae_to_timm(sd).items() if not k.startswith("head.")}
 
 
@@ -254,8 +350,6 @@ def strip_path_wrappers(state_dict: Mapping[str, Tensor]) -> tuple[StateDict, li
 
 def denest(state_dict: Mapping[str, Tensor]) -> tuple[StateDict, list[str], list[str]]:
     """The backbone's keys out of whatever holds it: (state dict, dropped keys, what held it)."""
-    from revtal.backbones.weights import select_prefixed
-
     sd, wrappers = strip_path_wrappers(state_dict)
     origins = list(wrappers)
     dropped: list[str] = []
@@ -270,8 +364,6 @@ def denest(state_dict: Mapping[str, Tensor]) -> tuple[StateDict, list[str], list
 def naming_of(state_dict: StateDict, family: str | None = None) -> tuple[Naming | None, StateDict, list[str]]:
     """The first naming (of ``family``, or of any) whose keys ``state_dict`` has; with the state dict selected by
     that naming's own prefixes and the keys this drops."""
-    from revtal.backbones.weights import select_prefixed
-
     for naming in NAMINGS:
         if (family is None or naming.family == family) and naming.matches(state_dict):
             selected, dropped = select_prefixed(state_dict, naming.prefixes)
@@ -302,8 +394,6 @@ def rename_keys(state_dict: StateDict, renames: tuple[Rename, ...]) -> StateDict
 def prepare(state_dict: Mapping[str, Tensor], family: str, target: Mapping[str, Tensor] | None = None) -> Prepared:
     """A raw state dict → the keys and values of a ``family`` network (``target``: that network's state dict, for
     recomputed buffers and shape-dependent conversions; without it they are left out)."""
-    from revtal.backbones.weights import drop_matching
-
     sd, dropped, origins = denest(state_dict)
     naming, sd, gone = naming_of(sd, family)
     dropped += gone
@@ -343,5 +433,5 @@ def identify(state_dict: Mapping[str, Tensor]) -> tuple[str, str] | None:
     return None
 
 
-__all__ = ["NAMINGS", "NESTINGS", "Naming", "Nesting", "Prepared", "denest", "identify", "inflate_swin_2d",
+__all__ = ["hf_videomae_to_timm", "videomae_to_timm", "NAMINGS", "NESTINGS", "Naming", "Nesting", "Prepared", "denest", "identify", "inflate_swin_2d",
            "naming_of", "prepare", "rename_keys", "strip_path_wrappers"]

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 logger = logging.getLogger(__name__)
 
-StateDict = dict[str, Tensor]
+from revtal.backbones.layouts import StateDict, drop_matching, identify, select_prefixed  # noqa: F401 (re-exported)
 
 # keys under which training scripts commonly nest the model weights, tried in this order
 _WRAPPER_KEYS = ("state_dict", "model", "module", "model_state", "model_state_dict", "net", "blobs")
@@ -55,6 +55,7 @@ class LoadReport:
     dropped: list[str] = field(default_factory=list)  # keys deliberately left out (heads, decoders, other nets)
     layout: str = ""  # the checkpoint layout recognised (revtal.backbones.layouts)
     notes: list[str] = field(default_factory=list)  # what loading that layout changed (heads dropped, inflation)
+    foreign: tuple[str, str] | None = None  # (what the checkpoint is, what to do) when its layout is a known one
 
     @property
     def clean(self) -> bool:
@@ -72,6 +73,8 @@ class LoadReport:
 
     def likely_cause(self) -> str:
         """The most plausible reason for the mismatch, from the pattern of the keys."""
+        if self.foreign:
+            return f"it is {self.foreign[0]}: {self.foreign[1]}"
         prefix = _shared_prefix_shift(self.unexpected, self.missing)
         if prefix:
             return (f"the checkpoint's keys carry an extra prefix {prefix!r} (a wrapped model, e.g. DDP or a larger "
@@ -153,6 +156,7 @@ def load_model_state(module: nn.Module, state_dict: Mapping[str, Tensor], source
     whose first line is a summary (counts, a few keys, the likely cause) instead of PyTorch's key dump."""
     report = compare(module, dict(state_dict))
     if not report.clean:
+        report.foreign = identify(state_dict)
         raise CheckpointMismatchError(source, report, hint)
     module.load_state_dict(state_dict)
 
@@ -348,26 +352,6 @@ def _is_flat_state_dict(obj: Mapping) -> bool:
     return len(obj) > 0 and any(isinstance(v, Tensor) for v in obj.values())
 
 
-def select_prefixed(state_dict: StateDict, prefixes: Iterable[str]) -> tuple[StateDict, list[str]]:
-    """For each prefix in turn: if some keys carry it, keep only those (prefix removed) and drop the others.
-
-    Returns the selected state dict and the dropped keys (original names)."""
-    dropped: list[str] = []
-    for prefix in prefixes:
-        if not any(k.startswith(prefix) for k in state_dict):
-            continue
-        dropped += [k for k in state_dict if not k.startswith(prefix)]
-        state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-    return state_dict, dropped
-
-
-def drop_matching(state_dict: StateDict, patterns: Iterable[str]) -> tuple[StateDict, list[str]]:
-    """Remove keys matching any regular expression in ``patterns`` (``re.match``); returns (kept, dropped)."""
-    compiled = [re.compile(p) for p in patterns]
-    dropped = [k for k in state_dict if any(c.match(k) for c in compiled)]
-    return {k: v for k, v in state_dict.items() if k not in set(dropped)}, dropped
-
-
 def compare(module: nn.Module, state_dict: StateDict) -> LoadReport:
     expected = module.state_dict()
     report = LoadReport()
@@ -402,6 +386,7 @@ def load_checked(
         logger.info("checkpoint %s: dropped %d keys not used by the backbone: %s", source, len(report.dropped),
                     _short_list(report.dropped))
     if not report.clean:
+        report.foreign = identify(state_dict)
         if strict:
             raise CheckpointMismatchError(source, report)
         warnings.warn(f"checkpoint {source} loaded with strict=False:\n{report.describe()}", stacklevel=3)
