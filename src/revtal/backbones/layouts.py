@@ -420,8 +420,11 @@ def prepare(state_dict: Mapping[str, Tensor], family: str, target: Mapping[str, 
 
 
 def identify(state_dict: Mapping[str, Tensor]) -> tuple[str, str] | None:
-    """(what the checkpoint is, what to do with it) for a known layout, else None."""
+    """(what the checkpoint is, what to do with it) for a known layout of another code base, else None (revtal's
+    own files are told apart by the mismatch itself: another mode, other sizes)."""
     sd, _, origins = denest(state_dict)
+    if any(n.prefix in ("extractor.", "net.") and n.origin in origins for n in NESTINGS):
+        return None
     naming, sd, _ = naming_of(sd)
     where = f" inside {' / '.join(origins)}" if origins else ""
     if naming is not None:

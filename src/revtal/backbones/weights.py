@@ -83,12 +83,12 @@ class LoadReport:
         if prefix:
             return (f"the checkpoint holds only a part of the model (its keys lack the prefix {prefix!r}), e.g. a "
                     "bare backbone: load it as the backbone's pretrained weights instead")
-        if _same_layers_nested_differently(self.missing, self.unexpected):
-            return ("the same layers under other module paths: the checkpoint was trained in another backbone.mode "
-                    "(e.g. losa wraps the backbone with adapters) or by another version of the model")
         if self.mismatched and not (self.missing or self.unexpected):
             return ("the same layers with other sizes: the checkpoint was made with other dimensions (number of "
                     "classes, widths, frames or image size); use the config it was trained with")
+        if _same_layers_nested_differently(self.missing, self.unexpected):
+            return ("the same layers under other module paths: the checkpoint was trained in another backbone.mode "
+                    "(e.g. losa wraps the backbone with adapters) or by another version of the model")
         if self.missing and not self.unexpected:
             return (f"the model has parts the checkpoint lacks (under {_main_group(self.missing)!r}): the checkpoint "
                     "was trained with another mode or other options (e.g. adapters, more blocks)")
