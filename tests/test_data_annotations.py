@@ -236,3 +236,27 @@ def test_predictions_need_results_key_and_failed_write_keeps_old_file(tmp_path):
     with pytest.raises(AnnotationError):
         write_predictions(path, {"v": [{"label": "a"}]})
     assert path.read_text() == before
+
+
+def test_actionformer_thumos14_and_activitynet_files_load_as_distributed():
+    # ActionFormer's thumos14.json: subsets Validation / Test, fps, segment(frames), label_id (its class order)
+    actionformer = {"version": "Thumos14-30fps", "database": {
+        "video_validation_0000051": {"subset": "Validation", "duration": 169.79, "fps": 30.0, "annotations": [
+            {"label": "Billiards", "segment": [82.3, 186.3], "segment(frames)": [2469.0, 5589.0], "label_id": 2},
+            {"label": "BaseballPitch", "segment": [1.0, 2.0], "segment(frames)": [30.0, 60.0], "label_id": 0}]},
+        "video_test_0000004": {"subset": "Test", "duration": 33.5, "fps": 30.0, "annotations": [
+            {"label": "CleanAndJerk", "segment": [0.2, 1.1], "segment(frames)": [6.0, 33.0], "label_id": 3},
+            {"label": "BasketballDunk", "segment": [3.0, 4.0], "segment(frames)": [90.0, 120.0], "label_id": 1}]}}}
+    ann = load_annotations(actionformer)
+    assert ann.classes == ["BaseballPitch", "BasketballDunk", "Billiards", "CleanAndJerk"]
+    assert ann.videos["video_validation_0000051"].subset == "validation"
+    assert ann.videos["video_test_0000004"].subset == "testing"
+    np.testing.assert_array_equal(ann.videos["video_validation_0000051"].segments[0], [82.3, 186.3])  # past 169.79
+    # activity_net.v1-3.min.json: taxonomy, urls, testing videos without annotations
+    anet = {"version": "VERSION 1.3", "taxonomy": [{"nodeName": "Dodgeball", "nodeId": 1}], "database": {
+        "-zZJmyj3ZoQ": {"subset": "training", "duration": 92.18, "resolution": "640x360", "url": "https://...",
+                        "annotations": [{"segment": [1.5, 80.2], "label": "Dodgeball"}]},
+        "--1DO2V4K74": {"subset": "testing", "duration": 211.53, "resolution": "1280x720", "url": "https://...",
+                        "annotations": []}}}
+    anet_set = load_annotations(anet)
+    assert anet_set.classes == ["Dodgeball"] and len(anet_set.subset("testing").videos["--1DO2V4K74"].labels) == 0

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "detect": ("revtal.engine.commands:detect", "detect actions in videos with a trained checkpoint"),
     "synth": ("revtal.data.synthetic", "write a synthetic untrimmed-video dataset (mp4 + ActivityNet JSON)"),
     "evaluate": ("revtal.evaluation.cli", "score predictions against ground truth (ActivityNet detection mAP)"),
+    "prepare": ("revtal.commands.prepare", "datasets from their official files: THUMOS-14 annotations, re-encoded videos"),
     "errmap": ("revtal.tools.errmap", "map the gradient error of memory-free backprop over (alpha, beta)"),
     "selfcheck": ("revtal.tools.selfcheck", "verify the reversible engine on a tiny model and print what was checked"),
     "bench": ("revtal.bench.cli", "memory and speed benchmarks"),

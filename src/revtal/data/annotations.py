@@ -6,7 +6,9 @@ Ground truth (ActivityNet-1.3; THUMOS-14 is distributed by most TAL code bases i
                              "annotations": [{"segment": [start_s, end_s], "label": "Long jump"}, ...]}}}
 
 An optional top-level ``"classes"`` list (written by :mod:`revtal.data.synthetic`) fixes the class order; otherwise
-the order is the sorted set of label names, or the ``classes`` argument when given. Loading validates everything a
+the order of the instances' ``label_id`` (ActionFormer's and OpenTAD's files), else the sorted set of label names,
+or the ``classes`` argument when given. Extra fields (``segment(frames)``, ``url``, ``resolution``, a top-level
+``taxonomy``) are ignored. Loading validates everything a
 training run would otherwise trip over later, and every error names the video id and the field:
 
 * unknown subset name (names are canonicalised: "Test" / "test" → "testing", "train" → "training"), missing,
@@ -249,6 +251,22 @@ def _as_segment(value: Any, where: str) -> tuple[float, float]:
     return _as_number(value[0], where + "[0]"), _as_number(value[1], where + "[1]")
 
 
+def _order_by_label_id(database: Mapping, names: set[str], excluded: set[str]) -> list[str] | None:
+    """The class order of ActionFormer / OpenTAD files, whose instances carry ``label_id``: by that id, when every
+    class has one consistent id; else None."""
+    ids: dict[str, set] = {}
+    for entry in database.values():
+        for inst in (entry.get("annotations") or []) if isinstance(entry, Mapping) else []:
+            if isinstance(inst, Mapping) and inst.get("label") in names:
+                ids.setdefault(inst["label"], set()).add(inst.get("label_id"))
+    single = {name: next(iter(v)) for name, v in ids.items() if len(v) == 1}
+    if set(single) != names or not all(isinstance(i, int) and not isinstance(i, bool) for i in single.values()):
+        return None
+    if len(set(single.values())) != len(single):
+        return None
+    return sorted(names, key=lambda name: single[name])
+
+
 def load_annotations(
     path: str | os.PathLike | Mapping,
     subset: str | Sequence[str] | None = None,
@@ -281,7 +299,7 @@ def load_annotations(
             for inst in (entry.get("annotations") or []) if isinstance(entry, Mapping) else []:
                 if isinstance(inst, Mapping) and isinstance(inst.get("label"), str) and inst["label"] not in excluded:
                     names.add(inst["label"])
-        class_list = sorted(names)
+        class_list = _order_by_label_id(database, names, excluded) or sorted(names)
     index = {name: i for i, name in enumerate(class_list)}
 
     videos: dict[str, VideoAnnotation] = {}
