@@ -25,13 +25,14 @@ from pathlib import Path
 import av
 
 from revtal.data.annotations import AnnotationError, canonical_subset, load_annotations
+from revtal.data.dataset import VIDEO_EXTENSIONS, find_media_files
 from revtal.data.decoding import probe_video
 from revtal.data.synthetic import fps_fraction, video_encoder
 from revtal.utils.io import atomic_write
 
 log = logging.getLogger(__name__)
 
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv")
+VIDEO_SUFFIXES = VIDEO_EXTENSIONS + (".mpg", ".mpeg", ".flv")  # what the downloads come as
 # BaseballPitch_val.txt, Ambiguous_test.txt: class, then the subset the official kit names val / test
 _THUMOS_FILE = re.compile(r"^(?P<label>[A-Za-z0-9]+)_(?P<subset>val|test)\.txt$")
 AMBIGUOUS = "Ambiguous"
@@ -57,14 +58,6 @@ def read_thumos_txt(path: Path) -> list[tuple[str, float, float]]:
     return rows
 
 
-def find_video(video_dir: Path, video_id: str) -> Path | None:
-    for suffix in VIDEO_SUFFIXES:
-        candidate = video_dir / f"{video_id}{suffix}"
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def thumos14_annotations(annotation_dir: str | os.PathLike, video_dir: str | os.PathLike,
                          skip_missing: bool = False) -> dict:
     """The ActivityNet-layout ground truth of THUMOS-14's official per-class files under ``annotation_dir`` (searched
@@ -74,13 +67,13 @@ def thumos14_annotations(annotation_dir: str | os.PathLike, video_dir: str | os.
         raise NotADirectoryError(f"THUMOS-14 annotation folder not found: {annotation_dir}")
     if not video_dir.is_dir():
         raise NotADirectoryError(f"video folder not found: {video_dir}")
-    files = sorted(p for p in annotation_dir.rglob("*.txt") if _THUMOS_FILE.match(p.name))
-    if not files:
+    texts = sorted(p for p in annotation_dir.rglob("*.txt") if _THUMOS_FILE.match(p.name))
+    if not texts:
         raise AnnotationError(f"{annotation_dir}: no THUMOS-14 annotation files (CLASS_val.txt / CLASS_test.txt)")
     instances: dict[str, list[tuple[float, float, str]]] = {}
     subsets: dict[str, str] = {}
     classes: set[str] = set()
-    for path in files:
+    for path in texts:
         match = _THUMOS_FILE.match(path.name)
         label, subset = match["label"], canonical_subset("validation" if match["subset"] == "val" else "test")
         if label != AMBIGUOUS:
@@ -89,7 +82,8 @@ def thumos14_annotations(annotation_dir: str | os.PathLike, video_dir: str | os.
             if subsets.setdefault(video_id, subset) != subset:
                 raise AnnotationError(f"{path}: video {video_id!r} is also annotated in the {subsets[video_id]} files")
             instances.setdefault(video_id, []).append((start, end, label))
-    missing = [v for v in instances if find_video(video_dir, v) is None]
+    files = find_media_files(video_dir, instances, VIDEO_SUFFIXES)
+    missing = [v for v in instances if v not in files]
     if missing and not skip_missing:
         raise FileNotFoundError(
             f"{len(missing)} of {len(instances)} annotated videos are not in {video_dir} (e.g. "
@@ -99,7 +93,7 @@ def thumos14_annotations(annotation_dir: str | os.PathLike, video_dir: str | os.
     for video_id in sorted(instances):
         if video_id in missing:
             continue
-        info = probe_video(find_video(video_dir, video_id))
+        info = probe_video(files[video_id])
         database[video_id] = {
             "subset": subsets[video_id], "duration": round(info.duration, 3), "fps": round(info.fps, 3),
             "annotations": [{"label": label, "segment": [start, end]} for start, end, label in sorted(instances[video_id])],
@@ -255,5 +249,5 @@ def _record(report: ReencodeReport, name: str, failure: str | None) -> None:
         log.warning("%s: failed, skipped (%s)", name, failure.splitlines()[0])
 
 
-__all__ = ["ReencodeReport", "find_video", "output_size", "read_thumos_txt", "reencode_video", "reencode_videos",
+__all__ = ["ReencodeReport", "output_size", "read_thumos_txt", "reencode_video", "reencode_videos",
            "thumos14_annotations", "write_thumos14"]
