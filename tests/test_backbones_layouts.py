@@ -288,3 +288,24 @@ def test_the_backbone_of_a_revtal_run_checkpoint_loads_as_pretrained_weights(tmp
     assert backbone.load_report.clean and "revtal training run" in backbone.load_report.layout
     assert all(torch.equal(a, b) for a, b in zip(trained.net.state_dict().values(), backbone.net.state_dict().values()))
     assert any(k.startswith("localizer.") for k in backbone.load_report.dropped)
+
+
+def test_the_trust_option_reaches_the_backbone_from_the_config_and_the_command_line(tmp_path):
+    from revtal.engine.commands import _load, train
+    from revtal.engine.config import config_from_dict
+    from revtal.engine.model import build_extractor
+
+    source = build("vit_tiny_video", num_frames=8, img_size=16, **VIT)
+    path = tmp_path / "whole_model.pt"
+    torch.save(source.net, path)
+    settings = {"data": {"num_frames": 8, "img_size": 16},
+                "backbone": {"name": "vit_tiny_video", "mode": "conventional", "pretrained": str(path), "options": VIT}}
+    with pytest.raises(UntrustedCheckpointError, match="backbone.trust_checkpoint"):
+        build_extractor(config_from_dict(settings, source="test"))
+    settings["backbone"]["trust_checkpoint"] = True
+    extractor = build_extractor(config_from_dict(settings, source="test"))
+    assert torch.equal(extractor.net.blocks[1].mlp.fc1.weight, source.net.blocks[1].mlp.fc1.weight)
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    assert _load(parser.parse_args(["--trust-checkpoint"])).backbone.trust_checkpoint
+    assert not _load(parser.parse_args([])).backbone.trust_checkpoint
