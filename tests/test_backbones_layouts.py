@@ -309,3 +309,32 @@ def test_the_trust_option_reaches_the_backbone_from_the_config_and_the_command_l
     train.add_arguments(parser)
     assert _load(parser.parse_args(["--trust-checkpoint"])).backbone.trust_checkpoint
     assert not _load(parser.parse_args([])).backbone.trust_checkpoint
+
+
+def test_a_checkpoint_of_another_size_names_the_backbone_of_that_size(tmp_path):
+    # the official Swin-B layout (embedding 128, 18 blocks in stage 3) given to swin3d_t: names and shapes only
+    official = official_video_swin(128, [2, 2, 18, 2], [4, 8, 16, 32], meta=True)
+    path = tmp_path / "swin_base_patch244_window877_kinetics400_22k.pth"
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in official.items()}}, path)
+    with torch.device("meta"):
+        with pytest.raises(CheckpointMismatchError) as error:
+            build("swin3d_t", pretrained=path)
+    first = str(error.value).splitlines()[0]
+    assert "official Video Swin" in first and "of swin3d_b: use backbone swin3d_b" in first
+
+
+def test_a_huggingface_videomae_file_loads_through_build_and_gives_the_same_tokens(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.VideoMAEConfig(image_size=16, patch_size=8, num_frames=8, tubelet_size=2, hidden_size=32,
+                                         num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+                                         use_mean_pooling=False, layer_norm_eps=1e-6)
+    torch.manual_seed(0)
+    hf_model = transformers.VideoMAEModel(config).eval()
+    path = tmp_path / "videomae_hf.bin"
+    torch.save(hf_model.state_dict(), path)
+    ours = build("vit_tiny_video", pretrained=path, num_frames=8, img_size=16, **VIT).eval()
+    assert "HuggingFace" in ours.load_report.layout
+    x = torch.randn(1, 3, 8, 16, 16)
+    with torch.no_grad():
+        expected = hf_model(x.transpose(1, 2)).last_hidden_state
+        assert torch.allclose(ours.net.forward_features(x), expected, atol=1e-5)

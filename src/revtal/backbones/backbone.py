@@ -79,7 +79,8 @@ class VideoBackbone(nn.Module):
             source = source or str(checkpoint)
         prepared = self.prepare_state_dict(raw, self.net.state_dict())
         self.load_report = load_checked(self.net, prepared.state_dict, strict=strict, source=source,
-                                        dropped=prepared.dropped, layout=prepared.layout, notes=prepared.notes)
+                                        dropped=prepared.dropped, layout=prepared.layout, notes=prepared.notes,
+                                        identify_from=raw, expected_backbone=self.name)
         return self.load_report
 
     @staticmethod

@@ -91,6 +91,26 @@ class Naming:
     recomputed: tuple[str, ...] = ()  # keys (after renaming) the network computes itself: the file's are ignored
     convert: Callable[[StateDict, Mapping[str, Tensor] | None], StateDict] | None = None  # value changes
     notes: tuple[str, ...] = ()  # said when the layout is loaded
+    size_of: Callable[[StateDict], str | None] | None = None  # the registered backbone of these (renamed) weights
+
+
+def _swin_size(sd: StateDict) -> str | None:
+    """swin3d_t / _s / _b from the embedding width and the depth of the third stage (torchvision names)."""
+    weight = sd.get("patch_embed.proj.weight")
+    blocks = {int(k.split(".")[2]) for k in sd if k.startswith("features.4.") and k.count(".") > 3}
+    sizes = {(96, 6): "swin3d_t", (96, 18): "swin3d_s", (128, 18): "swin3d_b"}
+    return sizes.get((weight.shape[0], len(blocks))) if weight is not None else None
+
+
+def _slowfast_size(sd: StateDict) -> str | None:
+    blocks = {k.split(".")[4] for k in sd if k.startswith("blocks.3.multipathway_blocks.0.res_blocks.")}
+    return {6: "slowfast_r50", 23: "slowfast_r101"}.get(len(blocks))
+
+
+def _vit_size(sd: StateDict) -> str | None:
+    weight = sd.get("patch_embed.proj.weight")
+    sizes = {384: "vit_s_video", 768: "vit_b_video", 1024: "vit_l_video", 1408: "vit_g_video"}
+    return sizes.get(weight.shape[0]) if weight is not None else None
 
 
 def _any_key(pattern: str) -> Callable[[StateDict], bool]:
@@ -281,43 +301,46 @@ _VIDEOMAE_DROPPED = (r"head\.", r"head_dropout\.", r"fc_dropout\.", r"decoder\."
 NAMINGS: tuple[Naming, ...] = (
     # ---- Video Swin
     Naming("torchvision Video Swin", "swin3d", "swin3d_t, swin3d_s or swin3d_b", _any_key(r"^features\.\d+\.\d+\.attn\.relative_position_bias_table$"),
-           dropped=(r"head\.",), recomputed=(r".*relative_position_index$",)),
+           dropped=(r"head\.",), recomputed=(r".*relative_position_index$",), size_of=_swin_size),
     Naming("official Video Swin (Video-Swin-Transformer / mmaction2)", "swin3d", "swin3d_t, swin3d_s or swin3d_b",
            lambda sd: _is_swin(sd, 5), dropped=_SWIN_DROPPED, renames=_SWIN_RENAMES,
-           recomputed=(r".*relative_position_index$",),
+           recomputed=(r".*relative_position_index$",), size_of=_swin_size,
            notes=("the Kinetics classifier (cls_head) is dropped", "relative_position_index is recomputed")),
     Naming("ImageNet Swin (2-D, microsoft/Swin-Transformer)", "swin3d", "swin3d_t, swin3d_s or swin3d_b",
            lambda sd: _is_swin(sd, 4), dropped=_SWIN_DROPPED, renames=_SWIN_RENAMES,
-           recomputed=(r".*relative_position_index$",), convert=inflate_swin_2d,
+           recomputed=(r".*relative_position_index$",), convert=inflate_swin_2d, size_of=_swin_size,
            notes=("inflated to 3-D as in the Video Swin paper (patch embedding repeated over time / its temporal "
                   "size; relative-position tables repeated over the temporal offsets)",
                   "the ImageNet classifier (head) is dropped")),
     # ---- SlowFast
     Naming("pytorchvideo SlowFast", "slowfast", "slowfast_r50 or slowfast_r101",
-           _any_key(r"^blocks\.0\.multipathway_blocks\.\d\.conv\.weight$"), dropped=(r"blocks\.6\.",)),
+           _any_key(r"^blocks\.0\.multipathway_blocks\.\d\.conv\.weight$"), dropped=(r"blocks\.6\.",),
+           size_of=_slowfast_size),
     Naming("facebookresearch SlowFast (.pyth)", "slowfast", "slowfast_r50 or slowfast_r101",
            _any_key(r"^s1\.pathway0_stem\.conv\.weight$"), dropped=(r"head\.",), renames=_SLOWFAST_RENAMES,
+           size_of=_slowfast_size,
            notes=("the Kinetics classifier (head.projection) is dropped",)),
     Naming("Caffe2 SlowFast (.pkl blobs)", "slowfast", "slowfast_r50 or slowfast_r101",
            _any_key(r"^(t_)?res_conv1_bn_riv$|^t_pool1_subsample_w$"),
            dropped=(r".*_momentum$", r"pred_", r"(lr|model_iter|iter)$"),
-           renames=_CAFFE2_RENAMES + _SLOWFAST_RENAMES,
+           renames=_CAFFE2_RENAMES + _SLOWFAST_RENAMES, size_of=_slowfast_size,
            notes=("the Kinetics classifier (pred_w, pred_b) and the optimizer's momentum blobs are dropped",)),
     # ---- video ViT (VideoMAE / VideoMAEv2)
     Naming("HuggingFace transformers VideoMAE", "vit", "vit_{s,b,l,g}_video",
            _any_key(r"^(videomae\.)?(encoder\.layer\.|embeddings\.patch_embeddings\.)"),
-           dropped=(r"decoder\.", r"encoder_to_decoder\.", r"mask_token$"), convert=_hf_videomae_convert),
+           dropped=(r"decoder\.", r"encoder_to_decoder\.", r"mask_token$"), convert=_hf_videomae_convert,
+           size_of=_vit_size),
     Naming("mmaction2 / OpenTAD VideoMAE ViT", "vit", "vit_{s,b,l,g}_video",
            _any_key(r"^patch_embed\.projection\.|\.mlp\.layers\.0\.0\."),
            dropped=_VIDEOMAE_DROPPED + (r"pos_embed$", r"blocks\.\d+\.adapter\."),
            renames=((r"^patch_embed\.projection\.", "patch_embed.proj."), (r"\.mlp\.layers\.0\.0\.", ".mlp.fc1."),
                     (r"\.mlp\.layers\.1\.", ".mlp.fc2.")),
-           convert=_videomae_convert,
+           convert=_videomae_convert, size_of=_vit_size,
            notes=("its fixed sinusoidal pos_embed buffer is recomputed", "OpenTAD adapters (AdaTAD), if any, are "
                   "dropped: they are not part of the backbone")),
     Naming("VideoMAE / VideoMAEv2", "vit", "vit_{s,b,l,g}_video",
            _any_key(r"^(encoder\.)?blocks\.\d+\.(attn\.qkv\.weight|mlp\.fc1\.weight)$"), prefixes=("encoder.",),
-           dropped=_VIDEOMAE_DROPPED, convert=_videomae_convert),
+           dropped=_VIDEOMAE_DROPPED, convert=_videomae_convert, size_of=_vit_size),
     # ---- torchvision video ResNets
     Naming("torchvision video ResNet", "resnet3d", "r3d_18, mc3_18 or r2plus1d_18",
            _any_key(r"^stem\.0\.weight$|^layer1\.0\.conv1\.0\.0\.weight$"), dropped=(r"fc\.",)),
@@ -428,8 +451,14 @@ def identify(state_dict: Mapping[str, Tensor]) -> tuple[str, str] | None:
     naming, sd, _ = naming_of(sd)
     where = f" inside {' / '.join(origins)}" if origins else ""
     if naming is not None:
-        return f"a{'n' if naming.name[0] in 'aeiouAEIOU' else ''} {naming.name} checkpoint{where}", \
-            f"use backbone {naming.backbones}"
+        size = None
+        if naming.size_of is not None:
+            try:
+                size = naming.size_of(rename_keys(sd, naming.renames))
+            except (ValueError, IndexError):  # keys too unusual to size: name the family only
+                size = None
+        what = f"a{'n' if naming.name[0] in 'aeiouAEIOU' else ''} {naming.name} checkpoint{where}"
+        return (f"{what} of {size}", f"use backbone {size}") if size else (what, f"use backbone {naming.backbones}")
     for name, advice, matches in FOREIGN:
         if matches(sd):
             return f"a{'n' if name[0] in 'aeiouAEIOU' else ''} {name} checkpoint{where}", advice

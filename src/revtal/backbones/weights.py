@@ -374,10 +374,13 @@ def load_checked(
     dropped: Iterable[str] = (),
     layout: str = "",
     notes: Iterable[str] = (),
+    identify_from: Mapping[str, Tensor] | None = None,
+    expected_backbone: str = "",
 ) -> LoadReport:
     """Load ``state_dict`` into ``module``; strict: any missing/unexpected/mismatched key raises
     :class:`CheckpointMismatchError` and nothing is loaded. Non-strict: the matching tensors are loaded and a
-    warning lists the rest."""
+    warning lists the rest. ``identify_from``: the checkpoint as read (before key mapping), to name a known foreign
+    layout in the error; ``expected_backbone``: the backbone being loaded (not suggested as the fix)."""
     report = compare(module, state_dict)
     report.dropped, report.layout, report.notes = list(dropped), layout, list(notes)
     if layout:
@@ -386,7 +389,11 @@ def load_checked(
         logger.info("checkpoint %s: dropped %d keys not used by the backbone: %s", source, len(report.dropped),
                     _short_list(report.dropped))
     if not report.clean:
-        report.foreign = identify(state_dict)
+        # the file as given tells its layout better than the keys after mapping; advice to use the backbone
+        # already in use is no explanation
+        report.foreign = identify(identify_from if identify_from is not None else state_dict)
+        if report.foreign and expected_backbone and report.foreign[1] == f"use backbone {expected_backbone}":
+            report.foreign = None
         if strict:
             raise CheckpointMismatchError(source, report)
         warnings.warn(f"checkpoint {source} loaded with strict=False:\n{report.describe()}", stacklevel=3)
