@@ -302,3 +302,27 @@ def test_thumos_ambiguous_instances_excuse_overlapping_false_positives_only_unde
     assert thumos.mAP == [0.5]
     # counted: two false positives ranked first: P = 1/3
     assert ignore.mAP == pytest.approx([1 / 3])
+
+
+def test_a_json_with_segments_past_the_duration_and_duplicates_scores_as_the_naive_reference():
+    # through the file loader: each video declares 60 s, a third of the random instances end after it, and some
+    # instances are listed twice; the reference reads the rows as they are, as the official code does
+    rng = np.random.default_rng(1)
+    gt_rows = []
+    for v in range(6):
+        for _ in range(rng.integers(1, 5)):
+            start = rng.uniform(0, 70)
+            gt_rows.append((f"v{v}", (start, start + rng.uniform(2, 20))))
+    gt_rows += gt_rows[:3]
+    assert sum(end > 60 for _, (_, end) in gt_rows) >= 3
+    pred_rows = []
+    for _ in range(60):
+        video, (s, e) = gt_rows[rng.integers(len(gt_rows))]
+        jitter = rng.normal(0, 1.5, 2)
+        pred_rows.append((video, round(float(rng.random()), 2), (s + jitter[0], max(s + jitter[0] + 0.5, e + jitter[1]))))
+    database = {f"v{v}": {"subset": "test", "duration": 60.0, "annotations": []} for v in range(6)}
+    for video, (s, e) in gt_rows:
+        database[video]["annotations"].append({"label": "A", "segment": [s, e]})
+    result = evaluate_detection({"database": database},
+                                results(*[(v, "A", score, s, e) for v, score, (s, e) in pred_rows]), ANET_TIOU)
+    np.testing.assert_allclose(result.per_class_ap[:, 0], naive_official_ap(gt_rows, pred_rows, ANET_TIOU), atol=1e-12)
