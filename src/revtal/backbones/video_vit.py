@@ -24,7 +24,6 @@ gradient is zero up to rounding.
 from __future__ import annotations
 
 import math
-import re
 from functools import partial
 import torch
 from timm.models.vision_transformer import Block
