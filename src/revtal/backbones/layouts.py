@@ -53,7 +53,6 @@ def drop_matching(state_dict: StateDict, patterns: Iterable[str]) -> tuple[State
     return {k: v for k, v in state_dict.items() if k not in set(dropped)}, dropped
 
 
-
 Rename = tuple[str, "str | Callable[[re.Match], str]"]
 
 
@@ -63,8 +62,8 @@ class Nesting:
     origin: str  # what kind of file nests the backbone there
 
 
-# tried in this order, each applied when some key carries it (see weights.select_prefixed); the first two before
-# "backbone." because they contain it
+# tried in this order, each applied when some key carries it (select_prefixed); OpenTAD's before "backbone.",
+# which its prefix contains
 NESTINGS: tuple[Nesting, ...] = (
     Nesting("backbone.model.backbone.", "an OpenTAD end-to-end detector"),
     Nesting("extractor.", "a revtal training run"),
