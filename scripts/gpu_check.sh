@@ -13,7 +13,7 @@ python=${PYTHON:-python}
 # cuBLAS needs a fixed workspace for deterministic results; it must be set before CUDA starts
 export CUBLAS_WORKSPACE_CONFIG=${CUBLAS_WORKSPACE_CONFIG:-:4096:8}
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
-"$python" -m revtal.bench.gpu_check --out "$out"
+"$python" -m revtal.commands.gpu_check --out "$out"
 if [[ "${GPU_CHECK_CLIPS:-0}" == 1 ]]; then
     source scripts/gpu_bench_clips.sh
     PYTHON=$python gpu_bench_clips "$(dirname "$out")/gpu_bench"

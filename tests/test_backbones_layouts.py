@@ -268,7 +268,7 @@ def test_a_checkpoint_for_another_backbone_is_named_with_what_to_use(tmp_path):
 
 @pytest.mark.parametrize("mode", ["dr2net", "losa"])
 def test_the_backbone_of_a_revtal_run_checkpoint_loads_as_pretrained_weights(tmp_path, mode):
-    from revtal.engine.checkpoint import rng_state
+    from revtal.engine.run_state import rng_state
     from revtal.engine.config import config_from_dict
     from revtal.engine.model import build_model
 
@@ -280,7 +280,7 @@ def test_the_backbone_of_a_revtal_run_checkpoint_loads_as_pretrained_weights(tmp
     for p in model.parameters():
         torch.nn.init.normal_(p)
     path = tmp_path / "best.pt"
-    # the layout revtal.engine.checkpoint.training_state writes: numpy random state included
+    # the layout revtal.engine.run_state.training_state writes: numpy random state included
     torch.save({"model": model.state_dict(), "optimizer": {}, "rng": rng_state(), "epoch": 3, "step": 9,
                 "best_metric": np.float64(0.5), "classes": ["a", "b"], "config": config.to_dict()}, path)
     backbone = build("vit_tiny_video", pretrained=path, num_frames=8, img_size=16, **VIT)
@@ -291,7 +291,8 @@ def test_the_backbone_of_a_revtal_run_checkpoint_loads_as_pretrained_weights(tmp
 
 
 def test_the_trust_option_reaches_the_backbone_from_the_config_and_the_command_line(tmp_path):
-    from revtal.engine.commands import _load, train
+    from revtal.commands import train
+    from revtal.commands.common import recipe
     from revtal.engine.config import config_from_dict
     from revtal.engine.model import build_extractor
 
@@ -307,8 +308,8 @@ def test_the_trust_option_reaches_the_backbone_from_the_config_and_the_command_l
     assert torch.equal(extractor.net.blocks[1].mlp.fc1.weight, source.net.blocks[1].mlp.fc1.weight)
     parser = argparse.ArgumentParser()
     train.add_arguments(parser)
-    assert _load(parser.parse_args(["--trust-checkpoint"])).backbone.trust_checkpoint
-    assert not _load(parser.parse_args([])).backbone.trust_checkpoint
+    assert recipe(parser.parse_args(["--trust-checkpoint"])).backbone.trust_checkpoint
+    assert not recipe(parser.parse_args([])).backbone.trust_checkpoint
 
 
 def test_a_checkpoint_of_another_size_names_the_backbone_of_that_size(tmp_path):

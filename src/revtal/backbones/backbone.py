@@ -29,6 +29,7 @@ from torchvision.models.video.swin_transformer import PatchMerging as PatchMergi
 from revtal.backbones.layouts import Prepared, prepare
 from revtal.backbones.weights import LoadReport, StateDict, load_checked, read_state_dict
 from revtal.backbones.video_vit import VideoViT
+from revtal.reversible.stage import between_stages
 
 Features = Tensor | tuple[Tensor, list[Tensor]]
 
@@ -130,8 +131,6 @@ class Swin3dBackbone(VideoBackbone):
 
     def forward_features(self, video: Tensor, return_intermediates: bool = False) -> Features:
         self._check_video(video)
-        from revtal.reversible.stage import between_stages
-
         net = self.net
         x = net.pos_drop(between_stages(net, net.patch_embed, video))  # channels last: (B, T', H', W', C)
         intermediates = []

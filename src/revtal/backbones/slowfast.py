@@ -76,6 +76,6 @@ class SlowFastBackbone(VideoBackbone):
 
 def slowfast(depth: int, **opts) -> nn.Module:
     """``pytorchvideo.models.slowfast.create_slowfast(model_depth=depth, **opts)`` (pytorchvideo imported here)."""
-    from pytorchvideo.models.slowfast import create_slowfast
+    from pytorchvideo.models.slowfast import create_slowfast  # optional (and heavy): only SlowFast needs it
 
     return create_slowfast(model_depth=depth, **opts)

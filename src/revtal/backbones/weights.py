@@ -10,16 +10,19 @@ mismatches. Nothing is ever downloaded: every path is a local file.
 
 from __future__ import annotations
 
+import argparse
 import codecs
 import collections
 import logging
 import pickle
 import re
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -175,10 +178,6 @@ def read_state_dict(path: str | Path, trust: bool = False) -> StateDict:
 # save_model) and numpy scalars, dtypes and arrays (metrics, random-generator states). None of these runs code when
 # unpickled, so they are read through torch's weights-only unpickler with an allow-list, never by full unpickling.
 def _harmless_globals() -> dict[str, object]:
-    import argparse
-
-    import numpy as np
-
     allowed: dict[str, object] = {"argparse.Namespace": argparse.Namespace, "numpy.dtype": np.dtype,
                                   "numpy.ndarray": np.ndarray}
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
@@ -235,8 +234,6 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> object:
 
 def _is_torch_file(path: Path) -> bool:
     """A zip archive (torch.save since 1.6) or torch's legacy format (a pickled magic number first)."""
-    import zipfile
-
     if zipfile.is_zipfile(path):
         return True
     with open(path, "rb") as fh:
@@ -294,8 +291,6 @@ class _NumpyUnpickler(pickle.Unpickler):
     """Unpickles dicts, lists, strings, numbers and numpy arrays; refuses every other global."""
 
     def find_class(self, module: str, name: str):
-        import numpy as np
-
         allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
                    ("collections", "OrderedDict"): collections.OrderedDict,
                    # protocol-2 pickles written by Python 3 spell bytes as _codecs.encode(text, "latin1")
@@ -323,8 +318,6 @@ def _read_numpy_pickle(path: Path) -> object:
 
 
 def _numpy_to_torch(obj: object) -> object:
-    import numpy as np
-
     if isinstance(obj, np.ndarray) and obj.dtype != object:
         return torch.from_numpy(np.ascontiguousarray(obj))
     if isinstance(obj, Mapping):

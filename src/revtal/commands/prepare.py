@@ -10,6 +10,8 @@ import argparse
 import os
 import sys
 
+from revtal.data.prepare import reencode_videos, write_thumos14
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="dataset", metavar="WHAT", required=True)
@@ -32,15 +34,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from revtal.data import prepare
-
     if args.dataset == "thumos14":
-        data = prepare.write_thumos14(args.annotation_dir, args.videos, args.out, skip_missing=args.skip_missing)
+        data = write_thumos14(args.annotation_dir, args.videos, args.out, skip_missing=args.skip_missing)
         database = data["database"].values()
         count = sum(len(v["annotations"]) for v in database)
         print(f"wrote {args.out}: {len(data['database'])} videos, {count} instances, {len(data['classes'])} classes")
         return 0
-    report = prepare.reencode_videos(args.src, args.dst, args.fps, args.short_side, args.workers, args.crf,
+    report = reencode_videos(args.src, args.dst, args.fps, args.short_side, args.workers, args.crf,
                                      progress=sys.stderr.isatty())
     print(f"re-encoded {len(report.done)} videos into {args.dst}; {len(report.skipped)} already there; "
           f"{len(report.failed)} failed")

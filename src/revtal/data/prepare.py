@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import av
+from tqdm import tqdm
 
 from revtal.data.annotations import AnnotationError, canonical_subset, load_annotations
 from revtal.data.dataset import VIDEO_EXTENSIONS, find_media_files
@@ -222,8 +223,6 @@ def reencode_videos(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, fps:
     if not todo:
         return report
     dst_dir.mkdir(parents=True, exist_ok=True)
-    from tqdm import tqdm  # the progress bar: only when there is work
-
     bar = tqdm(total=len(todo), desc="re-encoding", unit="video", disable=not progress)
     try:
         if workers <= 1:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -94,8 +95,6 @@ class PrecomputedFeatures(nn.Module):
 
 
 def feature_channels(features_dir: str) -> int:
-    import numpy as np
-
     files = sorted(Path(features_dir).glob("*.npy"))
     if not files:
         raise FileNotFoundError(f"data.features_dir {features_dir!r} holds no .npy feature files (run revtal extract)")

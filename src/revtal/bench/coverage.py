@@ -1,6 +1,6 @@
 """Activation memory of each converter family at one realistic size: the numbers of docs/CONVERTERS.md.
 
-``python -m revtal.tools.coverage [--only NAME ...]`` builds each model with its library's constructor (random
+``python -m revtal.commands.coverage [--only NAME ...]`` (:func:`coverage_table`) builds each model with its library's constructor (random
 weights: memory does not depend on them), batch 1, and counts the bytes autograd saves for backward in one
 training forward (:mod:`revtal.utils.memory`, parameters excluded) three ways: the plain network, conventional
 per-block checkpointing (``convert(model, "original", backprop="checkpoint")``) and Re²TAL's reversible rewiring
@@ -9,14 +9,17 @@ per-block checkpointing (``convert(model, "original", backprop="checkpoint")``) 
 
 from __future__ import annotations
 
-import argparse
 import copy
+import importlib
 import sys
 import time
 from typing import Callable
 
+import timm
 import torch
 from torch import nn
+
+from revtal.backbones import build as build_backbone
 
 from revtal.reversible import convert
 from revtal.utils.memory import saved_bytes
@@ -24,28 +27,22 @@ from revtal.utils.memory import saved_bytes
 
 def _timm(name: str, **kw) -> Callable[[], nn.Module]:
     def build():
-        import timm
-
         return timm.create_model(name, pretrained=False, **kw)
     return build
 
 
 def _torchvision(module: str, name: str, **kw) -> Callable[[], nn.Module]:
     def build():
-        import importlib
-
         return getattr(importlib.import_module(module), name)(weights=None, **kw)
     return build
 
 
 def _slowfast_r50() -> nn.Module:
-    from revtal.backbones import build
-
-    return build("slowfast_r50")
+    return build_backbone("slowfast_r50")
 
 
 def _hf_videomae_base() -> nn.Module:
-    import transformers
+    import transformers  # optional (the hf extra), heavy: loaded only to measure this family
 
     class LastHiddenState(nn.Module):
         def __init__(self):
@@ -110,15 +107,14 @@ def measure(build: Callable[[], nn.Module], shape: tuple[int, ...]) -> dict[str,
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="*", help="substrings of the model names to measure")
-    args = parser.parse_args(argv)
+def coverage_table(only: list[str] | None = None) -> int:
+    """Measure every family of :data:`MODELS` (those whose name contains one of ``only``), printing the markdown
+    table row by row (progress to stderr)."""
     torch.set_num_threads(1)
     print("| family | model (batch 1, float32) | stays ordinary | plain MB | checkpoint MB | re2 MB | re2 / checkpoint |")
     print("|---|---|---|---|---|---|---|")
     for name, (family, ordinary, build, shape) in MODELS.items():
-        if args.only and not any(s in name for s in args.only):
+        if only and not any(s in name for s in only):
             continue
         start = time.time()
         print(f"measuring {name} ...", file=sys.stderr, flush=True)
@@ -132,7 +128,3 @@ def main(argv: list[str] | None = None) -> int:
               f"{mb['re2'] / mb['checkpoint']:.2f} |", flush=True)
         print(f"  {name}: {time.time() - start:.0f} s", file=sys.stderr, flush=True)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

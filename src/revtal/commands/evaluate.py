@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+from revtal.evaluation.detection import evaluate_detection
+
 
 def _parse_tiou(text: str) -> list[float]:
     try:
@@ -39,8 +41,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from revtal.evaluation.detection import evaluate_detection
-
     thresholds = args.tiou if args.tiou is not None else (args.dataset or "anet")
     # bad files or fields raise user errors, which revtal.cli prints as one line with exit code 2
     result = evaluate_detection(args.gt, args.pred, thresholds, subset=args.subset, ambiguous=args.ambiguous)

@@ -1,4 +1,4 @@
-"""``revtal errmap``: the gradient error of memory-free backprop over the (α, β) plane, as in Dr²Net's figure.
+"""The gradient error of memory-free backprop over the (α, β) plane, as in Dr²Net's figure.
 
 For each point of an N×N grid — α from 0 to 1, β from ``beta_min`` to 1 (β = 0 is excluded: nothing can be
 reconstructed there) — a fresh copy of the unconverted model is converted with ``method="dr2net"`` at that
@@ -18,7 +18,6 @@ plus provenance fields) and ``.png`` (heatmaps with a log colour scale, α on th
 
 from __future__ import annotations
 
-import argparse
 import copy
 import csv
 import io
@@ -30,8 +29,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
+from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from revtal.backbones import build
+from revtal.reversible import convert, reversible_stages
+from revtal.reversible.diagnostics import compare_gradients, random_projection_loss
+from revtal.reversible.exact import storage_bits_per_branch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
 MEMORY_FREE_MODES = ("reversible", "exact")
@@ -83,12 +90,6 @@ def gradient_error_map(
     progress: bool = True,
 ) -> list[ErrorPoint]:
     """Measure every (α, β) of ``alphas × betas`` on a converted deep copy of the unconverted ``reference``."""
-    from tqdm.auto import tqdm
-
-    from revtal.reversible import convert, reversible_stages
-    from revtal.reversible.diagnostics import compare_gradients, random_projection_loss
-    from revtal.reversible.exact import storage_bits_per_branch
-
     if backprop not in MEMORY_FREE_MODES:
         raise ValueError(f"backprop must be one of {MEMORY_FREE_MODES}, got {backprop!r}")
     if reversible_stages(reference):
@@ -116,14 +117,10 @@ def gradient_error_map(
 
 # ------------------------------------------------------------------------------------------------------ models
 def _tiny_vit(img_size: int) -> nn.Module:
-    from timm.models.vision_transformer import VisionTransformer
-
     return VisionTransformer(img_size=img_size, patch_size=8, embed_dim=32, depth=2, num_heads=4, num_classes=0)
 
 
 def _timm_vit_s(img_size: int) -> nn.Module:
-    from timm.models.vision_transformer import VisionTransformer
-
     return VisionTransformer(img_size=img_size, patch_size=16, embed_dim=384, depth=12, num_heads=6, num_classes=0)
 
 
@@ -145,15 +142,6 @@ def build_reference(
         model = LOCAL_IMAGE_MODELS[name](img_size)
         shape = (batch, 3, img_size, img_size)
     else:
-        try:
-            from revtal.backbones import build
-        except ImportError:
-            build = None
-        if build is None:
-            raise SystemExit(
-                f"revtal errmap: model {name!r} needs revtal.backbones.build, which is not available in this build; "
-                f"local models: {sorted(LOCAL_IMAGE_MODELS)}"
-            )
         try:
             model = build(name, pretrained=pretrained, num_frames=num_frames, img_size=img_size)
         except (KeyError, ValueError) as err:
@@ -192,11 +180,11 @@ def _json_point(point: ErrorPoint) -> dict:
 def plot_heatmap(points: list[ErrorPoint], path: Path, title: str = "") -> None:
     """Two log-scaled heatmaps over (α → x, β → y): the gradient atol level and the reconstruction error. Cells
     are annotated with their value; exact zeros and infinities are drawn in grey and labelled."""
+    # matplotlib (and PIL below) load when a map is drawn, not with the module: a second of import; Agg set first
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
+    import matplotlib.pyplot as plt  # after the backend is chosen
     from matplotlib.colors import LogNorm
 
     alphas = sorted({p.alpha for p in points})
@@ -241,57 +229,31 @@ def plot_heatmap(points: list[ErrorPoint], path: Path, title: str = "") -> None:
     Image.open(buffer).convert("RGB").quantize(colors=128).save(path, optimize=True)
 
 
-# --------------------------------------------------------------------------------------------------------- CLI
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True,
-                        help=f"a backbone name for revtal.backbones.build (e.g. vit_s_video, swin3d_t) or one of "
-                             f"{sorted(LOCAL_IMAGE_MODELS)}")
-    parser.add_argument("--grid", type=int, default=10, help="N: the map has N x N points (default 10)")
-    parser.add_argument("--backprop", choices=MEMORY_FREE_MODES, default="reversible",
-                        help="the memory-free backprop compared with vanilla (default reversible)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
-                        help="float32, float64, or bfloat16 (autocast with float32 parameters)")
-    parser.add_argument("--out", required=True, type=Path, help="output directory")
-    parser.add_argument("--pretrained", type=Path, default=None,
-                        help="a local checkpoint for the backbone (default: random initialisation)")
-    parser.add_argument("--beta-min", type=float, default=0.1, help="smallest beta of the grid (default 0.1)")
-    parser.add_argument("--num-frames", type=int, default=4, help="frames of the random input clip (default 4)")
-    parser.add_argument("--img-size", type=int, default=32, help="height = width of the random input (default 32)")
-    parser.add_argument("--batch", type=int, default=1, help="batch size of the random input (default 1)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the weights, the input and the loss")
-    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.threads < 0:
-        raise SystemExit(f"revtal errmap: --threads must be >= 0, got {args.threads}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    alphas, betas = grid_values(args.grid, args.beta_min)
-    model, inputs = build_reference(
-        args.model, num_frames=args.num_frames, img_size=args.img_size, batch=args.batch, seed=args.seed,
-        pretrained=args.pretrained,
-    )
+def error_map(model_name: str, out: Path, *, grid: int = 10, backprop: str = "reversible", dtype: str = "float32",
+              pretrained: Path | None = None, beta_min: float = 0.1, num_frames: int = 4, img_size: int = 32,
+              batch: int = 1, seed: int = 0, progress: bool = True) -> tuple[list[ErrorPoint], dict[str, Path], str]:
+    """The map of ``model_name`` (a :func:`revtal.backbones.build` name or a :data:`LOCAL_IMAGE_MODELS` one) written
+    to ``out``: returns the points, the files by kind and a summary of three corners."""
+    alphas, betas = grid_values(grid, beta_min)
+    model, inputs = build_reference(model_name, num_frames=num_frames, img_size=img_size, batch=batch, seed=seed,
+                                    pretrained=pretrained)
     autocast_dtype = None
-    if args.dtype == "float64":
+    if dtype == "float64":
         model, inputs = model.double(), inputs.double()
-    elif args.dtype == "bfloat16":
+    elif dtype == "bfloat16":
         autocast_dtype = torch.bfloat16
     start = time.perf_counter()
-    points = gradient_error_map(
-        model, inputs, alphas, betas, backprop=args.backprop, autocast_dtype=autocast_dtype, seed=args.seed,
-        progress=not args.no_progress,
-    )
+    points = gradient_error_map(model, inputs, alphas, betas, backprop=backprop, autocast_dtype=autocast_dtype,
+                                seed=seed, progress=progress)
     elapsed = time.perf_counter() - start
     meta = {
-        "model": args.model,
-        "backprop": args.backprop,
-        "dtype": args.dtype,
-        "grid": args.grid,
+        "model": model_name,
+        "backprop": backprop,
+        "dtype": dtype,
+        "grid": grid,
         "input_shape": list(inputs.shape),
-        "seed": args.seed,
-        "weights": str(args.pretrained) if args.pretrained else "random init",
+        "seed": seed,
+        "weights": str(pretrained) if pretrained else "random init",
         "loss": "sum_k mean(output_k * W_k), W_k ~ N(0, 1) fixed by the seed",
         "parameters": sum(p.numel() for p in model.parameters()),
         "elapsed_s": round(elapsed, 2),
@@ -299,23 +261,20 @@ def run(args: argparse.Namespace) -> int:
         "threads": torch.get_num_threads(),
         "machine": platform.machine(),
     }
-    paths = write_outputs(points, args.out, meta)
-    print(_summary(points, args, elapsed))
-    for kind, path in paths.items():
-        print(f"wrote {kind}: {path}")
-    return 0
+    paths = write_outputs(points, out, meta)
+    return points, paths, _summary(points, meta, beta_min, elapsed)
 
 
-def _summary(points: list[ErrorPoint], args: argparse.Namespace, elapsed: float) -> str:
+def _summary(points: list[ErrorPoint], meta: dict, beta_min: float, elapsed: float) -> str:
     def at(alpha: float, beta: float) -> ErrorPoint:
         return min(points, key=lambda p: (p.alpha - alpha) ** 2 + (p.beta - beta) ** 2)
 
-    corners = [("(1, beta_min)", at(1.0, args.beta_min)), ("middle", at(0.5, 0.5)), ("(0, 1)", at(0.0, 1.0))]
-    lines = [f"errmap {args.model} {args.backprop} {args.dtype}: {len(points)} points in {elapsed:.1f} s"]
+    corners = [("(1, beta_min)", at(1.0, beta_min)), ("middle", at(0.5, 0.5)), ("(0, 1)", at(0.0, 1.0))]
+    lines = [f"errmap {meta['model']} {meta['backprop']} {meta['dtype']}: {len(points)} points in {elapsed:.1f} s"]
     for label, p in corners:
         lines.append(
             f"  {label:>13} alpha={p.alpha:.3g} beta={p.beta_used:.3g}: atol_level={p.atol_level:.3g} "
             f"max_rel_err={p.max_rel_err:.3g} recon_rel_err={p.recon_rel_err:.3g}"
-            + (f" stores {p.bits_per_branch:.2f} bits/element/branch" if args.backprop == "exact" else "")
+            + (f" stores {p.bits_per_branch:.2f} bits/element/branch" if meta["backprop"] == "exact" else "")
         )
     return "\n".join(lines)

@@ -1,10 +1,17 @@
-"""Datasets for the trainer: the configured annotations, or the embedded synthetic dataset generated on first use."""
+"""The data of a config: the configured annotations, or the embedded synthetic dataset, written to disk by an explicit
+call (:func:`resolve_dataset`, made by the commands, the demo and the study; never by the trainer), and then
+everything training reads, built in one call (:meth:`TrainingData.from_config`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from revtal.data.annotations import AnnotationSet, load_annotations
+from revtal.data.crop import THUMOS_CROP_RATIO
+from revtal.data.dataset import FeatureTALDataset, VideoTALDataset, build_loader
+from revtal.data.synthetic import generate_dataset
 from revtal.engine import distributed as dist_utils
 from revtal.engine.config import Config
 
@@ -22,8 +29,6 @@ def resolve_dataset(config: Config, out_dir: str | Path) -> Config:
     data = config.data
     if data.annotations:
         return config
-    from revtal.data.synthetic import generate_dataset
-
     s = data.synthetic
     root = synthetic_dir(config, Path(out_dir))
     if dist_utils.is_main() and not (root / "annotations.json").exists():
@@ -36,14 +41,20 @@ def resolve_dataset(config: Config, out_dir: str | Path) -> Config:
                               source="synthetic dataset")
 
 
-def load_dataset_annotations(config: Config) -> AnnotationSet:
-    """The annotations of a config whose dataset is located (:func:`resolve_dataset`)."""
+def check_located(config: Config) -> Config:
+    """``config``, if it names its data (:func:`resolve_dataset` fills in the synthetic dataset's)."""
     data = config.data
     if not data.annotations:
-        raise ValueError("data.annotations is empty: locate the dataset first (revtal.engine.data.resolve_dataset)")
+        raise ValueError("data.annotations is empty: set it, or write the synthetic dataset first "
+                         "(revtal.engine.datasets.resolve_dataset)")
     if not data.video_dir and not data.features_dir:
         raise ValueError("data.video_dir is empty: set it to the folder holding the videos of data.annotations")
-    return load_annotations(data.annotations)
+    return config
+
+
+def load_dataset_annotations(config: Config) -> AnnotationSet:
+    """The annotations of a config whose dataset is located (:func:`resolve_dataset`)."""
+    return load_annotations(check_located(config).data.annotations)
 
 
 def build_datasets(config: Config, annotations: AnnotationSet):
@@ -58,9 +69,6 @@ def evaluation_dataset(config: Config, annotations: AnnotationSet):
 
 
 def tal_dataset(config: Config, annotations: AnnotationSet, subset: str | None, train: bool):
-    from revtal.data.crop import THUMOS_CROP_RATIO
-    from revtal.data.dataset import FeatureTALDataset
-
     d = config.data
     if d.features_dir:
         ratio = THUMOS_CROP_RATIO if d.crop_ratio is None else d.crop_ratio
@@ -73,8 +81,6 @@ def tal_dataset(config: Config, annotations: AnnotationSet, subset: str | None, 
 def video_dataset(config: Config, annotations: AnnotationSet, subset: str | None, train: bool = False):
     """The videos of ``subset`` (None: every video) as the backbone sees them; ``train``: training sampling and
     augmentation (random crop, flip, colour jitter) and videos without actions dropped."""
-    from revtal.data.dataset import VideoTALDataset
-
     d = config.data
     return VideoTALDataset(
         annotations, d.video_dir, subset, mode=d.mode, num_frames=d.num_frames, img_size=d.img_size,
@@ -84,9 +90,24 @@ def video_dataset(config: Config, annotations: AnnotationSet, subset: str | None
 
 
 def make_loader(dataset, config: Config, train: bool, rank: int = 0, world: int = 1):
-    from revtal.data.dataset import build_loader
-
     return build_loader(
         dataset, batch_size=config.data.batch_size, shuffle=train, num_workers=config.data.num_workers,
         seed=config.train.seed, distributed=train and world > 1,
     )
+
+
+@dataclass
+class TrainingData:
+    """Everything a training run reads, built from a config whose dataset is located: the annotations, the training
+    and validation datasets, and this rank's training loader."""
+
+    annotations: AnnotationSet
+    train_set: Any
+    val_set: Any
+    train_loader: Any
+
+    @classmethod
+    def from_config(cls, config: Config, rank: int = 0, world: int = 1) -> "TrainingData":
+        annotations = load_dataset_annotations(config)
+        train_set, val_set = build_datasets(config, annotations)
+        return cls(annotations, train_set, val_set, make_loader(train_set, config, train=True, rank=rank, world=world))

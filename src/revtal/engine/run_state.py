@@ -1,4 +1,4 @@
-"""Training checkpoints: full state, atomic writes, exact resume — and the one module that knows their layout.
+"""Run state (training checkpoints, ``last.pt`` / ``best.pt``): full state, atomic writes, exact resume — and the one module that knows their layout.
 
 A checkpoint holds everything a run needs to continue bit-for-bit on CPU: model, optimizer, LR scheduler, AMP
 scaler, EMA weights, the training mode's state (the Dr²Net coefficient schedule, the reconstruction monitor),
@@ -17,6 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from revtal.backbones.weights import load_model_state
+from revtal.engine.config import config_from_dict
+from revtal.reversible.convert import set_coefficients
 from revtal.utils.io import atomic_write
 
 
@@ -87,8 +90,6 @@ class TrainingCheckpoint:
 
     def config(self):
         """The run's config, as it was saved with the weights."""
-        from revtal.engine.config import config_from_dict
-
         return config_from_dict(self.state["config"], source=f"{self.path} (embedded config)")
 
     @property
@@ -112,8 +113,6 @@ class TrainingCheckpoint:
     def restore_training(self, *, model, optimizer, lr_schedule, scaler, ema, mode_hooks) -> dict:
         """Put a training run back where this checkpoint left it (everything :func:`training_state` saved, random
         generators included); returns the counters ``{"epoch", "step", "best_metric"}``."""
-        from revtal.backbones.weights import load_model_state
-
         state = self.state
         load_model_state(model, state["model"], source=str(self.path),
                          hint="resume with the config the checkpoint was trained with (the default of --resume)")
@@ -128,9 +127,6 @@ class TrainingCheckpoint:
 
     def restore_model(self, model) -> None:
         """Load :meth:`inference_weights` into ``model`` and put it at the trained coefficients."""
-        from revtal.backbones.weights import load_model_state
-        from revtal.reversible import set_coefficients
-
         load_model_state(model, self.inference_weights(), source=str(self.path),
                          hint="the model is built from the checkpoint's own config")
         coefficients = self.trained_coefficients()

@@ -12,32 +12,25 @@ backpropagate it. The peers (RevLib, MemCNN) are not training modes: they wrap t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
-import revtal
 from revtal.bench.configs import MODE_DESCRIPTIONS, PEER_MODES, BenchConfig, is_vit
 from revtal.bench.peers import PeerUnavailable, attach_peer
+from revtal.engine.config import config_from_dict
+from revtal.engine.modes import TrainingMode, get_mode
+from revtal.reversible.stage import reversible_stages
 
-if TYPE_CHECKING:
-    from revtal.engine.modes import TrainingMode
-
-# benchmark mode -> the backbone section of the training recipe it measures
-TRAINING_RECIPES: dict[str, Callable[[BenchConfig], dict[str, Any]]] = {
-    "conventional": lambda c: {"mode": "conventional"},
-    "frozen": lambda c: {"mode": "frozen"},
-    "checkpoint": lambda c: {"mode": "checkpoint"},
-    "re2": lambda c: {"mode": "re2"},
-    # a point the Dr²Net schedule passes through, held fixed: hard finetuning there with float backprop
-    "dr2net_float": lambda c: {"mode": "hard", "alpha": c.float_coefficients[0], "beta": c.float_coefficients[1],
-                               "backprop": "reversible"},
-    # Dr²Net dynamic finetuning as it starts (the schedule's first point), exact backprop
-    "dr2net_exact": lambda c: {"mode": "dr2net", "backprop": "exact",
-                               "schedule": {"alpha0": c.exact_coefficients[0], "beta0": c.exact_coefficients[1]}},
-    "losa": lambda c: {"mode": "losa", "losa": {"clip_frames": c.frames}},  # the benchmark clip is one LoSA clip
-    **{peer: (lambda c: {"mode": "conventional"}) for peer in PEER_MODES},
+# what a benchmarked mode sets in the training recipe's backbone section besides its name (the peers measure the
+# conventional backbone's blocks, wrapped)
+RECIPE_SETTINGS: dict[str, Callable[[BenchConfig], dict[str, Any]]] = {
+    # Dr²Net dynamic finetuning as it starts, at the configuration's (α, β) (exact: the schedule's first point; float:
+    # a point the schedule passes through), with the configuration's backprop
+    "dr2net": lambda c: {"backprop": c.backprop,
+                         "schedule": {"alpha0": c.coefficients[0], "beta0": c.coefficients[1]}},
+    "losa": lambda c: {"losa": {"clip_frames": c.frames}},  # the benchmark clip is one LoSA clip
 }
 
 
@@ -49,7 +42,7 @@ class TrainingTarget(nn.Module):
     """``video -> scalar loss``: the features, run as their training mode runs them (a frozen backbone under no_grad
     in eval mode), and the head."""
 
-    def __init__(self, features: nn.Module, out_channels: int, mode: "TrainingMode"):
+    def __init__(self, features: nn.Module, out_channels: int, mode: TrainingMode):
         super().__init__()
         self.features = features
         self.mode = mode
@@ -78,34 +71,32 @@ class BuiltMode:
 def training_settings(config: BenchConfig):
     """The training recipe's ``backbone`` section (:class:`~revtal.engine.config.BackboneConfig`) that
     ``config``'s mode measures."""
-    from revtal.engine.config import config_from_dict
-
     options = {"depth": config.depth} if config.depth is not None and is_vit(config.model) else {}
-    section = {"name": config.model, "options": options, **TRAINING_RECIPES[config.mode](config)}
-    return config_from_dict({"backbone": section}, source=f"benchmark mode {config.mode}").backbone
+    mode = "conventional" if config.mode in PEER_MODES else config.mode
+    section = {"name": config.model, "options": options, "mode": mode,
+               **RECIPE_SETTINGS.get(config.mode, lambda c: {})(config)}
+    return config_from_dict({"backbone": section}, source=f"benchmark mode {config.label}").backbone
 
 
 def build_target(config: BenchConfig) -> BuiltMode:
     """The model of ``config``: backbone built and put in the mode by the training mode's own object, wrapped with
     the head. Raises ModeUnavailable or PeerUnavailable when an optional piece is missing."""
-    from revtal.engine.modes import get_mode
-
     settings = training_settings(config)
     mode = get_mode(settings.mode)
     torch.manual_seed(config.seed)
     try:
         features = mode.build_extractor(settings, config.frames, config.img_size)
     except ImportError as err:
-        raise ModeUnavailable(f"{config.mode}: a piece of this mode is not in this build: {err}") from err
+        raise ModeUnavailable(f"{config.label}: a piece of this mode is not in this build: {err}") from err
     backbone = getattr(features, "backbone", features)  # LoSA wraps the backbone
     # children, not len(): a reversible stage refuses len() (per-block access would bypass it)
     depth = len(list(backbone.net.blocks.children())) if is_vit(config.model) else None
-    info: dict = {"description": MODE_DESCRIPTIONS[config.mode], "training_mode": mode.name}
+    info: dict = {"label": config.label, "description": MODE_DESCRIPTIONS[config.label], "training_mode": mode.name}
     if config.mode in PEER_MODES:
         if not is_vit(config.model):
             raise PeerUnavailable(f"{config.mode} peer: the peer stacks wrap ViT blocks; {config.model} is not a ViT")
         attach_peer(backbone.net, config.mode)
-    stages = revtal.reversible_stages(features)
+    stages = reversible_stages(features)
     if stages:
         info["alpha"], info["beta"] = stages[0].alpha, stages[0].beta
         info["backprop"] = stages[0].backprop
@@ -117,7 +108,7 @@ def build_target(config: BenchConfig) -> BuiltMode:
 def exact_storage(target: nn.Module) -> dict:
     """What the exact stages of ``target`` stored per element in their latest forward (empty outside exact mode):
     the buffer's bits, and all of it with the float output, per stage (``revtal.reversible.exact.ExactStorage``)."""
-    stored = [s.exact_arithmetic.last_storage for s in revtal.reversible_stages(target) if s.backprop == "exact"]
+    stored = [s.exact_arithmetic.last_storage for s in reversible_stages(target) if s.backprop == "exact"]
     stored = [s for s in stored if s is not None]
     if not stored:
         return {}

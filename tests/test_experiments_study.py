@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from revtal.bench import study
+from revtal.experiments import study
 from revtal.cli import main as cli_main
 from revtal.engine.config import load_config
 

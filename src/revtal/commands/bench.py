@@ -14,7 +14,15 @@ import argparse
 import os
 import sys
 
-from revtal.bench.configs import DR2NET_EXACT_COEFFICIENTS, DR2NET_FLOAT_COEFFICIENTS, MODE_DESCRIPTIONS, MODES, Grid
+import torch
+
+from revtal.backbones import list_backbones
+from revtal.bench.configs import (DR2NET_EXACT_COEFFICIENTS, DR2NET_FLOAT_COEFFICIENTS, MODE_DESCRIPTIONS, MODES, Grid,
+                                  canonical_label, record_label)
+from revtal.bench.report import markdown_table, write_plots
+from revtal.bench.runner import machine_info, merge_json, run_configs, write_json
+from revtal.experiments import reference_localizer
+from revtal.experiments.reference_localizer import IMPLEMENTATIONS
 
 KINDS = {
     # kind: (warmup, repeats, allocator) defaults; speed runs time the allocator a user's process has
@@ -41,8 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inputs", nargs="+", metavar="JSON", help="report: JSON files written by --json")
     parser.add_argument("--models", nargs="+", help=f"backbone names (default {DEFAULTS['models']})")
     parser.add_argument(
-        "--modes", nargs="+", choices=MODES, metavar="MODE",
-        help="training modes (default all): " + "; ".join(f"{k}: {v}" for k, v in MODE_DESCRIPTIONS.items()),
+        "--modes", nargs="+", choices=MODES, type=canonical_label, metavar="MODE",
+        help="training modes, MODE or MODE:BACKPROP (default all; dr2net alone is dr2net:exact, and the earlier names "
+        "dr2net_float, dr2net_exact are read as dr2net:reversible, dr2net:exact): "
+        + "; ".join(f"{k}: {v}" for k, v in MODE_DESCRIPTIONS.items()),
     )
     parser.add_argument("--depths", nargs="+", type=int, help="ViT depths (default 12; other models keep their own)")
     parser.add_argument("--frames", nargs="+", type=int, help="frames per clip (default 16)")
@@ -73,11 +83,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per configuration")
     parser.add_argument(
         "--dr2net-float", nargs=2, type=float, default=list(DR2NET_FLOAT_COEFFICIENTS), metavar=("ALPHA", "BETA"),
-        help="(α, β) of dr2net_float (default 0.5 0.5: float reversible backprop is useless at Dr²Net's start (1, 0.1))",
+        help="(α, β) of dr2net:reversible (default 0.5 0.5: float reversible backprop is useless at Dr²Net's start "
+        "(1, 0.1))",
     )
     parser.add_argument(
         "--dr2net-exact", nargs=2, type=float, default=list(DR2NET_EXACT_COEFFICIENTS), metavar=("ALPHA", "BETA"),
-        help="(α, β) of dr2net_exact (default 1 0.1; β is rounded to a dyadic, 13/128)",
+        help="(α, β) of dr2net:exact (default 1 0.1; β is rounded to a dyadic, 13/128)",
     )
     parser.add_argument("--quick", action="store_true", help="a tiny preset (seconds); explicit options override it")
     parser.add_argument("--json", metavar="OUT", help="write machine info and records as JSON")
@@ -85,9 +96,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--plot", metavar="DIR", help="write memory_vs_depth.png, memory_vs_frames.png and memory_vs_clips.png"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    from revtal.bench import localizer
+    add_localizer_arguments(parser)
 
-    localizer.add_arguments(parser)
+
+def add_localizer_arguments(parser) -> None:
+    group = parser.add_argument_group("localizer (revtal bench localizer)")
+    group.add_argument("--out", default="runs/bench_localizer", help="working folder (features, runs, tables)")
+    group.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds (default 0 1 2)")
+    group.add_argument("--videos", type=int, default=60,
+                       help="synthetic videos, 2/3 training and 1/3 validation (default 60; the issue's set had 120)")
+    group.add_argument("--dim", type=int, default=64, help="feature channels")
+    group.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic feature set")
+    # defaults sized for a 2-core CPU (docs/LOCALIZER.md); the THUMOS recipe is 30 + 5 epochs at 1e-4
+    group.add_argument("--epochs", type=int, default=12, help="epochs after warmup (default 12; the recipe's 30)")
+    group.add_argument("--warmup-epochs", type=int, default=3, help="linear warmup epochs (default 3; the recipe's 5)")
+    group.add_argument("--lr", type=float, default=4e-4, help="peak learning rate of both (default 4e-4; the recipe's 1e-4)")
+    group.add_argument("--signal", type=float, default=3.0, help="action pattern strength over unit feature noise")
+    group.add_argument("--implementations", nargs="+", choices=IMPLEMENTATIONS, default=list(IMPLEMENTATIONS),
+                       help="which to train (reference: skipped with a note when actionformer is not installed)")
+    group.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override revtal's recipe (e.g. localizer.options.regression_bias_init=0)")
+    group.add_argument("--tag", default="", help="suffix of this run's result files (e.g. an ablation's name)")
 
 
 def _choice(args: argparse.Namespace, name: str):
@@ -126,8 +155,6 @@ def build_grid(args: argparse.Namespace) -> Grid:
 
 
 def _default_device() -> str:
-    import torch
-
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -135,12 +162,12 @@ def run(args: argparse.Namespace) -> int:
     if args.kind == "report":
         return _report(args)
     if args.kind == "localizer":
-        from revtal.bench import localizer
-
-        return localizer.run(args)
-    from revtal.backbones import list_backbones
-    from revtal.bench.runner import machine_info, run_configs, write_json
-
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        return reference_localizer.compare(
+            args.out, seeds=args.seeds, videos=args.videos, dim=args.dim, data_seed=args.data_seed, epochs=args.epochs,
+            warmup_epochs=args.warmup_epochs, lr=args.lr, signal=args.signal, implementations=args.implementations,
+            overrides=args.overrides, tag=args.tag, json_path=args.json, settings=vars(args))
     grid = build_grid(args)
     unknown = [m for m in grid.models if m not in list_backbones()]
     if unknown:
@@ -170,8 +197,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from revtal.bench.runner import merge_json
-
     if not args.inputs:
         print("revtal bench report: give the JSON files of earlier runs with --inputs", file=sys.stderr)
         return 2
@@ -185,13 +210,10 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _output(args: argparse.Namespace, machine: dict, result) -> None:
-    from revtal.bench.report import markdown_table, write_plots
-    from revtal.bench.runner import write_json
-
     if result.records:
         print(markdown_table(result.records))
     for entry in result.skipped:
-        print(f"{entry['status']}: {entry['mode']} ({entry['model']}): {entry['reason']}")
+        print(f"{entry['status']}: {record_label(entry)} ({entry['model']}): {entry['reason']}")
     if args.json:
         write_json(args.json, machine, result)
         print(f"wrote {args.json}")

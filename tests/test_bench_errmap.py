@@ -11,7 +11,7 @@ import torch
 
 from revtal.cli import main as revtal_main
 from revtal.reversible.diagnostics import atol_level, compare_gradients, gradient_errors
-from revtal.tools.errmap import build_reference, gradient_error_map, grid_values, write_outputs
+from revtal.bench.errmap import build_reference, gradient_error_map, grid_values, write_outputs
 
 
 def test_atol_level_is_the_smallest_allclose_atol():

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from revtal.bench import gpu_check
+from revtal.commands.gpu_check import main as gpu_check_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,7 +26,7 @@ def test_without_cuda_the_script_writes_no_cuda_and_succeeds(tmp_path):
 
 def test_reconstruction_checks_run_on_the_cpu(tmp_path):
     out = tmp_path / "cpu.json"
-    assert gpu_check.main(["--out", str(out), "--device", "cpu", "--models", "vit_tiny_video", "--frames", "4",
+    assert gpu_check_main(["--out", str(out), "--device", "cpu", "--models", "vit_tiny_video", "--frames", "4",
                            "--img-size", "32"]) == 0
     result = json.loads(out.read_text())
     records = result["reconstruction"]

@@ -18,40 +18,26 @@ the tables (mean ± sample std over seeds) go to stdout and ``--json``.
 
 from __future__ import annotations
 
-import argparse
+import copy
 import json
 import os
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from revtal.evaluation.detection import THUMOS_TIOU
+from revtal.bench.runner import machine_info
+from revtal.data.annotations import AnnotationSet, VideoAnnotation, load_annotations, save_annotations
+from revtal.engine.config import load_config
+from revtal.engine.inference import Predictor
+from revtal.engine.trainer import Trainer
+from revtal.evaluation.detection import THUMOS_TIOU, evaluate_detection
 
 IMPLEMENTATIONS = ("revtal", "reference")
 WIDTH = 128
 # the reference's max_seq_len must be a multiple of stride × window at every level: 32 × 18 = 576 covers 512 steps
 REFERENCE_MAX_SEQ_LEN = 576
-
-
-def add_arguments(parser) -> None:
-    group = parser.add_argument_group("localizer (revtal bench localizer)")
-    group.add_argument("--out", default="runs/bench_localizer", help="working folder (features, runs, tables)")
-    group.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds (default 0 1 2)")
-    group.add_argument("--videos", type=int, default=60,
-                       help="synthetic videos, 2/3 training and 1/3 validation (default 60; the issue's set had 120)")
-    group.add_argument("--dim", type=int, default=64, help="feature channels")
-    group.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic feature set")
-    # defaults sized for a 2-core CPU (docs/LOCALIZER.md); the THUMOS recipe is 30 + 5 epochs at 1e-4
-    group.add_argument("--epochs", type=int, default=12, help="epochs after warmup (default 12; the recipe's 30)")
-    group.add_argument("--warmup-epochs", type=int, default=3, help="linear warmup epochs (default 3; the recipe's 5)")
-    group.add_argument("--lr", type=float, default=4e-4, help="peak learning rate of both (default 4e-4; the recipe's 1e-4)")
-    group.add_argument("--signal", type=float, default=3.0, help="action pattern strength over unit feature noise")
-    group.add_argument("--implementations", nargs="+", choices=IMPLEMENTATIONS, default=list(IMPLEMENTATIONS),
-                       help="which to train (reference: skipped with a note when actionformer is not installed)")
-    group.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override revtal's recipe (e.g. localizer.options.regression_bias_init=0)")
-    group.add_argument("--tag", default="", help="suffix of this run's result files (e.g. an ablation's name)")
 
 
 # ------------------------------------------------------------------------------------------- the feature set
@@ -68,8 +54,6 @@ def generate_feature_set(root: str | os.PathLike, videos: int = 60, dim: int = 6
     pattern channels. Videos hold 1–6 non-overlapping actions of 4–96 steps (log-uniform). Writes ``features/ID.npy``
     (C, T) and ``annotations.json`` for revtal, ``reference/ID.npy`` (T, C) and ``reference.json`` for ActionFormer.
     """
-    from revtal.data.annotations import AnnotationSet, VideoAnnotation, save_annotations
-
     root = Path(root)
     rng = np.random.default_rng(seed)
     patterns = rng.standard_normal((classes, 2, dim))
@@ -133,14 +117,11 @@ def revtal_overrides(root: Path, out: Path, seed: int, epochs: int, warmup_epoch
 
 
 def _score(annotations, predictions) -> dict:
-    from revtal.evaluation.detection import evaluate_detection
 
     return evaluate_detection(annotations, {"results": predictions}, THUMOS_TIOU, subset="validation").to_json()
 
 
 def run_revtal(root: Path, out: Path, seed: int, epochs: int, warmup_epochs: int, lr: float, overrides=()) -> dict:
-    from revtal.engine.config import load_config
-    from revtal.engine.trainer import Trainer
 
     config = load_config(None, [*revtal_overrides(root, out, seed, epochs, warmup_epochs, lr), *overrides])
     start = time.perf_counter()
@@ -157,7 +138,6 @@ def run_revtal(root: Path, out: Path, seed: int, epochs: int, warmup_epochs: int
 
 
 def _predict(trainer, model, config=None) -> dict:
-    from revtal.engine.inference import Predictor
 
     return Predictor(model, config or trainer.config, trainer.classes, trainer.device).predict(trainer.val_set)
 
@@ -182,6 +162,7 @@ def reference_available() -> bool:
 
 def reference_config(root: Path, classes: int, dim: int, epochs: int, warmup_epochs: int, lr: float) -> dict:
     """The reference's configuration: its defaults with the THUMOS-14 recipe's values at width 128."""
+    # the reference is an optional package (the reference extra): imported only when it runs
     from actionformer.core.config import DEFAULTS, _merge, _update_config
 
     recipe = {
@@ -206,22 +187,17 @@ def reference_config(root: Path, classes: int, dim: int, epochs: int, warmup_epo
         "opt": {"type": "AdamW", "learning_rate": lr, "weight_decay": 0.05, "epochs": epochs,
                 "warmup": True, "warmup_epochs": warmup_epochs, "schedule_type": "cosine"},
     }
-    import copy
 
     _merge(copy.deepcopy(DEFAULTS), recipe)
     return _update_config(recipe)
 
 
 def run_reference(root: Path, seed: int, epochs: int, warmup_epochs: int, lr: float, classes: int, dim: int) -> dict:
-    import copy
-
-    import torch
+    # the reference is an optional package (the reference extra): imported only when it runs
     from actionformer.datasets import make_dataset
     from actionformer.datasets.data_utils import trivial_batch_collator, worker_init_reset_seed
     from actionformer.modeling import make_meta_arch
     from actionformer.utils import ModelEma, fix_random_seed, make_optimizer, make_scheduler
-
-    from revtal.data.annotations import load_annotations
 
     cfg = reference_config(root, classes, dim, epochs, warmup_epochs, lr)
     generator = fix_random_seed(seed, include_cuda=False)
@@ -298,51 +274,50 @@ def tables(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from revtal.bench.runner import machine_info
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    root = out / f"features_v{args.videos}_d{args.dim}_x{args.signal:g}_s{args.data_seed}"
+def compare(out: str | Path, *, seeds=(0, 1, 2), videos: int = 60, dim: int = 64, data_seed: int = 0,
+            epochs: int = 12, warmup_epochs: int = 3, lr: float = 4e-4, signal: float = 3.0,
+            implementations=IMPLEMENTATIONS, overrides=(), tag: str = "", json_path: str | None = None,
+            settings: dict | None = None) -> int:
+    """Train each implementation for each seed on one synthetic feature set under ``out``, print the tables and
+    (``json_path``) write them with the machine and ``settings`` (the command line's options)."""
+    out = Path(out)
+    root = out / f"features_v{videos}_d{dim}_x{signal:g}_s{data_seed}"
     if not (root / "reference.json").exists():
         print(f"writing the synthetic feature set to {root}", flush=True)
-        generate_feature_set(root, videos=args.videos, dim=args.dim, signal=args.signal, seed=args.data_seed)
-    implementations = list(args.implementations)
+        generate_feature_set(root, videos=videos, dim=dim, signal=signal, seed=data_seed)
+    implementations = list(implementations)
     if "reference" in implementations and not reference_available():
         print("note: the reference (pip package actionformer) is not installed: training revtal only. "
               "Install it with: pip install --no-build-isolation 'revtal[reference]'", flush=True)
         implementations.remove("reference")
     machine = machine_info("cpu")
-    print(f"revtal bench localizer: {args.videos} videos, {args.epochs}+{args.warmup_epochs} epochs, lr {args.lr:g}, "
-          f"signal {args.signal:g}, seeds {args.seeds}, "
+    print(f"revtal bench localizer: {videos} videos, {epochs}+{warmup_epochs} epochs, lr {lr:g}, "
+          f"signal {signal:g}, seeds {seeds}, "
           f"{', '.join(implementations)}; {machine['cpu_model']} ({machine['cpu_cores_available']} cores, "
           f"{torch.get_num_threads()} torch threads), load {machine['load_average_at_start']}", flush=True)
-    tag = f"_{args.tag}" if args.tag else ""
+    tag = f"_{tag}" if tag else ""
     (out / "runs").mkdir(parents=True, exist_ok=True)
     records = []
-    for seed in args.seeds:
+    for seed in seeds:
         for name in implementations:
             started = time.perf_counter()
             print(f"training {name} seed {seed} ...", flush=True)
             if name == "revtal":
-                record = run_revtal(root, out / f"train_revtal{tag}_seed{seed}", seed, args.epochs, args.warmup_epochs,
-                                    args.lr, args.overrides)
+                record = run_revtal(root, out / f"train_revtal{tag}_seed{seed}", seed, epochs, warmup_epochs,
+                                    lr, overrides)
             else:
-                record = run_reference(root, seed, args.epochs, args.warmup_epochs, args.lr, classes=5, dim=args.dim)
-            record.update(implementation=name, seed=seed, overrides=list(args.overrides) if name == "revtal" else [])
+                record = run_reference(root, seed, epochs, warmup_epochs, lr, classes=5, dim=dim)
+            record.update(implementation=name, seed=seed, overrides=list(overrides) if name == "revtal" else [])
             (out / "runs" / f"{name}{tag}_seed{seed}.json").write_text(json.dumps(record, indent=2))
             print(f"  {name} seed {seed}: average mAP {100 * record['final']['average_mAP']:.2f} (final weights), "
                   f"{100 * record['ema']['average_mAP']:.2f} (EMA), {time.perf_counter() - started:.0f} s", flush=True)
             records.append(record)
     text = tables(records)
     print(text)
-    if args.json:
+    if json_path:
         machine["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-        Path(args.json).write_text(json.dumps({"machine": machine, "settings": vars(args), "records": records},
+        Path(json_path).write_text(json.dumps({"machine": machine, "settings": settings or {}, "records": records},
                                               indent=2, default=str))
-        print(f"wrote {args.json}")
+        print(f"wrote {json_path}")
     return 0
 

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from revtal.bench import localizer
+from revtal.experiments import reference_localizer as localizer
 from revtal.cli import main
 from revtal.data.annotations import load_annotations
 

@@ -1,4 +1,4 @@
-"""``revtal selfcheck``: verify the reversible engine on a tiny ViT and print what was checked.
+"""Verify the reversible engine on a tiny ViT and print what was checked.
 
 Every line is a measurement taken now, on this machine; the command fails (exit 1) if any check fails.
 """
@@ -11,14 +11,9 @@ import time
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-import revtal
+from revtal.reversible import convert
 from revtal.reversible.diagnostics import first_stage_reconstruction
 from revtal.utils.memory import saved_bytes
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--depth", type=int, default=6, help="transformer blocks of the tiny ViT (default 6)")
-    parser.add_argument("--seed", type=int, default=0)
 
 
 def _vit(depth: int, seed: int, dtype=torch.float32) -> VisionTransformer:
@@ -36,36 +31,36 @@ def _gap(a, b) -> float:
     return max(((u - v).norm() / v.norm().clamp_min(1e-30)).item() for u, v in zip(a, b))
 
 
-def run(args) -> int:
-    depth, seed = args.depth, args.seed
+def selfcheck(depth: int = 6, seed: int = 0) -> int:
+    """Run every check on a tiny ViT of ``depth`` blocks, print one line per check; returns 1 if any failed."""
     rows: list[tuple[str, str, bool]] = []
     x32 = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
     x64 = x32.double()
     start = time.perf_counter()
 
     ref = _vit(depth, seed)
-    original = revtal.convert(copy.deepcopy(ref), "original")
+    original = convert(copy.deepcopy(ref), "original")
     same = torch.equal(ref(x32), original(x32))
     rows.append(("(alpha=1, beta=0) output == pretrained ViT, bitwise float32", str(same), same))
 
     ref64 = _vit(depth, seed, torch.float64)
     for alpha, beta in [(0.0, 1.0), (0.5, 0.5)]:
-        g_rev = _grads(revtal.convert(copy.deepcopy(ref64), "dr2net", alpha=alpha, beta=beta), x64)
-        g_van = _grads(revtal.convert(copy.deepcopy(ref64), "dr2net", alpha=alpha, beta=beta, backprop="vanilla"), x64)
+        g_rev = _grads(convert(copy.deepcopy(ref64), "dr2net", alpha=alpha, beta=beta), x64)
+        g_van = _grads(convert(copy.deepcopy(ref64), "dr2net", alpha=alpha, beta=beta, backprop="vanilla"), x64)
         gap = _gap(g_rev, g_van)
         rows.append((f"reversible vs vanilla grads, float64, ({alpha}, {beta}): max rel gap", f"{gap:.2e}", gap < 1e-10))
 
     for alpha, beta in [(1.0, 1 / 8), (1.0, 1 / 64)]:
-        f_check = first_stage_reconstruction(revtal.convert(copy.deepcopy(ref), "dr2net", alpha=alpha, beta=beta), x32)
+        f_check = first_stage_reconstruction(convert(copy.deepcopy(ref), "dr2net", alpha=alpha, beta=beta), x32)
         e_check = first_stage_reconstruction(
-            revtal.convert(copy.deepcopy(ref), "dr2net", alpha=alpha, beta=beta, backprop="exact"), x32
+            convert(copy.deepcopy(ref), "dr2net", alpha=alpha, beta=beta, backprop="exact"), x32
         )
         rows.append((f"float reconstruction rel error at ({alpha}, {beta:g})", f"{f_check.relative_error:.2e}", True))
         rows.append((f"exact reconstruction at ({alpha}, {beta:g}) bitwise", str(e_check.bitwise), e_check.bitwise))
 
     sizes = {}
     for d in (depth, 2 * depth):
-        model = revtal.convert(_vit(d, seed), "dr2net", alpha=0.5, beta=0.5)
+        model = convert(_vit(d, seed), "dr2net", alpha=0.5, beta=0.5)
         sizes[d] = saved_bytes(lambda: (model(x32) ** 2).sum(), model)
     conventional = _vit(depth, seed)
     conv_bytes = saved_bytes(lambda: (conventional(x32) ** 2).sum(), conventional)

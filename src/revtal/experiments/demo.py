@@ -1,4 +1,4 @@
-"""``revtal demo``: the main job, end to end on a dataset it generates itself.
+"""The demo (``revtal demo``): the main job, end to end on a dataset it generates itself.
 
 1. write a synthetic untrimmed-video dataset (mp4 + ActivityNet-format JSON);
 2. "pretrain" a tiny video ViT conventionally on clip classification of the synthetic actions — this plays the
@@ -15,12 +15,23 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from revtal.backbones import ClipClassifier, build
+from revtal.data.synthetic import SyntheticClipDataset
+from revtal.data.transforms import build_transforms
 from revtal.engine.config import Config, config_from_dict
+from revtal.engine.datasets import load_dataset_annotations, resolve_dataset
+from revtal.engine.inference import Predictor
+from revtal.engine.modes import get_mode
+from revtal.engine.optim import warmup_cosine
+from revtal.engine.run_state import atomic_save
+from revtal.engine.trainer import Trainer
+from revtal.reversible import reversible_stages
 
 MODES = ("dr2net", "conventional", "frozen")
 
@@ -60,21 +71,8 @@ def demo_config(out: Path, quick: bool = False) -> Config:
     }, source="revtal demo")
 
 
-def add_arguments(parser) -> None:
-    parser.add_argument("--out", default="runs/demo", help="where results go (default runs/demo)")
-    parser.add_argument("--pretrain-steps", type=int, default=600, help="clip-classification pretraining steps")
-    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated training modes (default {','.join(MODES)})")
-    parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run (tests)")
-
-
 def pretrain_backbone(config: Config, out: Path, steps: int, seed: int = 0) -> dict:
     """Clip classification of the synthetic actions; saves the backbone network's weights to out/backbone.pt."""
-    from revtal.backbones import ClipClassifier, build
-    from revtal.data.synthetic import SyntheticClipDataset
-    from revtal.data.transforms import build_transforms
-    from revtal.engine.checkpoint import atomic_save
-    from revtal.engine.optim import warmup_cosine
-
     d, s = config.data, config.data.synthetic
     clip_frames = 8
     # frames reach the TAL backbone num_frames / duration apart: show the pretraining clips at that rate
@@ -113,17 +111,14 @@ def pretrain_backbone(config: Config, out: Path, steps: int, seed: int = 0) -> d
     return {"checkpoint": str(path), "clip_accuracy": correct / len(val_set), "steps": steps}
 
 
-def run(args) -> int:
-    from revtal.engine.data import load_dataset_annotations, resolve_dataset
-    from revtal.engine.inference import Predictor
-    from revtal.engine.modes import get_mode
-    from revtal.engine.trainer import Trainer
-
+def run_demo(out: str | Path, pretrain_steps: int = 600, modes: Sequence[str] = MODES, quick: bool = False) -> int:
+    """The whole demo into ``out`` (``quick``: a seconds-long smoke run): prints its progress and table, writes
+    summary.json, summary.md, each mode's run and the detections."""
     started = time.perf_counter()
-    out = Path(args.out)
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    base = demo_config(out, quick=args.quick)
-    modes = [get_mode(m.strip()).name for m in args.modes.split(",") if m.strip()]  # unknown: an error, now
+    base = demo_config(out, quick=quick)
+    modes = [get_mode(m).name for m in modes]  # unknown: an error, now
     print(f"revtal demo → {out}  (torch {torch.__version__}, {torch.get_num_threads()} threads)")
 
     print("[1/5] synthetic dataset")
@@ -133,7 +128,7 @@ def run(args) -> int:
     print(f"      {len(annotations.videos)} videos, {len(annotations.classes)} classes ({', '.join(annotations.classes)})")
 
     print("[2/5] pretraining the backbone on clip classification")
-    pretrain = pretrain_backbone(base, out / "pretrain", steps=10 if args.quick else args.pretrain_steps)
+    pretrain = pretrain_backbone(base, out / "pretrain", steps=10 if quick else pretrain_steps)
     print(f"      clip accuracy {100 * pretrain['clip_accuracy']:.1f}% on held-out clips → {pretrain['checkpoint']}")
 
     rows = []
@@ -166,7 +161,7 @@ def run(args) -> int:
     detections_dir = out / "detections"
     best_mode = modes[0]
     detector = Predictor.from_checkpoint(out / best_mode / "last.pt")
-    val_ids = [v for v, a in annotations.videos.items() if a.subset == "validation"][: (2 if args.quick else 6)]
+    val_ids = [v for v, a in annotations.videos.items() if a.subset == "validation"][: (2 if quick else 6)]
     video_dir = Path(base.data.video_dir)
     for video_id in val_ids:
         path = next(video_dir.glob(f"{video_id}.*"))
@@ -194,11 +189,9 @@ def run(args) -> int:
 
 def backprop_label(model) -> str:
     """How the backbone backpropagates: its reversible stages' arithmetic, autograd, or none (frozen)."""
-    import revtal
-
     if model.frozen_backbone:
         return "none"
-    stages = revtal.reversible_stages(model.extractor)
+    stages = reversible_stages(model.extractor)
     return stages[0].backprop if stages else "autograd"
 
 
