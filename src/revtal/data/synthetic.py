@@ -244,11 +244,11 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: in
     height, width = frames.shape[1:3]
     if height % 2 or width % 2:
         raise ValueError(f"{path}: yuv420p needs even frame sizes, got {width}x{height}")
-    rate = _fps_fraction(fps)
+    rate = fps_fraction(fps)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.mp4")
-    codec = _encoder()
+    codec = video_encoder()
     with av.open(str(tmp), mode="w") as container:
         stream = container.add_stream(codec, rate=rate)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
@@ -269,13 +269,13 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: in
     os.replace(tmp, path)
 
 
-def _fps_fraction(fps: float):
+def fps_fraction(fps: float):
     if not fps > 0:
         raise ValueError(f"fps must be > 0, got {fps}")
     return Fraction(fps).limit_denominator(1001)
 
 
-def _encoder() -> str:
+def video_encoder() -> str:
     for name in ("libx264", "mpeg4"):
         try:
             av.codec.Codec(name, "w")

@@ -168,6 +168,9 @@ class ClassificationConfig:
 class BackboneConfig:
     name: str = "vit_tiny_video"
     pretrained: str = ""  # local checkpoint path of the backbone network
+    # read a pretrained file that needs full unpickling (a pickled model, unknown classes): it can run code, so only
+    # for files from a trusted source (--trust-checkpoint)
+    trust_checkpoint: bool = False
     options: dict = field(default_factory=FrozenDict)  # extra keyword arguments of revtal.backbones.build
     mode: str = "dr2net"  # a registered training mode (revtal.engine.modes)
     # how reversible modes backpropagate: exact | reversible (float), both memory-free, or vanilla (plain autograd

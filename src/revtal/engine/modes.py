@@ -87,7 +87,7 @@ class TrainingMode:
         if weights is not None:
             pretrained = weights
         backbone = build(settings.name, pretrained=pretrained, num_frames=self.backbone_frames(settings, video_frames),
-                         img_size=img_size, **settings.options)
+                         img_size=img_size, trust_checkpoint=settings.trust_checkpoint, **settings.options)
         self.convert(backbone, settings)
         return self.wrap(backbone, settings)
 
