@@ -28,10 +28,12 @@ COMMANDS: dict[str, str] = {
     "detect": "detect actions in videos with a trained checkpoint",
     "synth": "write a synthetic untrimmed-video dataset (mp4 + ActivityNet JSON)",
     "evaluate": "score predictions against ground truth (ActivityNet detection mAP)",
+    "prepare": "datasets from their official files: THUMOS-14 annotations, re-encoded videos",
     "errmap": "map the gradient error of memory-free backprop over (alpha, beta)",
     "selfcheck": "verify the reversible engine on a tiny model and print what was checked",
     "bench": "memory and speed benchmarks",
     "study": "the papers' tables in miniature on the synthetic dataset",
+    "plan": "will this recipe fit my GPU, and in which mode? (simulated on fake tensors, no GPU needed)",
 }
 
 

@@ -108,21 +108,25 @@ def build(
     num_frames: int = 16,
     img_size: int = 224,
     strict: bool = True,
+    trust_checkpoint: bool = False,
     **opts,
 ) -> VideoBackbone:
     """Build backbone ``name`` for clips of ``num_frames`` × ``img_size``² and, if ``pretrained`` is a local file
     (or a state dict already in memory), load it; the architecture options the checkpoint implies (a ViT's pooling
     layout, position embedding, layer scale) come from it unless ``opts`` fix them (``strict``: any missing / unexpected / mis-shaped key raises, listing them; ``strict=False`` loads what
     fits and warns). ``opts`` go to the factory (e.g. ``depth=2``, ``drop_path_rate=0.1``,
-    ``stochastic_depth_prob=0.0``)."""
+    ``stochastic_depth_prob=0.0``). ``trust_checkpoint``: read a file that needs full unpickling (it can run code; only
+    for files from a trusted source)."""
     if name not in _BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; registered: {', '.join(list_backbones())}")
     if isinstance(pretrained, Mapping):
         checkpoint, source = unwrap_state_dict(pretrained), "<state dict>"
     elif pretrained is not None:
-        checkpoint, source = read_state_dict(pretrained), str(pretrained)
+        checkpoint, source = read_state_dict(pretrained, trust=trust_checkpoint), str(pretrained)
     else:
         checkpoint, source = None, ""
+    if "image_checkpoint" in opts:
+        opts["trust_checkpoint"] = trust_checkpoint
     backbone = _BACKBONES[name](num_frames=num_frames, img_size=img_size, checkpoint=checkpoint, strict=strict, **opts)
     backbone.name = name
     if checkpoint is not None:
@@ -141,6 +145,7 @@ def _video_vit_backbone(
     checkpoint: StateDict | None,
     strict: bool,
     image_checkpoint: str | Path | None = None,
+    trust_checkpoint: bool = False,
     **opts,
 ) -> VideoViTBackbone:
     config: dict[str, object] = {}
@@ -149,12 +154,12 @@ def _video_vit_backbone(
     inflated, dropped = None, []
     if image_checkpoint is not None:
         inflated, dropped = inflate_state_dict(
-            read_state_dict(image_checkpoint), num_frames=num_frames, img_size=img_size,
+            read_state_dict(image_checkpoint, trust=trust_checkpoint), num_frames=num_frames, img_size=img_size,
             tubelet_size=opts.get("tubelet_size", 2), image_grid=opts.pop("image_grid", None),
         )
         config.update(infer_layout(inflated), patch_size=inflated["patch_embed.proj.weight"].shape[-1])
     elif checkpoint is not None:
-        config.update(infer_layout(VideoViTBackbone.prepare_state_dict(checkpoint)[0]))
+        config.update(infer_layout(VideoViTBackbone.prepare_state_dict(checkpoint).state_dict))
     config.update(opts)
     backbone = VideoViTBackbone(video_vit(size, num_frames=num_frames, img_size=img_size, **config))
     if inflated is not None:

@@ -36,12 +36,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subset", help="evaluate only the ground-truth videos of this subset (e.g. validation)")
     parser.add_argument("--json", dest="json_out", help="write the result as JSON here")
     parser.add_argument("--per-class", action="store_true", help="also print each class's AP averaged over thresholds")
+    parser.add_argument("--ambiguous", choices=["thumos", "ignore"], default="thumos",
+                        help="THUMOS 'Ambiguous' instances: thumos (default, the official THUMOS-14 protocol: a false "
+                             "positive overlapping one is not counted) or ignore (counted, as ActionFormer/OpenTAD do)")
 
 
 def run(args: argparse.Namespace) -> int:
     thresholds = args.tiou if args.tiou is not None else (args.dataset or "anet")
     # bad files or fields raise user errors, which revtal.cli prints as one line with exit code 2
-    result = evaluate_detection(args.gt, args.pred, thresholds, subset=args.subset)
+    result = evaluate_detection(args.gt, args.pred, thresholds, subset=args.subset, ambiguous=args.ambiguous)
     for warning in result.warnings:
         print(f"revtal evaluate: warning: {warning}", file=sys.stderr)
     print(f"ground truth: {args.gt}" + (f" (subset {args.subset})" if args.subset else ""))

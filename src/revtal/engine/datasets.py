@@ -84,6 +84,7 @@ def video_dataset(config: Config, annotations: AnnotationSet, subset: str | None
     d = config.data
     return VideoTALDataset(
         annotations, d.video_dir, subset, mode=d.mode, num_frames=d.num_frames, img_size=d.img_size,
+        clip_frames=d.clip_frames, clip_stride=d.clip_stride, fps=d.fps if d.mode == "snippets" else None,
         train=train, skip_bad_videos=d.skip_bad_videos, seed=config.train.seed, mean=list(d.mean), std=list(d.std),
         cache_mb=d.cache_mb, crop_ratio=d.crop_ratio, window=d.max_seq_len, trunc_thresh=d.trunc_thresh,
     )

@@ -24,7 +24,7 @@ from revtal.data.transforms import build_transforms, to_float_video
 from revtal.engine import distributed as dist_utils
 from revtal.engine.config import Config
 from revtal.engine.datasets import make_loader
-from revtal.engine.model import TALModel, build_model
+from revtal.engine.model import TALModel, build_model, clip_features
 from revtal.engine.run_state import TrainingCheckpoint
 from revtal.engine.runtime import autocast, model_inputs
 from revtal.evaluation.detection import evaluate_detection
@@ -103,9 +103,13 @@ class Predictor:
 
     @torch.no_grad()
     def features(self, video: torch.Tensor) -> torch.Tensor:
-        """(B, C, T, H, W) video → (B, C', T') features of the extractor in eval mode."""
+        """(B, C, T, H, W) video → (B, C', T') features of the extractor in eval mode (clips (B, n, C, f, H, W) →
+        (B, C', n) in snippets mode)."""
         self.model.eval()
-        return self.model.extractor(video.to(self.device))
+        video = video.to(self.device)
+        if self.model.clips:
+            return clip_features(self.model.mode, self.model.extractor, video)
+        return self.model.extractor(video)
 
     def extract(self, dataset, out_dir: str | Path) -> int:
         """``<video_id>.npy`` (C', T') features of every item of ``dataset``; returns how many were written."""
@@ -125,6 +129,9 @@ class Predictor:
     def detect_file(self, path: str | Path, duration: float | None = None) -> dict:
         """Decode ``num_frames`` frames spread over the video, localize, and return ActivityNet-style detections."""
         d = self.config.data
+        if self.model.clips:
+            raise ValueError(f"{path}: detection on a single file samples frames (data.mode: frames); this model "
+                             "runs clips (data.mode: snippets): evaluate it on an annotated dataset instead")
         duration = duration or probe_video(path).duration
         frames, _ = decode_frames(path, sample_timestamps_evenly(duration, d.num_frames), size=d.img_size)
         video = build_transforms(False, d.img_size, list(d.mean), list(d.std))(to_float_video(frames), None)[None]

@@ -144,7 +144,8 @@ class Trainer:
             )
         ocfg = config.optim
         self.optimizer = build_optimizer(
-            self.model.trainable_backbone(), self.model.localizer, ocfg.backbone_lr, ocfg.head_lr, ocfg.weight_decay
+            self.model.trainable_backbone(), self.model.localizer, ocfg.backbone_lr, ocfg.head_lr, ocfg.weight_decay,
+            fused=ocfg.fused,
         )
         self.iters_per_epoch = max(1, math.ceil(len(self.train_loader) / ocfg.accumulate))  # optimizer steps
         self.lr_schedule = warmup_cosine(
@@ -300,7 +301,7 @@ class Trainer:
 
     def _start_hooks(self, video: torch.Tensor) -> None:
         """The mode's once-per-run preparation on the first batch (the end point of an ``end: auto`` schedule)."""
-        report = self.hooks.start(self.model.extractor, video)
+        report = self.hooks.start(self.model.extractor, self.model.backbone_input(video))
         if report and self.progress:
             tqdm.write(report)
 
