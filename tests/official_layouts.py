@@ -110,8 +110,10 @@ def official_slowfast(backbone, meta=False) -> dict:
             for k, v in reference.items() if official_slowfast_name(k)}
 
 
-def videomae_encoder(dim=32, depth=2, mean_pooling=True, patch=8, meta=False) -> dict:
-    """VideoMAE / VideoMAEv2 encoder names: q_bias / v_bias beside a bias-free qkv, fc_norm when pooling by mean."""
+def videomae_encoder(dim=32, depth=2, mean_pooling=True, patch=8, meta=False, hidden=None) -> dict:
+    """VideoMAE / VideoMAEv2 encoder names: q_bias / v_bias beside a bias-free qkv, fc_norm when pooling by mean;
+    ``hidden``: the MLP width (4·dim; ViT-g's 6144)."""
+    hidden = hidden or 4 * dim
     sd = {"patch_embed.proj.weight": (dim, 3, 2, patch, patch), "patch_embed.proj.bias": (dim,)}
     for i in range(depth):
         b = f"blocks.{i}."
@@ -119,8 +121,8 @@ def videomae_encoder(dim=32, depth=2, mean_pooling=True, patch=8, meta=False) ->
             sd[f"{b}{norm}.weight"] = sd[f"{b}{norm}.bias"] = (dim,)
         sd[b + "attn.qkv.weight"], sd[b + "attn.q_bias"], sd[b + "attn.v_bias"] = (3 * dim, dim), (dim,), (dim,)
         sd[b + "attn.proj.weight"], sd[b + "attn.proj.bias"] = (dim, dim), (dim,)
-        sd[b + "mlp.fc1.weight"], sd[b + "mlp.fc1.bias"] = (4 * dim, dim), (4 * dim,)
-        sd[b + "mlp.fc2.weight"], sd[b + "mlp.fc2.bias"] = (dim, 4 * dim), (dim,)
+        sd[b + "mlp.fc1.weight"], sd[b + "mlp.fc1.bias"] = (hidden, dim), (hidden,)
+        sd[b + "mlp.fc2.weight"], sd[b + "mlp.fc2.bias"] = (dim, hidden), (dim,)
     norm = "fc_norm" if mean_pooling else "norm"
     sd[f"{norm}.weight"] = sd[f"{norm}.bias"] = (dim,)
     return {k: distinct(s, k, meta) for k, s in sd.items()}

@@ -61,8 +61,10 @@ def test_data_md_commands_prepare_what_the_recipes_read(tmp_path, monkeypatch):
     thumos = load_annotations("data/thumos/thumos14.json")
     assert thumos.classes == ["HighJump"] and set(thumos.subsets) == {"validation", "testing"}
     assert len(thumos.videos["video_test_0000001"].ambiguous) == 1
-    for command in trains:
-        config = load_config(str(ROOT / command[2]), [])
+    for command in trains:  # the recipes in a checkout whose data folder the commands filled
+        (tmp_path / command[2]).parent.mkdir(exist_ok=True)
+        (tmp_path / command[2]).write_text((ROOT / command[2]).read_text())
+        config = load_config(command[2], [])
         annotations = load_annotations(config.data.annotations)
         for subset in (config.data.train_subset, config.data.val_subset):
             wanted = annotations.subset(subset).videos

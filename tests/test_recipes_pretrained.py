@@ -21,8 +21,9 @@ OFFICIAL_FILES = {
     "slowfast_r50": ("SLOWFAST_8x8_R50.pyth", lambda backbone: {"model_state": official_slowfast(backbone, meta=True),
                                                                 "cfg": "TRAIN: ..."}),
     "vit_b_video": ("vit_b_k710_dl_from_giant.pth", lambda net: {"module": videomae_encoder(768, 2, patch=16)}),
+    "vit_g_video": ("vit_g_hybrid_pt_1200e_k710_ft.pth", lambda net: {"module": videomae_encoder(1408, 2, patch=14, hidden=6144)}),
 }
-SCALED_DOWN = {"vit_b_video": {"depth": 2}}
+SCALED_DOWN = {"vit_b_video": {"depth": 2}, "vit_g_video": {"depth": 2}}
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)

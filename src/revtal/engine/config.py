@@ -436,7 +436,8 @@ RANGES: dict[str, str] = {
 # given with --set, from the working directory) and kept absolute: a run's config.yaml and checkpoints then name
 # the same files from any working directory, and a recipe works wherever it is run from.
 PATH_KEYS = ("data.annotations", "data.video_dir", "data.features_dir", "backbone.pretrained",
-             "backbone.options.image_checkpoint")
+             "backbone.options.image_checkpoint", "classification.train_list", "classification.val_list",
+             "classification.root", "classification.classes")
 
 
 def read_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
