@@ -297,9 +297,6 @@ class Config:
                 isinstance(self.backbone.window_chunk, int) and self.backbone.window_chunk > 0):
             raise ConfigError(f"{source}: backbone.window_chunk must be a positive number of windows or null, got "
                               f"{self.backbone.window_chunk!r}")
-        if self.data.mode == "snippets" and self.backbone.mode == "losa":
-            raise ConfigError(f"{source}: backbone.mode: losa cuts the video into clips itself "
-                              "(backbone.losa.clip_frames); use data.mode: frames with it")
         if self.data.fps is not None and not self.data.fps > 0:
             raise ConfigError(f"{source}: data.fps must be positive or null, got {self.data.fps!r}")
         if self.data.max_seq_len is not None and self.data.max_seq_len <= 0:
