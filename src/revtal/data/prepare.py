@@ -30,6 +30,7 @@ from revtal.data.dataset import VIDEO_EXTENSIONS, find_media_files
 from revtal.data.decoding import probe_video
 from revtal.data.synthetic import fps_fraction, video_encoder
 from revtal.utils.io import atomic_write
+from revtal.utils.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +224,7 @@ def reencode_videos(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, fps:
     if not todo:
         return report
     dst_dir.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=len(todo), desc="re-encoding", unit="video", disable=not progress)
+    bar = progress_bar(total=len(todo), desc="re-encoding", unit="video", disable=not progress)
     try:
         if workers <= 1:
             for path, target in todo:

@@ -362,7 +362,7 @@ def generate_clip_dataset(
     jobs = [(split, code, i) for split, code, per_class in (("train", 1, train_per_class), ("val", 2, val_per_class))
             for i in range(per_class * num_classes)]
     lines: dict[str, list[str]] = {"train": [], "val": []}
-    for split, code, i in tqdm(jobs, desc="synth clips", disable=not progress):
+    for split, code, i in progress_bar(jobs, desc="synth clips", disable=not progress):
         rng = np.random.default_rng([seed, code, i])
         label = i % num_classes
         num_frames = max(2, int(round(rng.uniform(low, high) * fps)))

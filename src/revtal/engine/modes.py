@@ -206,6 +206,9 @@ class LoSAMode(TrainingMode):
 
     def validate(self, config: "Config", source: str) -> None:
         super().validate(config, source)
+        if config.data.mode == "snippets":
+            raise ConfigError(f"{source}: backbone.mode: losa cuts the video into clips itself "
+                              "(backbone.losa.clip_frames); use data.mode: frames with it")
         # a trimmed clip (task: classification) is one backbone input cut into LoSA's clips
         if config.task == "classification" and config.data.num_frames % config.backbone.losa.clip_frames:
             raise ConfigError(f"{source}: backbone.mode losa runs the backbone over clips of backbone.losa.clip_frames="
@@ -214,12 +217,6 @@ class LoSAMode(TrainingMode):
 
     def backbone_frames(self, settings: "BackboneConfig", video_frames: int) -> int:
         return settings.losa.clip_frames  # LoSA runs the backbone over clips of clip_frames
-
-    def validate(self, config: "Config", source: str) -> None:
-        super().validate(config, source)
-        if config.data.mode == "snippets":
-            raise ConfigError(f"{source}: backbone.mode: losa cuts the video into clips itself "
-                              "(backbone.losa.clip_frames); use data.mode: frames with it")
 
     def wrap(self, backbone: nn.Module, settings: "BackboneConfig") -> nn.Module:
         return LoSA(backbone, settings.losa.build())
