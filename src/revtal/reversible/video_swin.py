@@ -26,6 +26,7 @@ from functools import partial
 import torch
 import torch.utils.checkpoint
 from torch import Tensor, nn
+from torchvision.models.video.swin_transformer import ShiftedWindowAttention3d
 
 from revtal.reversible.function import Branch
 
@@ -134,8 +135,6 @@ def _mlp_branch(block: nn.Module, x: Tensor) -> Tensor:
 
 
 def is_video_swin_block(block: nn.Module) -> bool:
-    from torchvision.models.video.swin_transformer import ShiftedWindowAttention3d
-
     return isinstance(getattr(block, "attn", None), ShiftedWindowAttention3d)
 
 
