@@ -204,6 +204,8 @@ def test_plan_command_reports_bad_input_in_one_line(capsys):
     assert main(["plan", "configs/tiny_cpu_dr2net.yaml", "--gpu-gib", "0"]) == 2
     assert "--gpu-gib" in capsys.readouterr().err
     assert main(["plan", "configs/tiny_cpu_dr2net.yaml", "--steps", "0"]) == 2
+    assert main(["plan", "configs/tiny_cpu_classification.yaml"]) == 2
+    assert "task: classification is not supported" in capsys.readouterr().err
     assert main(["plan", "configs/tiny_cpu_dr2net.yaml", "--set", "data.img_size=33", "--modes", "conventional",
                  "--jobs", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]

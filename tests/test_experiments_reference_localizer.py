@@ -35,13 +35,46 @@ def test_bench_localizer_trains_revtal_and_notes_a_missing_reference(tmp_path, m
     monkeypatch.setattr(localizer, "reference_available", lambda: False)
     out = tmp_path / "bench.json"
     code = main(["bench", "localizer", "--out", str(tmp_path), "--videos", "6", "--dim", "8", "--epochs", "1",
-                 "--warmup-epochs", "0", "--seeds", "0", "--threads", "1", "--json", str(out),
+                 "--warmup-epochs", "0", "--seeds", "0", "--threads", "1", "--json", str(out), "--feature-sets", "B",
                  "--set", "localizer.options.embed_dim=16", "--set", "localizer.options.head_dim=16"])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "actionformer) is not installed" in printed and "| revtal | final | 0 |" in printed
+    assert "actionformer) is not installed" in printed and "| B | revtal | final | 0 |" in printed
     record, = json.loads(out.read_text())["records"]
     assert record["implementation"] == "revtal" and record["parameters"] > 0
     for weights in ("final", "ema", "final_no_voting"):
         assert 0.0 <= record[weights]["average_mAP"] <= 1.0 and len(record[weights]["mAP"]) == 5
-    assert (tmp_path / "runs" / "revtal_seed0.json").exists()
+    assert record["set"] == "B" and (tmp_path / "runs" / "B_revtal_seed0.json").exists()
+    # a second call reads the finished run instead of training again
+    assert main(["bench", "localizer", "--out", str(tmp_path), "--videos", "6", "--dim", "8", "--epochs", "1",
+                 "--warmup-epochs", "0", "--seeds", "0", "--threads", "1", "--feature-sets", "B",
+                 "--set", "localizer.options.embed_dim=16", "--set", "localizer.options.head_dim=16"]) == 0
+    assert "B revtal seed 0: read" in capsys.readouterr().out
+
+
+def test_the_feature_sets_differ_in_lengths_density_and_classes(tmp_path):
+    from revtal.data.annotations import load_annotations
+
+    stats = {}
+    for name, spec in localizer.FEATURE_SETS.items():
+        root = localizer.generate_feature_set(tmp_path / name, videos=12, dim=4, **spec)
+        videos = load_annotations(root / "annotations.json").videos.values()
+        stats[name] = (len(load_annotations(root / "annotations.json").classes),
+                       max(v.duration for v in videos), np.mean([len(v.segments) for v in videos]))
+        assert all(spec["lengths"][0] <= v.duration <= spec["lengths"][1] for v in videos)
+    assert len({s[0] for s in stats.values()}) == 3  # class counts
+    assert stats["C"][1] > stats["A"][1] > stats["B"][1]  # the longest videos
+    assert stats["B"][2] > stats["A"][2] > stats["C"][2]  # actions per video
+
+
+def test_paired_differences_per_set_and_seed():
+    def record(feature_set, name, seed, value):
+        return {"set": feature_set, "implementation": name, "seed": seed, "final": {"average_mAP": value}}
+
+    records = [record("A", "revtal", 0, 0.50), record("A", "reference", 0, 0.48), record("A", "revtal", 1, 0.40),
+               record("A", "reference", 1, 0.41), record("A", "revtal", 2, 0.45), record("B", "revtal", 0, 0.3)]
+    row, = localizer.paired_differences(records)
+    assert row["set"] == "A" and row["seeds"] == [0, 1] and np.allclose(row["per_seed"], [0.02, -0.01])
+    assert np.isclose(row["mean"], 0.005) and row["verdict"] == "not resolved"
+    half = 12.706 * np.std([0.02, -0.01], ddof=1) / np.sqrt(2)
+    assert np.allclose(row["ci95"], [0.005 - half, 0.005 + half])

@@ -586,6 +586,9 @@ def plan(config, modes: Iterable[str] = tuple(PLAN_MODES), steps: int = 2, gpus:
 
     modes, gpus = list(modes), [float(g) for g in gpus]
     check_plan_arguments(steps, gpus)
+    if config.task != "tal":
+        raise ValueError(f"revtal plan plans temporal action localization recipes; task: {config.task} is not "
+                         "supported yet")
     if jobs < 1:
         raise ValueError(f"--jobs must be at least 1, got {jobs}")
     for mode in modes:

@@ -22,7 +22,7 @@ from revtal.bench.configs import (DR2NET_EXACT_COEFFICIENTS, DR2NET_FLOAT_COEFFI
 from revtal.bench.report import markdown_table, write_plots
 from revtal.bench.runner import machine_info, merge_json, run_configs, write_json
 from revtal.experiments import reference_localizer
-from revtal.experiments.reference_localizer import IMPLEMENTATIONS
+from revtal.experiments.reference_localizer import FEATURE_SETS, IMPLEMENTATIONS
 
 KINDS = {
     # kind: (warmup, repeats, allocator) defaults; speed runs time the allocator a user's process has
@@ -106,14 +106,17 @@ def add_localizer_arguments(parser) -> None:
     group.add_argument("--videos", type=int, default=60,
                        help="synthetic videos, 2/3 training and 1/3 validation (default 60; the issue's set had 120)")
     group.add_argument("--dim", type=int, default=64, help="feature channels")
-    group.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic feature set")
+    group.add_argument("--data-seed", type=int, default=0, help="added to every feature set's generator seed")
+    group.add_argument("--feature-sets", nargs="+", choices=sorted(FEATURE_SETS), default=sorted(FEATURE_SETS),
+                       help="which independently generated feature sets to run (default all: A B C)")
     # defaults sized for a 2-core CPU (docs/LOCALIZER.md); the THUMOS recipe is 30 + 5 epochs at 1e-4
     group.add_argument("--epochs", type=int, default=12, help="epochs after warmup (default 12; the recipe's 30)")
     group.add_argument("--warmup-epochs", type=int, default=3, help="linear warmup epochs (default 3; the recipe's 5)")
     group.add_argument("--lr", type=float, default=4e-4, help="peak learning rate of both (default 4e-4; the recipe's 1e-4)")
     group.add_argument("--signal", type=float, default=3.0, help="action pattern strength over unit feature noise")
-    group.add_argument("--implementations", nargs="+", choices=IMPLEMENTATIONS, default=list(IMPLEMENTATIONS),
-                       help="which to train (reference: skipped with a note when actionformer is not installed)")
+    group.add_argument("--implementations", nargs="+", choices=IMPLEMENTATIONS, default=["revtal", "reference"],
+                       help="which to train: revtal's ActionFormer, the reference package (skipped with a note when "
+                            "actionformer is not installed) and revtal's VSGN (default revtal reference)")
     group.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override revtal's recipe (e.g. localizer.options.regression_bias_init=0)")
     group.add_argument("--tag", default="", help="suffix of this run's result files (e.g. an ablation's name)")
@@ -167,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         return reference_localizer.compare(
             args.out, seeds=args.seeds, videos=args.videos, dim=args.dim, data_seed=args.data_seed, epochs=args.epochs,
             warmup_epochs=args.warmup_epochs, lr=args.lr, signal=args.signal, implementations=args.implementations,
-            overrides=args.overrides, tag=args.tag, json_path=args.json, settings=vars(args))
+            feature_sets=args.feature_sets, overrides=args.overrides, tag=args.tag, json_path=args.json, settings=vars(args))
     grid = build_grid(args)
     unknown = [m for m in grid.models if m not in list_backbones()]
     if unknown:

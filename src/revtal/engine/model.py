@@ -1,4 +1,4 @@
-"""The TAL model: video → feature extractor (a backbone prepared by its training mode) → ActionFormer.
+"""The TAL model: video → feature extractor (a backbone prepared by its training mode) → the localizer ``localizer.name``.
 
 What each training mode builds and trains is :mod:`revtal.engine.modes`; this module only assembles the extractor
 a mode returns with the localizer.
@@ -23,12 +23,12 @@ from torch import Tensor, nn
 
 from revtal.engine.config import Config
 from revtal.engine.modes import TrainingMode, get_mode
-from revtal.localizers.actionformer import ActionFormer
+from revtal.localizers.registry import build_localizer
 from revtal.utils.memory import SavedTensorMeter
 
 
 class TALModel(nn.Module):
-    def __init__(self, extractor: nn.Module, localizer: ActionFormer, mode: TrainingMode, clips: bool = False):
+    def __init__(self, extractor: nn.Module, localizer: nn.Module, mode: TrainingMode, clips: bool = False):
         super().__init__()
         self.extractor = extractor
         self.localizer = localizer
@@ -143,6 +143,6 @@ def build_extractor(config: Config, backbone_weights: dict | None = None) -> nn.
 
 def build_model(config: Config, num_classes: int, backbone_weights: dict | None = None) -> TALModel:
     extractor = build_extractor(config, backbone_weights)
-    localizer = ActionFormer(extractor.out_channels, num_classes, config.localizer.options.build())
+    localizer = build_localizer(config.localizer.name, extractor.out_channels, num_classes, config.localizer.options.build())
     clips = config.data.mode == "snippets" and not config.data.features_dir
     return TALModel(extractor, localizer, get_mode(config.backbone.mode), clips=clips)

@@ -1,7 +1,8 @@
 """``revtal bench localizer``: revtal's ActionFormer head against the reference ActionFormer on the same features.
 
-One synthetic feature set (:func:`generate_feature_set`: videos of ``--dim``-dimensional features, 128–512 steps
-each, 5 action classes, the last two sharing 60 % of their pattern) is written once; then, per seed, revtal's
+Three independently generated synthetic feature sets (:data:`FEATURE_SETS`, :func:`generate_feature_set`: videos of
+``--dim``-dimensional features; the sets differ in generator seed, video lengths, action density and durations and
+class count; the last two classes share 60 % of their pattern) are written once; then, per set and seed, revtal's
 head-only training (:class:`revtal.engine.trainer.Trainer` with ``data.features_dir``) and — where the optional
 ``actionformer`` package is installed (``pip install revtal[reference]``; it builds with ``pip install
 --no-build-isolation actionformer==1.5.0``) — the reference's model, optimiser, scheduler, EMA and post-processing,
@@ -12,8 +13,10 @@ default to 12 + 3 epochs at a 4e-4 peak rate on 60 videos so that 3 seeds × 2 i
 prediction files are scored by revtal's ActivityNet mAP at tIoU 0.3:0.1:0.7, for the final weights and for the EMA
 weights (what each recipe evaluates). ``--set key=value`` changes revtal's recipe only (ablations).
 
-Nothing here copies the reference: it is imported and called. Every run writes ``OUT/runs/<impl>_seed<k>.json``;
-the tables (mean ± sample std over seeds) go to stdout and ``--json``.
+Nothing here copies the reference: it is imported and called. ``--implementations vsgn`` also trains revtal's VSGN
+(:data:`VSGN_OPTIONS`) with the same recipe. Every run writes ``OUT/runs/<set>_<impl>_seed<k>.json`` (an interrupted
+benchmark reads finished runs instead of repeating them); the tables (mean ± sample std over seeds, and paired
+per-seed differences with 95 % intervals) go to stdout and ``--json``.
 """
 
 from __future__ import annotations
@@ -33,8 +36,22 @@ from revtal.engine.config import load_config
 from revtal.engine.inference import Predictor
 from revtal.engine.trainer import Trainer
 from revtal.evaluation.detection import THUMOS_TIOU, evaluate_detection
+from revtal.experiments.study.statistics import PairedDifference
+from revtal.utils.io import atomic_write
 
-IMPLEMENTATIONS = ("revtal", "reference")
+IMPLEMENTATIONS = ("revtal", "reference", "vsgn")
+
+# Independently generated feature sets (issue 28: parity on data the localizer was not tuned on). Each differs in the
+# generator seed, video lengths, action density and durations, and the class count; ``videos``, ``dim`` and
+# ``signal`` apply to all, ``data_seed`` shifts every generator seed.
+FEATURE_SETS: dict[str, dict] = {
+    "A": dict(seed=101, lengths=(128, 512), actions=(1, 6), durations=(4, 96), classes=5),
+    "B": dict(seed=202, lengths=(64, 256), actions=(3, 10), durations=(3, 48), classes=8),
+    "C": dict(seed=303, lengths=(256, 576), actions=(1, 3), durations=(8, 160), classes=3),
+}
+# VSGN's options in the comparison (the same width as the ActionFormer: 128): strides 2-32 and anchors of 2 and 5
+# strides cover the sets' 3-160-step actions; stitching windows of 576 steps (the reference's max_seq_len)
+VSGN_OPTIONS = "{hidden_dim: 128, num_levels: 5, stem_stride: 1, anchor_scales: [2.0, 5.0], head_num_layers: 2, stitch_window: 576}"
 WIDTH = 128
 # the reference's max_seq_len must be a multiple of stride × window at every level: 32 × 18 = 576 covers 512 steps
 REFERENCE_MAX_SEQ_LEN = 576
@@ -44,14 +61,16 @@ REFERENCE_MAX_SEQ_LEN = 576
 
 def generate_feature_set(root: str | os.PathLike, videos: int = 60, dim: int = 64, classes: int = 5,
                          lengths: tuple[int, int] = (128, 512), shared: float = 0.6, signal: float = 3.0,
-                         seed: int = 0) -> Path:
+                         seed: int = 0, actions: tuple[int, int] = (1, 6),
+                         durations: tuple[int, int] = (4, 96)) -> Path:
     """Write synthetic features and ground truth under ``root``; returns ``root``.
 
     Feature ``t`` of a video (one per second; position ``t`` covers ``[t, t + 1)`` s) is standard Gaussian noise
     plus, inside an action of class ``c`` at relative position φ ∈ [0, 1], ``a·((1 - φ)·start_c + φ·end_c)`` with
     unit-norm class patterns and a per-instance amplitude ``a`` ∈ [0.6, 1.4] × ``signal``: the class lives in
     the direction and the boundaries in how it drifts. The last two classes share the first ``shared`` of their
-    pattern channels. Videos hold 1–6 non-overlapping actions of 4–96 steps (log-uniform). Writes ``features/ID.npy``
+    pattern channels. Videos hold ``actions`` (default 1–6) non-overlapping actions of ``durations`` (default 4–96)
+    steps, log-uniform. Writes ``features/ID.npy``
     (C, T) and ``annotations.json`` for revtal, ``reference/ID.npy`` (T, C) and ``reference.json`` for ActionFormer.
     """
     root = Path(root)
@@ -72,11 +91,11 @@ def generate_feature_set(root: str | os.PathLike, videos: int = 60, dim: int = 6
         features = rng.standard_normal((length, dim))
         segments, labels = [], []
         occupied = np.zeros(length, dtype=bool)
-        wanted = int(rng.integers(1, 7))
+        wanted = int(rng.integers(actions[0], actions[1] + 1))
         for _ in range(50 * wanted):
             if len(segments) == wanted:
                 break
-            size = min(int(np.exp(rng.uniform(np.log(4), np.log(96)))), length - 2)
+            size = min(int(np.exp(rng.uniform(np.log(durations[0]), np.log(durations[1])))), length - 2)
             start = int(rng.integers(0, length - size + 1))
             if occupied[max(0, start - 1): start + size + 1].any():
                 continue
@@ -102,13 +121,15 @@ def generate_feature_set(root: str | os.PathLike, videos: int = 60, dim: int = 6
 
 # ------------------------------------------------------------------------------------------------ revtal
 
-def revtal_overrides(root: Path, out: Path, seed: int, epochs: int, warmup_epochs: int, lr: float) -> list[str]:
+def revtal_overrides(root: Path, out: Path, seed: int, epochs: int, warmup_epochs: int, lr: float,
+                     localizer: str = "actionformer") -> list[str]:
     """revtal's recipe of the parity benchmark, as ``--set`` assignments (the THUMOS recipe at width 128)."""
     total = epochs + warmup_epochs
+    options = VSGN_OPTIONS if localizer == "vsgn" else f"{{embed_dim: {WIDTH}, head_dim: {WIDTH}}}"
     return [
         f"data.annotations={root / 'annotations.json'}", f"data.features_dir={root / 'features'}",
         "data.train_subset=training", "data.val_subset=validation", "data.batch_size=2", "backbone.mode=frozen",
-        f"localizer.options={{embed_dim: {WIDTH}, head_dim: {WIDTH}}}",
+        f"localizer.name={localizer}", f"localizer.options={options}",
         f"optim.epochs={total}", f"optim.warmup_epochs={warmup_epochs}", f"optim.head_lr={lr}",
         "optim.weight_decay=0.05", "optim.clip_grad=1.0", "optim.ema=true", "optim.ema_decay=0.999",
         f"eval.every={total}", f"eval.tiou={[round(float(t), 2) for t in THUMOS_TIOU]}", f"train.seed={seed}", f"train.out_dir={out}",
@@ -121,9 +142,9 @@ def _score(annotations, predictions) -> dict:
     return evaluate_detection(annotations, {"results": predictions}, THUMOS_TIOU, subset="validation").to_json()
 
 
-def run_revtal(root: Path, out: Path, seed: int, epochs: int, warmup_epochs: int, lr: float, overrides=()) -> dict:
-
-    config = load_config(None, [*revtal_overrides(root, out, seed, epochs, warmup_epochs, lr), *overrides])
+def run_revtal(root: Path, out: Path, seed: int, epochs: int, warmup_epochs: int, lr: float, overrides=(),
+               localizer: str = "actionformer") -> dict:
+    config = load_config(None, [*revtal_overrides(root, out, seed, epochs, warmup_epochs, lr, localizer), *overrides])
     start = time.perf_counter()
     trainer = Trainer(config, progress=False, overwrite=True)  # a benchmark re-measures from scratch
     trainer.fit()
@@ -256,68 +277,116 @@ def _mean_std(values: list[float]) -> str:
 
 
 def tables(records: list[dict]) -> str:
-    """Per implementation and weights: mAP per tIoU and average, mean ± std over seeds; then the runs."""
-    lines = ["| implementation | weights | seeds | " + " | ".join(f"mAP@{t:.1f}" for t in THUMOS_TIOU) + " | avg mAP |",
-             "| --- | --- | --- |" + " --- |" * (len(THUMOS_TIOU) + 1)]
-    names = sorted({r["implementation"] for r in records}, key=lambda n: (n != "revtal", n))
-    for name in names:
-        runs = [r for r in records if r["implementation"] == name]
-        for weights in ("final", "ema"):
-            per_tiou = [_mean_std([r[weights]["mAP"][i] for r in runs]) for i in range(len(THUMOS_TIOU))]
-            average = _mean_std([r[weights]["average_mAP"] for r in runs])
-            seeds = ",".join(str(r["seed"]) for r in runs)
-            lines.append(f"| {name} | {weights} | {seeds} | " + " | ".join(per_tiou) + f" | {average} |")
-    lines += ["", "| implementation | seed | parameters | avg mAP final | avg mAP EMA | train s |", "| --- | --- | --- | --- | --- | --- |"]
+    """Per feature set, implementation and weights: mAP per tIoU and average, mean ± std over seeds; then the
+    paired differences (revtal − reference, vsgn − revtal) and the runs."""
+    lines = ["| set | implementation | weights | seeds | " + " | ".join(f"mAP@{t:.1f}" for t in THUMOS_TIOU) + " | avg mAP |",
+             "| --- | --- | --- | --- |" + " --- |" * (len(THUMOS_TIOU) + 1)]
+    order = {name: i for i, name in enumerate(IMPLEMENTATIONS)}
+    for feature_set in sorted({r.get("set", "") for r in records}):
+        names = sorted({r["implementation"] for r in records if r.get("set", "") == feature_set}, key=lambda n: order.get(n, 9))
+        for name in names:
+            runs = [r for r in records if r["implementation"] == name and r.get("set", "") == feature_set]
+            for weights in ("final", "ema"):
+                per_tiou = [_mean_std([r[weights]["mAP"][i] for r in runs]) for i in range(len(THUMOS_TIOU))]
+                average = _mean_std([r[weights]["average_mAP"] for r in runs])
+                seeds = ",".join(str(r["seed"]) for r in runs)
+                lines.append(f"| {feature_set} | {name} | {weights} | {seeds} | " + " | ".join(per_tiou) + f" | {average} |")
+    paired = paired_differences(records)
+    if paired:
+        lines += ["", "| set | difference (final weights) | seeds | per seed | mean [95 % CI] | verdict |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for row in paired:
+            ci = row["ci95"]
+            interval = f"{100 * row['mean']:+.2f}" + (f" [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]" if ci else "")
+            per_seed = " / ".join(f"{100 * d:+.2f}" for d in row["per_seed"])
+            lines.append(f"| {row['set']} | {row['entry']} − {row['baseline']} | {','.join(map(str, row['seeds']))} "
+                         f"| {per_seed} | {interval} | {row['verdict']} |")
+    lines += ["", "| set | implementation | seed | parameters | avg mAP final | avg mAP EMA | train s |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in records:
-        lines.append(f"| {r['implementation']} | {r['seed']} | {r['parameters']:,} | {100 * r['final']['average_mAP']:.2f} "
-                     f"| {100 * r['ema']['average_mAP']:.2f} | {r['train_seconds']:.0f} |")
+        lines.append(f"| {r.get('set', '')} | {r['implementation']} | {r['seed']} | {r['parameters']:,} | "
+                     f"{100 * r['final']['average_mAP']:.2f} | {100 * r['ema']['average_mAP']:.2f} | {r['train_seconds']:.0f} |")
     return "\n".join(lines)
+
+
+PAIRS = (("revtal", "reference"), ("vsgn", "revtal"))
+
+
+def paired_differences(records: list[dict]) -> list[dict]:
+    """Per feature set, (entry − baseline) average mAP of the final weights over the seeds both ran: per seed,
+    mean, and the 95 % interval of the mean (Student's t; runs of one seed share the data)."""
+    rows = []
+    for feature_set in sorted({r.get("set", "") for r in records}):
+        for entry, baseline in PAIRS:
+            mine = {r["seed"]: r["final"]["average_mAP"] for r in records
+                    if r["implementation"] == entry and r.get("set", "") == feature_set}
+            theirs = {r["seed"]: r["final"]["average_mAP"] for r in records
+                      if r["implementation"] == baseline and r.get("set", "") == feature_set}
+            seeds = sorted(set(mine) & set(theirs))
+            if not seeds:
+                continue
+            diffs = np.array([mine[s] - theirs[s] for s in seeds])
+            summary = PairedDifference(float(diffs.mean()), float(diffs.std(ddof=1)) if len(diffs) > 1 else None, len(diffs))
+            rows.append({"set": feature_set, "entry": entry, "baseline": baseline, "seeds": seeds,
+                         "per_seed": diffs.tolist(), **summary.to_dict()})
+    return rows
 
 
 def compare(out: str | Path, *, seeds=(0, 1, 2), videos: int = 60, dim: int = 64, data_seed: int = 0,
             epochs: int = 12, warmup_epochs: int = 3, lr: float = 4e-4, signal: float = 3.0,
-            implementations=IMPLEMENTATIONS, overrides=(), tag: str = "", json_path: str | None = None,
-            settings: dict | None = None) -> int:
-    """Train each implementation for each seed on one synthetic feature set under ``out``, print the tables and
-    (``json_path``) write them with the machine and ``settings`` (the command line's options)."""
+            implementations=("revtal", "reference"), feature_sets=tuple(FEATURE_SETS), overrides=(), tag: str = "",
+            json_path: str | None = None, settings: dict | None = None) -> int:
+    """Train each implementation for each seed on each feature set under ``out``, print the tables and
+    (``json_path``) write them with the machine and ``settings`` (the command line's options). A run whose result
+    file exists (an interrupted benchmark) is read instead of trained again."""
     out = Path(out)
-    root = out / f"features_v{videos}_d{dim}_x{signal:g}_s{data_seed}"
-    if not (root / "reference.json").exists():
-        print(f"writing the synthetic feature set to {root}", flush=True)
-        generate_feature_set(root, videos=videos, dim=dim, signal=signal, seed=data_seed)
     implementations = list(implementations)
     if "reference" in implementations and not reference_available():
         print("note: the reference (pip package actionformer) is not installed: training revtal only. "
               "Install it with: pip install --no-build-isolation 'revtal[reference]'", flush=True)
         implementations.remove("reference")
     machine = machine_info("cpu")
-    print(f"revtal bench localizer: {videos} videos, {epochs}+{warmup_epochs} epochs, lr {lr:g}, "
-          f"signal {signal:g}, seeds {seeds}, "
+    print(f"revtal bench localizer: feature sets {' '.join(feature_sets)}, {videos} videos each, "
+          f"{epochs}+{warmup_epochs} epochs, lr {lr:g}, signal {signal:g}, seeds {list(seeds)}, "
           f"{', '.join(implementations)}; {machine['cpu_model']} ({machine['cpu_cores_available']} cores, "
           f"{torch.get_num_threads()} torch threads), load {machine['load_average_at_start']}", flush=True)
     tag = f"_{tag}" if tag else ""
     (out / "runs").mkdir(parents=True, exist_ok=True)
     records = []
-    for seed in seeds:
-        for name in implementations:
-            started = time.perf_counter()
-            print(f"training {name} seed {seed} ...", flush=True)
-            if name == "revtal":
-                record = run_revtal(root, out / f"train_revtal{tag}_seed{seed}", seed, epochs, warmup_epochs,
-                                    lr, overrides)
-            else:
-                record = run_reference(root, seed, epochs, warmup_epochs, lr, classes=5, dim=dim)
-            record.update(implementation=name, seed=seed, overrides=list(overrides) if name == "revtal" else [])
-            (out / "runs" / f"{name}{tag}_seed{seed}.json").write_text(json.dumps(record, indent=2))
-            print(f"  {name} seed {seed}: average mAP {100 * record['final']['average_mAP']:.2f} (final weights), "
-                  f"{100 * record['ema']['average_mAP']:.2f} (EMA), {time.perf_counter() - started:.0f} s", flush=True)
-            records.append(record)
-    text = tables(records)
-    print(text)
+    for feature_set in feature_sets:
+        spec = dict(FEATURE_SETS[feature_set])
+        spec["seed"] += data_seed
+        root = out / f"features_{feature_set}_v{videos}_d{dim}_x{signal:g}_s{data_seed}"
+        if not (root / "reference.json").exists():
+            print(f"writing feature set {feature_set} to {root}", flush=True)
+            generate_feature_set(root, videos=videos, dim=dim, signal=signal, **spec)
+        for seed in seeds:
+            for name in implementations:
+                path = out / "runs" / f"{feature_set}_{name}{tag}_seed{seed}.json"
+                if path.exists():
+                    print(f"  {feature_set} {name} seed {seed}: read {path}", flush=True)
+                    records.append(json.loads(path.read_text()))
+                    continue
+                started = time.perf_counter()
+                print(f"set {feature_set}: training {name} seed {seed} ...", flush=True)
+                if name == "reference":
+                    record = run_reference(root, seed, epochs, warmup_epochs, lr, classes=spec["classes"], dim=dim)
+                else:
+                    record = run_revtal(root, out / f"train_{feature_set}_{name}{tag}_seed{seed}", seed, epochs,
+                                        warmup_epochs, lr, overrides if name == "revtal" else (),
+                                        "vsgn" if name == "vsgn" else "actionformer")
+                record.update(set=feature_set, implementation=name, seed=seed,
+                              overrides=list(overrides) if name == "revtal" else [])
+                text = json.dumps(record, indent=2)
+                atomic_write(path, lambda fh: fh.write(text), binary=False)
+                print(f"  {feature_set} {name} seed {seed}: average mAP {100 * record['final']['average_mAP']:.2f} "
+                      f"(final weights), {100 * record['ema']['average_mAP']:.2f} (EMA), "
+                      f"{time.perf_counter() - started:.0f} s", flush=True)
+                records.append(record)
+    print(tables(records))
     if json_path:
         machine["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-        Path(json_path).write_text(json.dumps({"machine": machine, "settings": settings or {}, "records": records},
-                                              indent=2, default=str))
+        Path(json_path).write_text(json.dumps({"machine": machine, "settings": settings or {}, "records": records,
+                                               "paired": paired_differences(records)}, indent=2, default=str))
         print(f"wrote {json_path}")
     return 0
-
