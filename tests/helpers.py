@@ -68,3 +68,40 @@ def assert_reversible_matches_vanilla(reference, x, tolerance: float, seed: int 
     assert max_relative_gap(g_rev, g_van) < tolerance
     if gx_rev is not None:
         assert max_relative_gap([gx_rev], [gx_van]) < tolerance
+
+
+def live_peak_bytes(fn) -> int:
+    """The peak, over ``fn()``, of the bytes of tensor storages created while it runs and still alive (real CPU
+    tensors; parameters and inputs made before it are not counted)."""
+    import weakref
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    class _Live(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.current = self.peak = 0
+            self.seen: set[int] = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor):
+                    storage = t.untyped_storage()
+                    key = id(storage)
+                    if key not in self.seen:
+                        self.seen.add(key)
+                        self.current += storage.nbytes()
+                        self.peak = max(self.peak, self.current)
+                        weakref.finalize(storage, self._free, key, storage.nbytes())
+            return out
+
+        def _free(self, key, nbytes):
+            self.seen.discard(key)
+            self.current -= nbytes
+
+    meter = _Live()
+    with meter:
+        fn()
+    return meter.peak

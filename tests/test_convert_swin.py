@@ -199,3 +199,58 @@ def test_swin3d_t_small_clip_trains_in_reversible_mode_like_vanilla():
     assert all(torch.isfinite(g).all() for g in results[0])
     # float32 at the Re² point: measured 7.6e-7 relative (docs/CONVERTERS.md)
     assert max_relative_gap(results[0], results[1]) < 1e-5
+
+
+# Video Swin window attention over chunks of windows (revtal.reversible.video_swin): 12×12 tokens per frame pair
+# with 4×4 windows (9 windows, 3 of them masked after the shift), 2 windows per chunk
+CHUNK_VIDEO = torch.randn(1, 3, 4, 48, 48, generator=torch.Generator().manual_seed(3))
+
+
+@pytest.mark.parametrize("precision", ["float32", "bf16"])
+@pytest.mark.parametrize("train", [False, True])
+def test_video_swin_chunked_window_attention_is_bitwise_the_library_at_the_original_point(precision, train):
+    ref = tiny_video_swin().train(train)
+    model = revtal.convert(copy.deepcopy(ref), "original", window_chunk=2).train(train)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        torch.manual_seed(5)
+        expected = ref(CHUNK_VIDEO)
+        torch.manual_seed(5)
+        got = model(CHUNK_VIDEO)
+    assert torch.equal(got, expected)
+
+
+def test_video_swin_chunked_window_attention_gradients_match_the_library():
+    ref = tiny_video_swin(stochastic_depth_prob=0.0)
+    results = []
+    for options in ({}, {"window_chunk": 2}):
+        model = revtal.convert(copy.deepcopy(ref), "original", backprop="vanilla", **options)
+        _loss(model, CHUNK_VIDEO).backward()
+        results.append(grads(model))
+    # only the relative-position bias tables sum over windows in another order (measured 5e-8 relative)
+    assert max_relative_gap(results[1], results[0]) < 1e-5
+
+
+def test_video_swin_chunked_window_attention_keeps_no_attention_matrices_for_backward():
+    # the library's attention keeps each block's softmax output (windows × heads × 32² fp32) for backward: 9 windows
+    # in the two first-stage blocks, 4 (padded) in the two second-stage ones; chunks keep their inputs instead
+    ref = tiny_video_swin(stochastic_depth_prob=0.0)
+    library = revtal.convert(copy.deepcopy(ref), "original", backprop="vanilla")
+    chunked = revtal.convert(copy.deepcopy(ref), "original", backprop="vanilla", window_chunk=2)
+    kept = [saved_bytes(lambda m=m: _loss(m, CHUNK_VIDEO), m) for m in (library, chunked)]
+    scores = 2 * (9 + 4) * 2 * 32 * 32 * 4  # measured: the difference is 0.67 of this
+    assert kept[0] - kept[1] >= 0.6 * scores
+
+
+@pytest.mark.parametrize("backprop", ["reversible", "exact"])
+def test_video_swin_chunked_window_attention_lowers_the_memory_free_backward_peak(backprop):
+    from tests.helpers import live_peak_bytes
+
+    # 4×16×16 tokens in 8 windows of 2×8×8: the attention scores outweigh the rest of a block, as at paper scale
+    ref = tiny_video_swin(depths=(2,), stochastic_depth_prob=0.0, embed_dim=16, window_size=[2, 8, 8])
+    video = torch.randn(1, 3, 8, 64, 64, generator=torch.Generator().manual_seed(4))
+    peaks = []
+    for options in ({}, {"window_chunk": 1}):
+        model = revtal.convert(copy.deepcopy(ref), "dr2net", alpha=1.0, beta=0.25, backprop=backprop, **options)
+        peaks.append(live_peak_bytes(lambda: _loss(model, video).backward()))
+    scores = 8 * 2 * 128 * 128 * 4  # one block's fp32 attention scores, all windows (1 MiB)
+    assert peaks[0] - peaks[1] >= 1.5 * scores, peaks

@@ -172,3 +172,43 @@ def test_parallel_jobs_give_the_same_results_as_one_process(tmp_path):
         assert (parallel["average_mAP"], parallel["final_loss"]) == (serial["average_mAP"], serial["final_loss"])
     with pytest.raises(SystemExit, match="--jobs must be positive"):
         cli_main(common + ["--out", str(tmp_path / "bad"), "--jobs", "0"])
+
+
+def test_quick_study_runs_the_action_recognition_entries_and_re2_with_re_pretraining(tmp_path):
+    argv = ["study", "--quick", "--out", str(tmp_path), "--entries", "ar_dr2net,ar_frozen,re2_repretrained",
+            "--seeds", "1", "--quiet-runs"]
+    assert cli_main(argv) == 0
+    for name in ("ar_dr2net", "ar_frozen"):
+        record = json.loads((tmp_path / "results" / f"{name}_seed0.json").read_text())
+        assert record["status"] == "ok" and record["metric"] == "top1" and record["score"] == record["top1"]
+        assert 0.0 <= record["top1"] <= record["top5"] <= 1.0
+    repretrained = json.loads((tmp_path / "results" / "re2_repretrained_seed0.json").read_text())
+    assert repretrained["status"] == "ok" and repretrained["repretrain"]["mode"] == "re2"
+    checkpoint = repretrained["repretrain"]["checkpoint"]
+    assert Path(checkpoint).is_file() and f"backbone.pretrained={checkpoint}" in repretrained["overrides"]
+    summary = json.loads((tmp_path / "study.json").read_text())
+    dr2net = summary["entries"]["ar_dr2net"]
+    assert dr2net["metric"] == "top1" and dr2net["top1_mean"] == dr2net["score_mean"] and "top5_mean" in dr2net
+    assert summary["tables"]["dr2net_ar_tab2"]["paired_vs_reference"]["ar_frozen"]["n"] == 1
+    assert "top-1 (%)" in (tmp_path / "study.md").read_text()
+
+
+def test_action_recognition_entries_configure_what_they_claim(tmp_path):
+    from revtal.experiments.study.classification import ar_config
+
+    tal = study.base_config(tmp_path)
+    base = ar_config(tal, tmp_path / "ar", quick=False, epochs=None)
+    assert base.task == "classification" and base.classification.synthetic.classes == 12
+    assert (base.optim.layer_decay, base.classification.label_smoothing) == (0.75, 0.1)
+    assert base.backbone.options["drop_path_rate"] == 0.1 and base.backbone.pretrained == tal.backbone.pretrained
+    schedule = base.backbone.schedule  # Dr²Net's AR schedule: every 2 iterations, ending at 1/8 of training
+    assert (schedule.every, schedule.unit, schedule.end_epoch) == (2, "iteration", base.optim.epochs / 8)
+
+    def config(name):
+        return base.with_overrides(study.run_overrides(study.ENTRY_BY_NAME[name], quick=False))
+
+    vanilla = config("ar_dr2net_vanilla").backbone
+    assert (vanilla.mode, vanilla.alpha, vanilla.beta, vanilla.backprop) == ("hard", 1.0, 0.1, "exact")
+    assert config("ar_eta_20").backbone.schedule.every == 20
+    assert config("ar_order_alpha_first").backbone.schedule.order == "alpha_first"
+    assert config("ar_frozen").backbone.mode == "frozen" and config("ar_scratch").backbone.mode == "scratch"

@@ -78,7 +78,7 @@ def test_re2_published_convention_duplicate_input_mean_output():
 
 def test_float32_reversible_at_re2_point_within_documented_tolerance():
     ref = tiny_vit(depth=4)
-    # documented in README: float32 reversible backprop at (0, 1) matches vanilla to ~1e-5 relative
+    # documented in docs/REVERSIBLE.md: float32 reversible backprop at (0, 1) matches vanilla to ~1e-5 relative
     assert_reversible_matches_vanilla(ref, torch.randn(2, 3, 16, 16), 1e-4, method="dr2net", alpha=0.0, beta=1.0)
 
 
@@ -255,3 +255,19 @@ def test_checkpoint_mode_matches_vanilla_and_stores_one_input_per_block():
         per_depth[depth] = _saved(model, x32)
     tokens_bytes = 2 * 5 * 32 * 4
     assert per_depth[8] - per_depth[4] == 4 * tokens_bytes  # one stored block input per extra block
+
+
+@pytest.mark.parametrize("backprop", ["reversible", "exact"])
+def test_second_backward_and_create_graph_raise_a_named_limitation(backprop):
+    from revtal.reversible import UnsupportedBackwardError
+
+    model = revtal.convert(tiny_vit(depth=2), "dr2net", alpha=0.5, beta=0.5, backprop=backprop)
+    x = torch.randn(2, 3, 16, 16)
+    loss = _loss(model, x)
+    loss.backward(retain_graph=True)
+    with pytest.raises(UnsupportedBackwardError, match="second backward .*retain_graph"):
+        loss.backward()
+    with pytest.raises(UnsupportedBackwardError, match="create_graph"):
+        torch.autograd.grad(_loss(model, x), list(model.parameters()), create_graph=True)
+    # a fresh forward backs a fresh backward
+    _loss(model, x).backward()

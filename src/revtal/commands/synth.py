@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from revtal.data.annotations import load_annotations
-from revtal.data.synthetic import MAX_CLASSES, generate_dataset
+from revtal.data.synthetic import MAX_CLASSES, generate_clip_dataset, generate_dataset
 
 
 def add_arguments(parser) -> None:
@@ -17,9 +17,20 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-duration", type=float, default=60.0, help="longest video, seconds")
     parser.add_argument("--max-instances", type=int, default=4, help="most action instances per video")
     parser.add_argument("--val-fraction", type=float, default=0.25, help="share of videos in the validation subset")
+    parser.add_argument("--clips", type=int, default=0, metavar="N",
+                        help="instead: trimmed clips of the same classes, N training clips per class (and N/3 for "
+                        "validation; --min/--max-duration give the clip lengths), with train.csv, val.csv and "
+                        "classes.txt for task: classification")
 
 
 def run(args) -> int:
+    if args.clips:
+        out = generate_clip_dataset(args.out, num_classes=args.classes, train_per_class=args.clips,
+                                    val_per_class=max(1, args.clips // 3), seed=args.seed, size=args.size, fps=args.fps,
+                                    duration_range=(args.min_duration, args.max_duration))
+        print(f"wrote {args.classes * (args.clips + max(1, args.clips // 3))} clips of {args.classes} classes to {out} "
+              "(train.csv, val.csv, classes.txt)")
+        return 0
     out = generate_dataset(
         args.out,
         num_videos=args.videos,

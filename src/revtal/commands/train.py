@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from revtal.commands.common import config_arguments, overwrite_argument, recipe
 from revtal.engine import distributed
+from revtal.engine.classification import ClassificationTrainer, resolve_clips
 from revtal.engine.datasets import resolve_dataset
 from revtal.engine.resume import resumed_config
 from revtal.engine.run_state import TrainingCheckpoint
@@ -26,6 +27,8 @@ def run(args) -> int:
         config, _ = resumed_config(resume, args.config, args.overrides, args.allow_config_change, args.out)
     else:
         resume, config = None, recipe(args)
+    if config.task == "classification":
+        return _train_classifier(config, resume, args)
     # no dataset configured: the synthetic one, written under the run's directory on first use
     config = resolve_dataset(config, config.train.out_dir)
     trainer = Trainer(config, resume=resume, overwrite=args.overwrite, allow_config_change=args.allow_config_change)
@@ -33,4 +36,17 @@ def run(args) -> int:
     if distributed.is_main() and history and history[-1].metrics:
         print(f"final average mAP: {100 * history[-1].metrics['average_mAP']:.2f}  ({trainer.out_dir})")
     distributed.cleanup()
+    return 0
+
+
+def _train_classifier(config, resume, args) -> int:
+    """``task: classification``: the synthetic trimmed clips when no list is configured, then the trainer."""
+    config = resolve_clips(config, config.train.out_dir)
+    trainer = ClassificationTrainer(config, resume=resume, overwrite=args.overwrite,
+                                    allow_config_change=args.allow_config_change)
+    history = trainer.fit()
+    if history and history[-1].metrics:
+        m = history[-1].metrics
+        print(f"final top-1 {100 * m['top1']:.2f}%, top-5 {100 * m['top5']:.2f}%, mean class accuracy "
+              f"{100 * m['mean_class_accuracy']:.2f}% over {m['num_videos']} videos  ({trainer.out_dir})")
     return 0

@@ -22,6 +22,7 @@ used by ``end: auto``). What a training mode requires of the rest of the config 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -29,13 +30,16 @@ from typing import Any, Mapping
 import yaml
 
 from revtal.adapters.losa import LoSAConfig
+from revtal.backbones.builder import backbone_options
 from revtal.engine.modes import get_mode, mode_names
-from revtal.engine.typed_config import (ConfigError, FrozenDict, apply_override, build_section, dataclass_section,
-                                        fields_of_signature, read_recipe, recipe_source, set_dotted,
+from revtal.engine.typed_config import (ConfigError, FrozenDict, apply_override, build_section, check_option,
+                                        dataclass_section, fields_of_signature, recipe_source, set_dotted,
                                         settings_section, thaw)
+from revtal.engine.typed_config import read_recipe as read_yaml_recipe
 from revtal.localizers.postprocess import PostprocessConfig
 from revtal.localizers.registry import get_localizer, localizer_names
 from revtal.reversible.schedule import CoefficientSchedule
+from revtal.utils.io import write_text_atomic
 
 __all__ = ["Config", "ConfigError", "config_from_dict", "dump_config", "load_config", "read_recipe", "recipe_source"]
 
@@ -101,8 +105,13 @@ class DataConfig:
     features_dir: str = ""  # precomputed features (revtal extract): train the localizer on them (mode frozen)
     train_subset: str = "train"
     val_subset: str = "validation"
-    mode: str = "frames"  # frames (whole video is one backbone input) | snippets
+    mode: str = "frames"  # frames (whole video is one backbone input) | snippets (clips, one backbone input each)
     num_frames: int = 32
+    # snippets mode: the sequence is clips of clip_frames frames starting every clip_stride frames of an fps
+    # re-sampling (null: the annotation's fps, then the file's); the backbone runs clip by clip
+    clip_frames: int = 16
+    clip_stride: int = 16
+    fps: float | None = None
     img_size: int = 32
     batch_size: int = 2
     num_workers: int = 0
@@ -119,9 +128,53 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class SyntheticClipsConfig:
+    """The embedded trimmed-clip dataset (``task: classification`` without ``classification.train_list``): clips of
+    the synthetic actions, written under ``<out>/data`` on first use (:func:`revtal.data.synthetic.
+    generate_clip_dataset`)."""
+
+    classes: int = 4
+    train_per_class: int = 24
+    val_per_class: int = 8
+    seed: int = 0
+    size: int = 32
+    fps: float = 4.0
+    min_duration: float = 4.0
+    max_duration: float = 8.0
+
+
+@dataclass(frozen=True)
+class ClassificationConfig:
+    """``task: classification``: trimmed clips (revtal.data.cliplists / revtal.data.clips) and the parts of
+    VideoMAE's finetuning recipe that the optimiser lacks. ``data.num_frames`` frames of ``data.img_size``² make a
+    clip; ``data.batch_size``, ``num_workers``, ``skip_bad_videos``, ``cache_mb``, ``mean`` and ``std`` apply."""
+
+    train_list: str = ""  # clip list, SSv2 JSON or class folder; empty: the synthetic clips
+    val_list: str = ""
+    root: str = ""  # prefix of relative paths in the lists (default: each list's folder)
+    classes: str = ""  # class names: a file (one per line, name,id, id name, or JSON), default: from the lists
+    format: str = "auto"  # auto | list | csv | ssv2 | folders
+    sampling: str = "uniform"  # uniform (TSN segments, SSv2) | dense (frame_interval apart, Kinetics)
+    frame_interval: int = 4
+    test_clips: int = 1  # evaluation views: clips x crops per video (VideoMAE: 2 x 3 on SSv2, 5 x 3 on Kinetics)
+    test_crops: int = 1
+    train_scale: tuple[float, float] = (0.25, 1.0)  # random resized crop: area fraction kept
+    mixup_alpha: float = 0.0  # VideoMAE: 0.8
+    cutmix_alpha: float = 0.0  # VideoMAE: 1.0
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    label_smoothing: float = 0.0  # VideoMAE: 0.1
+    head_dropout: float = 0.0
+    synthetic: SyntheticClipsConfig = field(default_factory=SyntheticClipsConfig)
+
+
+@dataclass(frozen=True)
 class BackboneConfig:
     name: str = "vit_tiny_video"
     pretrained: str = ""  # local checkpoint path of the backbone network
+    # read a pretrained file that needs full unpickling (a pickled model, unknown classes): it can run code, so only
+    # for files from a trusted source (--trust-checkpoint)
+    trust_checkpoint: bool = False
     options: dict = field(default_factory=FrozenDict)  # extra keyword arguments of revtal.backbones.build
     mode: str = "dr2net"  # a registered training mode (revtal.engine.modes)
     # how reversible modes backpropagate: exact | reversible (float), both memory-free, or vanilla (plain autograd
@@ -130,6 +183,9 @@ class BackboneConfig:
     alpha: float = 0.3  # fixed coefficients of `hard` mode
     beta: float = 0.7
     beta_bits: int = 8
+    # Video Swin: compute window attention this many windows at a time (one chunk's attention matrices in memory,
+    # not all of them; revtal.reversible.video_swin); null: the library's attention. Converted modes only.
+    window_chunk: int | None = None
     # float reversible modes: verify one stage's reconstruction every N steps (0: off) and fall back if it fails
     monitor_every: int = 50
     monitor_tolerance: float = 1e-3
@@ -177,9 +233,13 @@ class OptimConfig:
     min_lr_ratio: float = 0.0
     clip_grad: float = 1.0
     accumulate: int = 1
+    # layer-wise learning-rate decay of the backbone (VideoMAE: 0.75): block i of n trains at backbone_lr x
+    # layer_decay^(n + 1 - i), the embeddings at layer_decay^(n + 1); 1 turns it off
+    layer_decay: float = 1.0
     ema: bool = False
     ema_decay: float = 0.999
     amp: str = "none"  # none | bf16 | fp16 (fp16 on CUDA only)
+    fused: bool = False  # fused AdamW: in-place update per parameter, no temporary the size of all parameters
 
 
 @dataclass(frozen=True)
@@ -199,12 +259,14 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Config:
+    task: str = "tal"  # tal | classification
     data: DataConfig = field(default_factory=DataConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     localizer: LocalizerConfig = field(default_factory=LocalizerConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    classification: ClassificationConfig = field(default_factory=ClassificationConfig)
 
     def validate(self, source: str = "<config>") -> "Config":
         """Checks across sections; returns the config with ``localizer.options`` typed for ``localizer.name``."""
@@ -214,19 +276,29 @@ class Config:
         def bad(key: str, value: Any, allowed) -> ConfigError:
             return ConfigError(f"{source}: {key} must be one of {list(allowed)}, got {value!r}")
 
+        if self.task not in TASKS:
+            raise bad("task", self.task, TASKS)
         if self.backbone.mode not in mode_names():
             raise bad("backbone.mode", self.backbone.mode, mode_names())
+        self._check_task_keys(source)
         if self.backbone.backprop not in ("exact", "reversible", "vanilla"):
             raise bad("backbone.backprop", self.backbone.backprop, ("exact", "reversible", "vanilla"))
         if self.backbone.monitor_fallback not in ("exact", "vanilla"):
             raise bad("backbone.monitor_fallback", self.backbone.monitor_fallback, ("exact", "vanilla"))
         get_mode(self.backbone.mode).validate(self, source)  # what the training mode itself requires
+        _check_backbone_options(self.backbone, source)
         if self.data.mode not in ("frames", "snippets"):
             raise bad("data.mode", self.data.mode, ("frames", "snippets"))
         ratio = self.data.crop_ratio
         if ratio is not None and (len(ratio) != 2 or not all(isinstance(r, (int, float)) for r in ratio)
                                   or not 0 < ratio[0] <= ratio[1] <= 1):
             raise ConfigError(f"{source}: data.crop_ratio must be [low, high] with 0 < low <= high <= 1, got {ratio!r}")
+        if self.backbone.window_chunk is not None and not (
+                isinstance(self.backbone.window_chunk, int) and self.backbone.window_chunk > 0):
+            raise ConfigError(f"{source}: backbone.window_chunk must be a positive number of windows or null, got "
+                              f"{self.backbone.window_chunk!r}")
+        if self.data.fps is not None and not self.data.fps > 0:
+            raise ConfigError(f"{source}: data.fps must be positive or null, got {self.data.fps!r}")
         if self.data.max_seq_len is not None and self.data.max_seq_len <= 0:
             raise ConfigError(f"{source}: data.max_seq_len must be positive or null, got {self.data.max_seq_len!r}")
         if not 0 <= self.data.trunc_thresh <= 1:
@@ -242,6 +314,34 @@ class Config:
             if getattr(getattr(self, section), name) <= 0:
                 raise ConfigError(f"{source}: {key} must be positive, got {getattr(getattr(self, section), name)!r}")
         return self
+
+    def _check_task_keys(self, source: str) -> None:
+        """An option the task does not take is an error (it would be silently ignored otherwise)."""
+        defaults = Config()
+        if self.task == "tal":
+            if self.classification != defaults.classification:
+                changed = _changed_keys(self.classification, defaults.classification, "classification")
+                raise ConfigError(f"{source}: {changed[0]} is a classification option, but task is 'tal' "
+                                  "(set task: classification)")
+            return
+        changed = [key for key in _changed_keys(self.data, defaults.data, "data")
+                   if ".".join(key.split(".")[:2]) in TAL_ONLY_KEYS]
+        changed += _changed_keys(self.localizer, defaults.localizer, "localizer")
+        changed += [key for key in _changed_keys(self.eval, defaults.eval, "eval") if key == "eval.tiou"]
+        if changed:
+            raise ConfigError(f"{source}: {changed[0]} is a TAL option, which task: classification does not take "
+                              "(its data are under classification.*)")
+        c = self.classification
+        if c.sampling not in ("uniform", "dense"):
+            raise ConfigError(f"{source}: classification.sampling must be one of ['uniform', 'dense'], got {c.sampling!r}")
+        if c.format not in ("auto", "list", "csv", "ssv2", "folders"):
+            raise ConfigError(f"{source}: classification.format must be one of ['auto', 'list', 'csv', 'ssv2', "
+                              f"'folders'], got {c.format!r}")
+        if c.test_crops not in (1, 3):
+            raise ConfigError(f"{source}: classification.test_crops must be 1 or 3, got {c.test_crops!r}")
+        if bool(c.train_list) != bool(c.val_list):
+            raise ConfigError(f"{source}: set both classification.train_list and classification.val_list "
+                              "(or neither, for the synthetic clips)")
 
     def to_dict(self) -> dict:
         """Plain dicts, lists and scalars (YAML, checkpoints); :func:`config_from_dict` reads it back equal."""
@@ -262,13 +362,48 @@ class Config:
         return config_from_dict(data, source)
 
 
+def _check_backbone_options(backbone: BackboneConfig, source: str) -> None:
+    """``backbone.options`` against the options the named backbone declares (names and scalar types), at load."""
+    try:
+        accepted = backbone_options(backbone.name)
+    except ValueError as err:
+        raise ConfigError(f"{source}: backbone.name: {err}") from None
+    if accepted is None:
+        return
+    for key, value in backbone.options.items():
+        if key not in accepted:
+            raise ConfigError(f"{source}: unknown key 'backbone.options.{key}' for backbone {backbone.name} (its "
+                              f"options: {', '.join(sorted(accepted))})")
+        check_option(value, accepted[key].annotation, f"backbone.options.{key}", source)
+
+
+TASKS = ("tal", "classification")
+# data fields that only TAL reads (classification reads its clips from the classification section)
+TAL_ONLY_KEYS = {f"data.{name}" for name in ("annotations", "video_dir", "features_dir", "train_subset", "val_subset",
+                                             "mode", "crop_ratio", "max_seq_len", "trunc_thresh", "synthetic")}
+
+
+def _changed_keys(section: Any, default: Any, prefix: str) -> list[str]:
+    """Dotted keys of ``section`` that differ from ``default`` (recursing into sub-sections)."""
+    keys = []
+    for f in dataclasses.fields(section):
+        value, base = getattr(section, f.name), getattr(default, f.name)
+        if value == base:
+            continue
+        if dataclasses.is_dataclass(value):
+            keys += _changed_keys(value, base, f"{prefix}.{f.name}") or [f"{prefix}.{f.name}"]
+        else:
+            keys.append(f"{prefix}.{f.name}")
+    return keys
+
+
 # ------------------------------------------------------------------------------------------------------ loading
 
 # Ranges of every numeric field with a meaning, checked at load (before a settings class sees the value, so the
 # error names the dotted key and the file): "[a, b]" closed, "(a, b)" open, "inf" unbounded. Lists: each entry.
 RANGES: dict[str, str] = {
     "data.num_frames": "[1, inf)", "data.img_size": "[1, inf)", "data.batch_size": "[1, inf)",
-    "data.num_workers": "[0, inf)", "data.cache_mb": "[0, inf)", "data.std": "(0, inf)",
+    "data.num_workers": "[0, inf)", "data.clip_frames": "[1, inf)", "data.clip_stride": "[1, inf)", "data.cache_mb": "[0, inf)", "data.std": "(0, inf)",
     "data.synthetic.videos": "[1, inf)", "data.synthetic.classes": "[1, inf)", "data.synthetic.seed": "[0, inf)",
     "data.synthetic.size": "[1, inf)", "data.synthetic.fps": "(0, inf)", "data.synthetic.min_duration": "(0, inf)",
     "data.synthetic.max_duration": "(0, inf)", "data.synthetic.val_fraction": "(0, 1)",
@@ -281,9 +416,50 @@ RANGES: dict[str, str] = {
     "optim.epochs": "[1, inf)", "optim.backbone_lr": "[0, inf)", "optim.head_lr": "[0, inf)",
     "optim.weight_decay": "[0, inf)", "optim.warmup_epochs": "[0, inf)", "optim.min_lr_ratio": "[0, 1]",
     "optim.clip_grad": "[0, inf)", "optim.accumulate": "[1, inf)", "optim.ema_decay": "[0, 1)",
-    "eval.tiou": "(0, 1]", "eval.every": "[1, inf)",
+    "eval.tiou": "(0, 1]", "eval.every": "[1, inf)", "optim.layer_decay": "(0, 1]",
+    "classification.frame_interval": "[1, inf)", "classification.test_clips": "[1, inf)",
+    "classification.train_scale": "(0, 1]", "classification.mixup_alpha": "[0, inf)",
+    "classification.cutmix_alpha": "[0, inf)", "classification.mixup_prob": "[0, 1]",
+    "classification.mixup_switch_prob": "[0, 1]", "classification.label_smoothing": "[0, 1)",
+    "classification.head_dropout": "[0, 1)", "classification.synthetic.classes": "[1, 20]",
+    "classification.synthetic.train_per_class": "[1, inf)", "classification.synthetic.val_per_class": "[1, inf)",
+    "classification.synthetic.size": "[2, inf)", "classification.synthetic.fps": "(0, inf)",
+    "classification.synthetic.min_duration": "(0, inf)", "classification.synthetic.max_duration": "(0, inf)",
     "train.seed": "[0, 4294967295]", "train.log_every": "[1, inf)",
 }
+
+
+# keys naming input files or folders. A relative value is read from the folder of the config file that holds it (one
+# given with --set, from the working directory) and kept absolute: a run's config.yaml and checkpoints then name
+# the same files from any working directory, and a recipe works wherever it is run from.
+PATH_KEYS = ("data.annotations", "data.video_dir", "data.features_dir", "backbone.pretrained",
+             "backbone.options.image_checkpoint", "classification.train_list", "classification.val_list",
+             "classification.root", "classification.classes")
+
+
+def read_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """The values a recipe file and ``--set`` overrides set (:func:`revtal.engine.typed_config.read_recipe`), with
+    the relative paths of :data:`PATH_KEYS` made absolute: against the file's folder, or for overrides the working
+    directory."""
+    data = read_yaml_recipe(path)
+    if path:
+        anchor_paths(data, Path(path).parent)
+    for assignment in overrides:
+        apply_override(data, assignment)
+    anchor_paths(data, Path.cwd())
+    return data
+
+
+def anchor_paths(data: dict, base: Path) -> None:
+    """Make the relative values of :data:`PATH_KEYS` in the raw ``data`` absolute against ``base`` (in place)."""
+    for key in PATH_KEYS:
+        *sections, name = key.split(".")
+        node: Any = data
+        for section in sections:
+            node = node.get(section) if isinstance(node, dict) else None
+        value = node.get(name) if isinstance(node, dict) else None
+        if isinstance(value, str) and value and not os.path.isabs(os.path.expanduser(value)):
+            node[name] = os.path.abspath(base / value)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -297,4 +473,4 @@ def config_from_dict(data: Mapping, source: str = "<dict>") -> Config:
 
 
 def dump_config(config: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+    write_text_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -30,7 +30,7 @@ def resolve_dataset(config: Config, out_dir: str | Path) -> Config:
     if data.annotations:
         return config
     s = data.synthetic
-    root = synthetic_dir(config, Path(out_dir))
+    root = synthetic_dir(config, Path(out_dir).absolute())  # saved absolute: the run works from any directory
     if dist_utils.is_main() and not (root / "annotations.json").exists():
         generate_dataset(
             root, num_videos=s.videos, num_classes=s.classes, seed=s.seed, size=s.size, fps=s.fps,
@@ -84,6 +84,7 @@ def video_dataset(config: Config, annotations: AnnotationSet, subset: str | None
     d = config.data
     return VideoTALDataset(
         annotations, d.video_dir, subset, mode=d.mode, num_frames=d.num_frames, img_size=d.img_size,
+        clip_frames=d.clip_frames, clip_stride=d.clip_stride, fps=d.fps if d.mode == "snippets" else None,
         train=train, skip_bad_videos=d.skip_bad_videos, seed=config.train.seed, mean=list(d.mean), std=list(d.std),
         cache_mb=d.cache_mb, crop_ratio=d.crop_ratio, window=d.max_seq_len, trunc_thresh=d.trunc_thresh,
     )

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from revtal.data.annotations import AnnotationSet, write_predictions
 from revtal.data.dataset import collate_tal
@@ -25,12 +24,14 @@ from revtal.data.transforms import build_transforms, to_float_video
 from revtal.engine import distributed as dist_utils
 from revtal.engine.config import Config
 from revtal.engine.datasets import make_loader
-from revtal.engine.model import TALModel, build_model
+from revtal.engine.model import TALModel, build_model, clip_features
 from revtal.engine.run_state import TrainingCheckpoint
 from revtal.engine.runtime import autocast, model_inputs
 from revtal.evaluation.detection import evaluate_detection
 from revtal.evaluation.plots import plot_timeline
 from revtal.localizers.postprocess import detections_to_seconds
+from revtal.utils.io import atomic_write, write_text_atomic
+from revtal.utils.progress import progress
 
 
 class Predictor:
@@ -71,7 +72,7 @@ class Predictor:
         results: dict[str, list[dict]] = {}
         indices = list(range(rank, len(dataset), world))
         loader = make_loader(torch.utils.data.Subset(dataset, indices), self.config, train=False)
-        for batch in tqdm(loader, desc="evaluate", disable=not self.progress, leave=False):
+        for batch in progress(loader, desc="evaluate", disable=not self.progress, leave=False):
             video, frame_mask = model_inputs(batch, self.device)
             with autocast(self.device, self.config.optim.amp):
                 output = self.model(video, frame_mask)
@@ -97,14 +98,18 @@ class Predictor:
             out = Path(out_dir)
             out.mkdir(parents=True, exist_ok=True)
             write_predictions(out / "predictions.json", predictions)
-            (out / "eval.json").write_text(json.dumps(metrics, indent=2))
+            write_text_atomic(out / "eval.json", json.dumps(metrics, indent=2))
         return metrics
 
     @torch.no_grad()
     def features(self, video: torch.Tensor) -> torch.Tensor:
-        """(B, C, T, H, W) video → (B, C', T') features of the extractor in eval mode."""
+        """(B, C, T, H, W) video → (B, C', T') features of the extractor in eval mode (clips (B, n, C, f, H, W) →
+        (B, C', n) in snippets mode)."""
         self.model.eval()
-        return self.model.extractor(video.to(self.device))
+        video = video.to(self.device)
+        if self.model.clips:
+            return clip_features(self.model.mode, self.model.extractor, video)
+        return self.model.extractor(video)
 
     def extract(self, dataset, out_dir: str | Path) -> int:
         """``<video_id>.npy`` (C', T') features of every item of ``dataset``; returns how many were written."""
@@ -112,9 +117,10 @@ class Predictor:
         out.mkdir(parents=True, exist_ok=True)
         loader = torch.utils.data.DataLoader(dataset, batch_size=1, collate_fn=collate_tal)
         count = 0
-        for batch in tqdm(loader, desc="extract", disable=not self.progress, dynamic_ncols=True):
+        for batch in progress(loader, desc="extract", disable=not self.progress):
             feats = self.features(batch["video"])[0]
-            np.save(out / f"{batch['video_id'][0]}.npy", feats.float().cpu().numpy())
+            array = feats.float().cpu().numpy()
+            atomic_write(out / f"{batch['video_id'][0]}.npy", lambda fh: np.save(fh, array))
             count += 1
         return count
 
@@ -123,6 +129,9 @@ class Predictor:
     def detect_file(self, path: str | Path, duration: float | None = None) -> dict:
         """Decode ``num_frames`` frames spread over the video, localize, and return ActivityNet-style detections."""
         d = self.config.data
+        if self.model.clips:
+            raise ValueError(f"{path}: detection on a single file samples frames (data.mode: frames); this model "
+                             "runs clips (data.mode: snippets): evaluate it on an annotated dataset instead")
         duration = duration or probe_video(path).duration
         frames, _ = decode_frames(path, sample_timestamps_evenly(duration, d.num_frames), size=d.img_size)
         video = build_transforms(False, d.img_size, list(d.mean), list(d.std))(to_float_video(frames), None)[None]
@@ -140,7 +149,7 @@ class Predictor:
             for (a, b), s, c in zip(det["segments"].tolist(), det["scores"].tolist(), det["labels"].tolist())
         ]
 
-    def plot(self, result: dict, out: str | Path, ground_truth: AnnotationSet | None = None, min_score: float = 0.2):
+    def plot(self, result: dict, out: str | Path, ground_truth: AnnotationSet | None = None, min_score: float | None = None):
         video_id = Path(result["video"]).stem
         gt = None
         # the file of video ID may be named v_ID (ActivityNet downloads), as the datasets match them
@@ -150,4 +159,5 @@ class Predictor:
             ann = ground_truth.videos[known[0]]
             gt = [{"segment": list(map(float, s)), "label": ground_truth.classes[int(c)]}
                   for s, c in zip(ann.segments, ann.labels)]
-        return plot_timeline(out, video_id, result["duration"], result["detections"], self.classes, gt, min_score)
+        return plot_timeline(out, video_id, result["duration"], result["detections"], self.classes, gt,
+                             min_score=min_score)

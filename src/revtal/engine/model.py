@@ -2,6 +2,14 @@
 
 What each training mode builds and trains is :mod:`revtal.engine.modes`; this module only assembles the extractor
 a mode returns with the localizer.
+
+Two input arrangements (``data.mode``): ``frames``, the whole video (B, C, T, H, W) is one backbone input and the
+features keep the backbone's temporal stride; ``snippets``, the video is clips (B, n, C, f, H, W) and the backbone
+runs on one clip at a time (:func:`clip_features`), one feature per clip. Running clip by clip is what lets a
+global-attention ViT, built for one clip length, localise actions over a whole untrimmed video; it keeps every
+mode's memory guarantee over the video, since each clip is an ordinary forward of the mode's backbone: a
+memory-free backbone keeps only each clip's stage outputs for backward, checkpointing its block inputs,
+conventional autograd everything (tests/test_engine_snippets.py).
 """
 
 from __future__ import annotations
@@ -9,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -19,11 +28,12 @@ from revtal.utils.memory import SavedTensorMeter
 
 
 class TALModel(nn.Module):
-    def __init__(self, extractor: nn.Module, localizer: nn.Module, mode: TrainingMode):
+    def __init__(self, extractor: nn.Module, localizer: nn.Module, mode: TrainingMode, clips: bool = False):
         super().__init__()
         self.extractor = extractor
         self.localizer = localizer
         self.mode = mode
+        self.clips = clips  # inputs are clips (B, n, C, f, H, W), one feature per clip (data.mode: snippets)
         # set to measure the bytes the next feature pass saves for backward (CPU memory metric; DDP-safe because
         # the measurement happens inside the module's own forward)
         self.measure_next_features = False
@@ -35,7 +45,12 @@ class TALModel(nn.Module):
 
     @property
     def temporal_stride(self) -> int:
-        return int(self.extractor.temporal_stride)
+        """Input positions (frames, or clips in snippets mode) per feature."""
+        return 1 if self.clips else int(self.extractor.temporal_stride)
+
+    def backbone_input(self, video: Tensor) -> Tensor:
+        """One input of the backbone as it runs: the video, or its first clip in snippets mode."""
+        return video[:, 0] if self.clips else video
 
     def train(self, mode: bool = True) -> "TALModel":
         super().train(mode)
@@ -54,6 +69,12 @@ class TALModel(nn.Module):
         return feats, feature_mask(frame_mask, self.temporal_stride, feats.shape[-1])
 
     def _extract(self, video: Tensor) -> Tensor:
+        if (video.ndim == 6) != self.clips:
+            expected = "clips (B, n, C, f, H, W)" if self.clips else "a video (B, C, T, H, W)"
+            raise ValueError(f"the model was built for {expected} (data.mode: {'snippets' if self.clips else 'frames'}) "
+                             f"and got an input of shape {tuple(video.shape)}")
+        if self.clips:
+            return clip_features(self.mode, self.extractor, video)
         return self.mode.features(self.extractor, video)
 
     def forward(self, video: Tensor, frame_mask: Tensor):
@@ -71,6 +92,15 @@ class TALModel(nn.Module):
         if self.frozen_backbone:
             learnable -= sum(p.numel() for p in self.extractor.parameters() if p.requires_grad)
         return {"total": total, "learnable": learnable}
+
+
+def clip_features(mode: TrainingMode, extractor: nn.Module, clips: Tensor) -> Tensor:
+    """(B, n, C, f, H, W) clips → (B, C', n) features: the extractor on one clip at a time, as ``mode`` runs it,
+    each clip's feature map averaged over its time steps. Autograd then walks the clips one after another in
+    backward (each clip's nodes are later than the previous clip's), so a memory-free backbone recomputes one clip's
+    branch at a time."""
+    per_clip = [mode.features(extractor, clips[:, j]).mean(-1) for j in range(clips.shape[1])]
+    return torch.stack(per_clip, dim=-1)
 
 
 def feature_mask(frame_mask: Tensor, stride: int, length: int) -> Tensor:
@@ -107,10 +137,12 @@ def build_extractor(config: Config, backbone_weights: dict | None = None) -> nn.
     if config.data.features_dir:
         return PrecomputedFeatures(feature_channels(config.data.features_dir))
     mode = get_mode(config.backbone.mode)
-    return mode.build_extractor(config.backbone, config.data.num_frames, config.data.img_size, backbone_weights)
+    frames = config.data.clip_frames if config.data.mode == "snippets" else config.data.num_frames
+    return mode.build_extractor(config.backbone, frames, config.data.img_size, backbone_weights)
 
 
 def build_model(config: Config, num_classes: int, backbone_weights: dict | None = None) -> TALModel:
     extractor = build_extractor(config, backbone_weights)
     localizer = build_localizer(config.localizer.name, extractor.out_channels, num_classes, config.localizer.options.build())
-    return TALModel(extractor, localizer, get_mode(config.backbone.mode))
+    clips = config.data.mode == "snippets" and not config.data.features_dir
+    return TALModel(extractor, localizer, get_mode(config.backbone.mode), clips=clips)

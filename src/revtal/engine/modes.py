@@ -87,7 +87,7 @@ class TrainingMode:
         if weights is not None:
             pretrained = weights
         backbone = build(settings.name, pretrained=pretrained, num_frames=self.backbone_frames(settings, video_frames),
-                         img_size=img_size, **settings.options)
+                         img_size=img_size, trust_checkpoint=settings.trust_checkpoint, **settings.options)
         self.convert(backbone, settings)
         return self.wrap(backbone, settings)
 
@@ -144,7 +144,7 @@ class CheckpointMode(TrainingMode):
     description = "end to end, each block under torch.utils.checkpoint (non-reentrant)"
 
     def convert(self, backbone: nn.Module, settings: "BackboneConfig") -> None:
-        convert(backbone, "original", backprop="checkpoint")
+        convert(backbone, "original", backprop="checkpoint", window_chunk=settings.window_chunk)
 
 
 class Re2Mode(TrainingMode):
@@ -152,7 +152,7 @@ class Re2Mode(TrainingMode):
     description = "Re²TAL: rewired to alpha=0, beta=1 from the pretrained weights, float reversible backprop"
 
     def convert(self, backbone: nn.Module, settings: "BackboneConfig") -> None:
-        convert(backbone, "re2", backprop="reversible")
+        convert(backbone, "re2", backprop="reversible", window_chunk=settings.window_chunk)
 
 
 class FixedCoefficientMode(TrainingMode):
@@ -170,7 +170,7 @@ class FixedCoefficientMode(TrainingMode):
     def convert(self, backbone: nn.Module, settings: "BackboneConfig") -> None:
         alpha, beta = self.coefficients(settings)
         convert(backbone, "dr2net", alpha=alpha, beta=beta, backprop=settings.backprop,
-                       beta_bits=settings.beta_bits)
+                beta_bits=settings.beta_bits, window_chunk=settings.window_chunk)
 
 
 class ScratchMode(FixedCoefficientMode):
@@ -203,6 +203,17 @@ class Dr2NetMode(FixedCoefficientMode):
 class LoSAMode(TrainingMode):
     name = "losa"
     description = "frozen backbone + LoSA adapters (no gradient through the backbone)"
+
+    def validate(self, config: "Config", source: str) -> None:
+        super().validate(config, source)
+        if config.data.mode == "snippets":
+            raise ConfigError(f"{source}: backbone.mode: losa cuts the video into clips itself "
+                              "(backbone.losa.clip_frames); use data.mode: frames with it")
+        # a trimmed clip (task: classification) is one backbone input cut into LoSA's clips
+        if config.task == "classification" and config.data.num_frames % config.backbone.losa.clip_frames:
+            raise ConfigError(f"{source}: backbone.mode losa runs the backbone over clips of backbone.losa.clip_frames="
+                              f"{config.backbone.losa.clip_frames} frames; data.num_frames={config.data.num_frames} "
+                              "must be a multiple of it")
 
     def backbone_frames(self, settings: "BackboneConfig", video_frames: int) -> int:
         return settings.losa.clip_frames  # LoSA runs the backbone over clips of clip_frames
@@ -273,7 +284,7 @@ class ModeHooks:
         """Call after the backward; raises if an exact stage did not reconstruct bitwise, returns monitor events."""
         for stage in self._verifying:
             check = stage.last_check
-            if check is None or not check.bitwise:
+            if check is None or not (check.bitwise or check.simulated):
                 raise RuntimeError(
                     f"exact backprop did not reconstruct the input of stage {stage.stage_name!r} bitwise on the "
                     f"first training step (max abs error {getattr(check, 'max_abs_error', float('nan'))}): the "

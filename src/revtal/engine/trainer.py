@@ -34,6 +34,7 @@ from revtal.engine.runtime import autocast, model_inputs, resolve_device
 from revtal.engine.optim import ModelEMA, build_optimizer, warmup_cosine
 from revtal.engine.resume import check_resume_changes, config_changes
 from revtal.engine.rundir import claim_run_dir
+from revtal.utils.progress import progress
 
 
 def seed_everything(seed: int) -> None:
@@ -143,7 +144,8 @@ class Trainer:
             )
         ocfg = config.optim
         self.optimizer = build_optimizer(
-            self.model.trainable_backbone(), self.model.localizer, ocfg.backbone_lr, ocfg.head_lr, ocfg.weight_decay
+            self.model.trainable_backbone(), self.model.localizer, ocfg.backbone_lr, ocfg.head_lr, ocfg.weight_decay,
+            fused=ocfg.fused,
         )
         self.iters_per_epoch = max(1, math.ceil(len(self.train_loader) / ocfg.accumulate))  # optimizer steps
         self.lr_schedule = warmup_cosine(
@@ -225,8 +227,8 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
             memory_kind = "cuda_max_allocated"
-        bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{cfg.optim.epochs} [{cfg.backbone.mode}]",
-                   disable=not self.progress, leave=False, dynamic_ncols=True)
+        bar = progress(self.train_loader, desc=f"epoch {epoch + 1}/{cfg.optim.epochs} [{cfg.backbone.mode}]",
+                       disable=not self.progress, leave=False)
         accumulate = cfg.optim.accumulate
         self.optimizer.zero_grad(set_to_none=True)
         alpha = beta = None
@@ -299,7 +301,7 @@ class Trainer:
 
     def _start_hooks(self, video: torch.Tensor) -> None:
         """The mode's once-per-run preparation on the first batch (the end point of an ``end: auto`` schedule)."""
-        report = self.hooks.start(self.model.extractor, video)
+        report = self.hooks.start(self.model.extractor, self.model.backbone_input(video))
         if report and self.progress:
             tqdm.write(report)
 

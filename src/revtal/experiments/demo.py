@@ -19,7 +19,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from revtal.backbones import ClipClassifier, build
 from revtal.data.synthetic import SyntheticClipDataset
@@ -32,8 +31,15 @@ from revtal.engine.optim import warmup_cosine
 from revtal.engine.run_state import atomic_save
 from revtal.engine.trainer import Trainer
 from revtal.reversible import reversible_stages
+from revtal.utils.progress import progress
 
 MODES = ("dr2net", "conventional", "frozen")
+
+# The documented multi-seed result that the demo's single seed is read against: the demo's recipe scored on 96
+# validation videos over 10 seeds, paired per seed (docs/STUDY.md, "The precise setting"; a test checks that the doc
+# still says this). One seed scored on the demo's 16 validation videos moves by several points.
+STUDY_RESULT = {"entry": "dr2net", "reference": "conventional", "mean": -0.8, "ci95": (-2.5, 0.9), "seeds": 10,
+                "validation_videos": 96, "source": 'docs/STUDY.md, "The precise setting"'}
 
 
 def demo_config(out: Path, quick: bool = False) -> Config:
@@ -91,7 +97,7 @@ def pretrain_backbone(config: Config, out: Path, steps: int, seed: int = 0) -> d
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     schedule = warmup_cosine(optimizer, warmup_steps=max(1, steps // 10), total_steps=steps)
     model.train()
-    bar = tqdm(range(steps), desc="pretrain backbone (clip classification)", leave=False, dynamic_ncols=True)
+    bar = progress(range(steps), desc="pretrain backbone (clip classification)", leave=False)
     for step in bar:
         clips, labels = batch_of(train_set, range(step * 16, step * 16 + 16))
         loss = torch.nn.functional.cross_entropy(model(clips), labels)
@@ -173,7 +179,8 @@ def run_demo(out: str | Path, pretrain_steps: int = 600, modes: Sequence[str] = 
 
     summary = {
         "dataset": {"videos": s.videos, "classes": s.classes, "size": s.size, "fps": s.fps,
-                    "frames_per_video": base.data.num_frames},
+                    "frames_per_video": base.data.num_frames,
+                    "validation_videos": len(annotations.subset(base.data.val_subset))},
         "pretrain": pretrain,
         "runs": rows,
         "wall_time_s": time.perf_counter() - started,
@@ -220,5 +227,16 @@ def format_summary(table: str, rows: list[dict], summary: dict) -> str:
     machine = (f"torch {m['torch']}, {m['threads']} intra-op threads, {m['cpus']} CPUs, OMP_WAIT_POLICY="
                f"{m['omp_wait_policy'] or 'unset'}, load average {m['load_average_at_end']:.1f} at the end"
                + (f", CUDA {m['cuda']}" if m["cuda"] else ""))
-    return (f"{table}\n\n{format_timings(rows)}\n\nwall time {summary['wall_time_s'] / 60:.1f} min; {machine}; "
+    return (f"{table}\n\n{one_seed_caveat(summary['dataset']['validation_videos'])}\n\n{format_timings(rows)}\n\n"
+            f"wall time {summary['wall_time_s'] / 60:.1f} min; {machine}; "
             f"pretraining clip accuracy {100 * summary['pretrain']['clip_accuracy']:.1f}%\n")
+
+
+def one_seed_caveat(validation_videos: int) -> str:
+    """What one seed's table can and cannot say, with the documented multi-seed result (:data:`STUDY_RESULT`)."""
+    r = STUDY_RESULT
+    low, high = r["ci95"]
+    return (f"One seed, scored on {validation_videos} validation videos: differences of a few points between modes "
+            f"are within the noise of a single seed. The documented result of this recipe over {r['seeds']} seeds on "
+            f"{r['validation_videos']} validation videos ({r['source']}): {r['entry']} − {r['reference']} "
+            f"{r['mean']:+.1f} points, paired 95 % interval [{low:+.1f}, {high:+.1f}].")

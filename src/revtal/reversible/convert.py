@@ -73,6 +73,7 @@ def convert(
     frac_bits: int = 28,
     preserve_rng: bool = True,
     families: list[str] | None = None,
+    window_chunk: int | None = None,
 ) -> nn.Module:
     """Convert ``model`` in place and return it.
 
@@ -82,7 +83,9 @@ def convert(
     override the method's values; ``backprop`` is ``"reversible"`` (memory-free, float), ``"exact"`` (memory-free,
     lossless fixed point; β rounded to a dyadic p/2^k with k ≤ ``beta_bits``), ``"vanilla"`` (plain autograd) or
     ``"checkpoint"`` (plain autograd, each block under ``torch.utils.checkpoint``: with ``method="original"`` this
-    is the conventional checkpointing baseline).
+    is the conventional checkpointing baseline). ``window_chunk``: Video Swin (torchvision) blocks compute their
+    window attention this many windows at a time, holding one chunk's attention matrices instead of all of them
+    (:mod:`revtal.reversible.video_swin`); ``None`` keeps the library's attention.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
@@ -113,7 +116,9 @@ def convert(
         raise ValueError(f"unknown converter families {unknown}; registered: {sorted(available)}")
     chosen = [available[n] for n in families] if families else list(available.values())
     rules = [rule for family in chosen for rule in family.block_rules()]
-    specs = _find_stages(model, rules)
+    if window_chunk is not None and not (isinstance(window_chunk, int) and window_chunk > 0):
+        raise ValueError(f"window_chunk must be a positive number of windows or None, got {window_chunk!r}")
+    specs = _find_stages(model, rules, {"window_chunk": window_chunk})
     if not specs:
         raise TypeError(
             f"revtal.convert found no supported residual network in {type(model).__module__}.{type(model).__name__}. "
@@ -146,7 +151,7 @@ class _StageSpec:
     name: str
 
 
-def _find_stages(model: nn.Module, rules: list[BlockRule]) -> list[_StageSpec]:
+def _find_stages(model: nn.Module, rules: list[BlockRule], options: dict) -> list[_StageSpec]:
     """Every nn.Sequential/nn.ModuleList holding blocks some rule knows becomes a stage."""
     specs: list[_StageSpec] = []
 
@@ -156,7 +161,7 @@ def _find_stages(model: nn.Module, rules: list[BlockRule]) -> list[_StageSpec]:
             if isinstance(child, (nn.Sequential, nn.ModuleList)) and any(
                 _rule_for(block, rules) for block in child.children()
             ):
-                spec = _stage_spec(module, name, child, path, rules)
+                spec = _stage_spec(module, name, child, path, rules, options)
                 if spec is not None:
                     specs.append(spec)
             else:
@@ -170,7 +175,8 @@ def _rule_for(block: nn.Module, rules: list[BlockRule]) -> BlockRule | None:
     return next((rule for rule in rules if rule.applies(block)), None)
 
 
-def _stage_spec(parent: nn.Module, attr: str, container: nn.Module, path: str, rules) -> _StageSpec | None:
+def _stage_spec(parent: nn.Module, attr: str, container: nn.Module, path: str, rules,
+                options: dict) -> _StageSpec | None:
     if getattr(parent, "grad_checkpointing", False) or getattr(parent, "gradient_checkpointing", False):
         raise ValueError(
             f"{path}: {type(parent).__name__} has grad_checkpointing enabled; reversible stages already avoid "
@@ -189,7 +195,7 @@ def _stage_spec(parent: nn.Module, attr: str, container: nn.Module, path: str, r
                 f"blocks the converter supports: {'; '.join(near)}"
             )
         protocols.add(rule.protocol)
-        reason = _prepare(block, rule, block_path)
+        reason = _prepare(block, rule, block_path, options)
         if reason is not None:
             plain.append(i)
     if len(protocols) > 1:
@@ -199,8 +205,9 @@ def _stage_spec(parent: nn.Module, attr: str, container: nn.Module, path: str, r
     return _StageSpec(parent, attr, blocks, plain, protocols.pop(), path)
 
 
-def _prepare(block: nn.Module, rule: BlockRule, path: str) -> str | None:
-    """Attach the rule (and traced plan) to a block; returns why it stays ordinary, or None."""
+def _prepare(block: nn.Module, rule: BlockRule, path: str, options: dict) -> str | None:
+    """Attach the rule (and traced plan, and the conversion's options for hand-written rules) to a block; returns
+    why it stays ordinary, or None."""
     if rule.branches_of is not None:
         reason = rule.ordinary(block) if rule.ordinary else None
         plan = None
@@ -219,6 +226,7 @@ def _prepare(block: nn.Module, rule: BlockRule, path: str) -> str | None:
         block.__dict__["_revtal_rule"] = rule
         block.__dict__["_revtal_plan"] = plan
         block.__dict__["_revtal_path"] = path
+        block.__dict__["_revtal_options"] = dict(options)
     return reason
 
 

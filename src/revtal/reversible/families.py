@@ -44,12 +44,19 @@ def _torchvision_rules() -> list[BlockRule]:
     from torchvision.models.video import mvit
     from torchvision.models.video import resnet as video_resnet
 
+    from revtal.reversible import video_swin
+
     traced = [
         resnet.BasicBlock, resnet.Bottleneck, video_resnet.BasicBlock, video_resnet.Bottleneck,
         vision_transformer.EncoderBlock, convnext.CNBlock,
         swin_transformer.SwinTransformerBlock, swin_transformer.SwinTransformerBlockV2,
     ]
-    return [BlockRule(t) for t in traced] + [BlockRule(mvit.MultiscaleBlock, protocol="carry")]
+    video_swin_rule = BlockRule(
+        swin_transformer.SwinTransformerBlock, when=video_swin.is_video_swin_block,
+        branches_of=video_swin.video_swin_branches, describe="(Video Swin; window attention chunked on request)",
+    )
+    # the Video Swin rule comes first: a block takes the first rule that applies to it
+    return [video_swin_rule] + [BlockRule(t) for t in traced] + [BlockRule(mvit.MultiscaleBlock, protocol="carry")]
 
 
 def _pytorchvideo_rules() -> list[BlockRule]:

@@ -16,6 +16,7 @@ gradients reach ``.grad`` through ordinary autograd accumulation, so DDP's hooks
 from __future__ import annotations
 
 import contextlib
+import math
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -25,11 +26,24 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from revtal.reversible.coupling import Coupling, StreamArithmetic, relative_error
-from revtal.reversible.replay import AutocastState, RngState, batchnorm_modules, statistics_unchanged
+from revtal.reversible.replay import (
+    AutocastState,
+    FunctionModes,
+    RngState,
+    batchnorm_modules,
+    replaying_function_modes,
+    statistics_unchanged,
+)
+from revtal.reversible.simulation import autocast_device_type, simulating
 
 
 class NonFiniteGradientError(FloatingPointError):
     """A reversible stage produced a NaN/inf gradient (usually an unstable reconstruction at small β)."""
+
+
+class UnsupportedBackwardError(RuntimeError):
+    """A second backward through one forward, or a differentiable backward (``create_graph``): memory-free stages
+    reconstruct their activations by consuming what the forward stored, so each forward backs one backward."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +78,8 @@ def run_plain(
     if not checkpoint_blocks:
         return _run_branches(x, y, branches, c)
     for group in _group_by_owner(branches):
-        x, y = torch.utils.checkpoint.checkpoint(_run_branches, x, y, group, c, use_reentrant=False)
+        x, y = torch.utils.checkpoint.checkpoint(_run_branches, x, y, group, c, use_reentrant=False,
+                                                 context_fn=replaying_function_modes)
     return x, y
 
 
@@ -92,6 +107,7 @@ class ReconstructionCheck:
     relative_error: float
     max_abs_error: float
     bitwise: bool
+    simulated: bool = False  # run on tensors without values (revtal.reversible.simulation): nothing was compared
 
 
 @dataclass
@@ -107,6 +123,7 @@ class StageRun:
     on_verified: Callable[[ReconstructionCheck], None] | None = None
     rng_states: list[RngState] = field(default_factory=list)
     autocast: AutocastState | None = None
+    function_modes: FunctionModes = field(default_factory=FunctionModes)
     norms: dict[int, list] = field(default_factory=dict)
     name: str = ""
     check_finite: bool = True
@@ -137,7 +154,8 @@ class ReversibleBranchFunction(torch.autograd.Function):
         last = i == len(run.branches) - 1
         with torch.no_grad():
             if i == 0:
-                run.autocast = AutocastState.capture(x_in.device.type)
+                run.autocast = AutocastState.capture(autocast_device_type(x_in.device))
+                run.function_modes = FunctionModes.capture()
                 x, y, run.tape = arith.begin(x_in, c)
                 run.verified_input = x.clone() if run.verify else None
                 branch_input = arith.view(x, x_in, run.tape)
@@ -162,7 +180,11 @@ class ReversibleBranchFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_x: Tensor | None, grad_y: Tensor | None):
-        run: StageRun = ctx.run
+        run: StageRun | None = ctx.run
+        if run is None or torch.is_grad_enabled():
+            raise UnsupportedBackwardError(_unsupported_backward_message(
+                "a second backward through the same forward (retain_graph=True)" if run is None
+                else "a differentiable backward (create_graph=True, e.g. double backward or gradient penalties)"))
         i = ctx.i
         arith, c, tape = run.arithmetic, run.coupling, run.tape
         saved = list(ctx.saved_tensors)
@@ -191,7 +213,7 @@ class ReversibleBranchFunction(torch.autograd.Function):
         rng = run.rng_states[i].restored() if run.preserve_rng else contextlib.nullcontext()
         norms = run.norms.setdefault(i, batchnorm_modules(run.branches[i].owner))
         # the recompute leaves BatchNorm's running statistics as the forward left them
-        with torch.enable_grad(), rng, run.autocast.scope(), statistics_unchanged(norms):
+        with torch.enable_grad(), rng, run.autocast.scope(), run.function_modes.scope(), statistics_unchanged(norms):
             g = run.branch_output(i, v)
         # y_{i-1} = x_i − G_i(x_{i-1}) before the vector-Jacobian product allocates its gradients, written over
         # x_i where this node owns it: the branch's backward then runs beside one stream fewer
@@ -216,7 +238,8 @@ class ReversibleBranchFunction(torch.autograd.Function):
                 run.on_verified(run_check)
         run.tape = None
         grad_input = c.input_gradient(grad_x, grad_y)
-        if run.check_finite and not bool(torch.isfinite(grad_input).all()):
+        finite = torch.isfinite(grad_input).all() if run.check_finite else None
+        if finite is not None and not simulating(finite) and not bool(finite):
             raise NonFiniteGradientError(
                 f"non-finite gradient in reversible stage {run.name!r} (alpha={c.alpha}, beta={c.beta}, "
                 f"arithmetic={getattr(arith, 'name', type(arith).__name__)}); float reconstruction is unstable at "
@@ -225,6 +248,14 @@ class ReversibleBranchFunction(torch.autograd.Function):
         if not ctx.needs_input_grad[2]:
             grad_input = None
         return (None, None, grad_input, None, *param_grads)
+
+
+def _unsupported_backward_message(what: str) -> str:
+    return (
+        f"memory-free reversible backprop does not support {what}: the stage reconstructs its activations from its "
+        "output and consumes them as it goes. Run the forward again for each backward, or convert with "
+        "backprop='checkpoint' or 'vanilla' (revtal.set_backprop(model, 'vanilla')) where the model must support it"
+    )
 
 
 def run_memory_free(run: StageRun, x0: Tensor) -> tuple[Tensor, Tensor]:
@@ -237,8 +268,12 @@ def run_memory_free(run: StageRun, x0: Tensor) -> tuple[Tensor, Tensor]:
 
 def _compare(reconstructed: Any, truth: Any, arith: StreamArithmetic, like: Tensor, tape: Any) -> ReconstructionCheck:
     a, b = arith.view(reconstructed, like, tape), arith.view(truth, like, tape)
+    error = relative_error(a, b)
+    gap = (a.double() - b.double()).abs().max() if a.numel() else None
+    if simulating(a):  # the same tensors, no values to read
+        return ReconstructionCheck(math.nan, math.nan, bitwise=False, simulated=True)
     return ReconstructionCheck(
-        relative_error=relative_error(a, b),
-        max_abs_error=float((a.double() - b.double()).abs().max()) if a.numel() else 0.0,
+        relative_error=error,
+        max_abs_error=float(gap) if gap is not None else 0.0,
         bitwise=bool(torch.equal(reconstructed, truth)),
     )

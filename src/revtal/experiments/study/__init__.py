@@ -17,7 +17,11 @@ entries are grouped into tables that mirror the papers':
   exponential, logarithmic);
 * Dr²Net Tab. 12 — backbone activation memory: conventional vs per-block checkpointing vs Dr²Net;
 * LoSA Tab. 4a — LoSA and its ablations (no long-range adapter, no short-range adapter, plain sum fusion, gates
-  starting at one) beside head-only and full finetuning.
+  starting at one) beside head-only and full finetuning;
+* Re²TAL §4, the complete recipe — re2 TAL from a backbone re-pretrained on clip classification after rewiring,
+  against conventional, re2 without that step, and the same step unrewired;
+* Dr²Net Tab. 2 (action-recognition column), 6, 8 and 11 — ``task: classification`` entries scored by top-1
+  (:mod:`~revtal.experiments.study.classification`).
 
 Every run writes ``OUT/results/<entry>_seed<k>.json`` as soon as it finishes (average mAP, mAP per tIoU, bytes the
 backbone saved for backward on one training step, median step time, …), so an interrupted study continues with

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from revtal.engine.config import Config
 from revtal.experiments.demo import demo_config
+from revtal.experiments.study.classification import AR_ENTRY_SPECS
 
 # -------------------------------------------------------------------------------------------------- the entries
 
@@ -23,6 +24,9 @@ class StudyEntry:
     description: str
     overrides: tuple[str, ...] = ()
     headline: bool = False  # one of the headline comparisons: always runs the full --seeds
+    task: str = "tal"  # classification: an action-recognition entry (its overrides apply to the AR base recipe)
+    # a training mode: before the TAL run, re-pretrain the backbone on clip classification in this mode (Re²TAL §4)
+    repretrain: str = ""
 
 
 ENTRIES: tuple[StudyEntry, ...] = (
@@ -69,6 +73,12 @@ ENTRIES: tuple[StudyEntry, ...] = (
     StudyEntry("losa_no_short", "LoSA without the short-range adapters", (*_LOSA, "backbone.losa.use_short=false")),
     StudyEntry("losa_sum", "LoSA, plain sum fusion (no gates, no projection)", (*_LOSA, "backbone.losa.fusion=sum")),
     StudyEntry("losa_gate_one", "LoSA, gates start at 1", (*_LOSA, "backbone.losa.gate_init=one")),
+    StudyEntry("re2_repretrained", "Re²TAL's recipe: rewired, re-pretrained on clip classification (re2, 4 epochs), "
+               "then re2 TAL", ("backbone.mode=re2", "backbone.backprop=reversible", *_RECORD_FLOAT_ERROR),
+               repretrain="re2"),
+    StudyEntry("conventional_repretrained", "control: the same 4 epochs of clip classification, unrewired, then "
+               "conventional TAL", ("backbone.mode=conventional",), repretrain="conventional"),
+    *(StudyEntry(name, description, overrides, task="classification") for name, description, overrides in AR_ENTRY_SPECS),
 )
 ENTRY_BY_NAME = {e.name: e for e in ENTRIES}
 
@@ -88,6 +98,7 @@ class StudyTable:
     entries: tuple[str, ...]
     reference: str  # the entry every other row is compared with, seed by seed
     rows: dict = field(default_factory=dict)  # entry → row label shown in the table (default: the entry's name)
+    metric: str = "average mAP (%)"  # what the entries' score is (the classification entries': top-1 accuracy)
 
 
 TABLES: tuple[StudyTable, ...] = (
@@ -105,6 +116,20 @@ TABLES: tuple[StudyTable, ...] = (
                reference="dr2net", rows={"dr2net": "dr2net (linear, simultaneous)"}),
     StudyTable("dr2net_tab12", "Dr²Net Tab. 12 — backbone activation memory",
                ("conventional", "checkpoint", "re2", "dr2net", "frozen"), reference="conventional"),
+    StudyTable("re2tal_recipe", "Re²TAL §4 — the complete recipe: rewire, re-pretrain on the pretraining task, then TAL",
+               ("conventional", "re2", "re2_repretrained", "conventional_repretrained"), reference="conventional",
+               rows={"re2": "re2 (no re-pretraining)"}),
+    StudyTable("dr2net_ar_tab2", "Dr²Net Tab. 2, action recognition — finetuning strategies",
+               ("ar_frozen", "ar_conventional", "ar_scratch", "ar_hard", "ar_dr2net"), reference="ar_dr2net",
+               metric="top-1 (%)"),
+    StudyTable("dr2net_ar_tab6", "Dr²Net Tab. 6 — vanilla vs dynamic finetuning, action recognition",
+               ("ar_dr2net_vanilla", "ar_dr2net"), reference="ar_dr2net", metric="top-1 (%)"),
+    StudyTable("dr2net_ar_tab8", "Dr²Net Tab. 8 — α/β update order, action recognition",
+               ("ar_order_alpha_first", "ar_order_beta_first", "ar_dr2net"), reference="ar_dr2net",
+               rows={"ar_dr2net": "ar_dr2net (simultaneous)"}, metric="top-1 (%)"),
+    StudyTable("dr2net_ar_tab11", "Dr²Net Tab. 11 — update frequency η, action recognition",
+               ("ar_eta_1", "ar_dr2net", "ar_eta_5", "ar_eta_10", "ar_eta_20"), reference="ar_dr2net",
+               rows={"ar_dr2net": "ar_dr2net (η = 2)"}, metric="top-1 (%)"),
     StudyTable("losa_tab4a", "LoSA Tab. 4a — adapters and their ablations",
                ("frozen", "conventional", "losa", "losa_wide", "losa_no_long", "losa_no_short", "losa_sum", "losa_gate_one"),
                reference="losa", rows={"frozen": "head only (frozen)", "conventional": "full finetune"}),

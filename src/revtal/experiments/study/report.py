@@ -12,7 +12,7 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}"
 
 
-TABLE_HEADER = ("| entry | what | average mAP (%) mean ± std | seeds | per seed | Δ vs {reference} (paired: ± std [95 % CI]) "
+TABLE_HEADER = ("| entry | what | {metric} mean ± std | seeds | per seed | Δ vs {reference} (paired: ± std [95 % CI]) "
                 "| backbone saved for backward | step (ms) | learnable params |")
 
 
@@ -60,7 +60,8 @@ def plot_differences(summaries: dict[str, dict], path: Path) -> Path | None:
         ax.set_yticks(range(len(names)), [f"{table.rows.get(n, n)} (n={diffs[n]['n']})" for n in names])
         ax.set_title(f"{table.title}: Δ vs {table.rows.get(table.reference, table.reference)}", fontsize=9)
         ax.grid(axis="x", alpha=0.3)
-    axes[-1, 0].set_xlabel("paired difference in average mAP (points), mean and 95 % CI; red: CI excludes 0")
+    axes[-1, 0].set_xlabel("paired difference in points (TAL: average mAP; AR: top-1), mean and 95 % CI; "
+                           "red: CI excludes 0")
     if floor:
         axes[0, 0].legend(fontsize=8, loc="lower right")
     fig.tight_layout()
@@ -82,7 +83,7 @@ def _format_difference(paired: PairedDifference | None) -> str:
 def format_tables(summaries: dict[str, dict]) -> str:
     lines = []
     for table in TABLES:
-        header = TABLE_HEADER.format(reference=table.rows.get(table.reference, table.reference))
+        header = TABLE_HEADER.format(reference=table.rows.get(table.reference, table.reference), metric=table.metric)
         lines += [f"### {table.title}", "", header, "| --- " * header.count(" | ") + "| --- |"]
         missing = []
         for name in table.entries:
@@ -93,9 +94,12 @@ def format_tables(summaries: dict[str, dict]) -> str:
             label = table.rows.get(name, name)
             entry = ENTRY_BY_NAME[name]
             if summary["seeds"]:
-                std = summary["average_mAP_std"]
-                score = _pct(summary["average_mAP_mean"]) + ("" if std is None else f" ± {100 * std:.1f}")
-                per_seed = ", ".join(_pct(s) for s in summary["average_mAP"])
+                std = summary.get("score_std", summary.get("average_mAP_std"))
+                score = _pct(summary.get("score_mean", summary.get("average_mAP_mean"))) + (
+                    "" if std is None else f" ± {100 * std:.1f}")
+                if summary.get("top5_mean") is not None:
+                    score += f" (top-5 {_pct(summary['top5_mean'])})"
+                per_seed = ", ".join(_pct(s) for s in summary.get("scores", summary.get("average_mAP")))
                 reference = summaries.get(table.reference)
                 paired = paired_difference(summary, reference) if reference and name != table.reference else None
                 delta = _format_difference(paired)

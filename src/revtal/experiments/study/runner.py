@@ -21,9 +21,11 @@ from revtal.engine.config import dump_config, load_config
 from revtal.engine.datasets import load_dataset_annotations, resolve_dataset
 from revtal.engine.trainer import Trainer
 from revtal.experiments.demo import pretrain_backbone
+from revtal.experiments.study.classification import ar_config, prepare_clips, repretrained_checkpoint, run_classification_entry
 from revtal.experiments.study.catalogue import ENTRY_BY_NAME, SETTINGS, TABLES, StudyEntry, base_config, run_overrides, select_entries
 from revtal.experiments.study.report import format_noise_floor, format_tables, plot_differences
 from revtal.experiments.study.statistics import noise_floor, summarize, table_differences
+from revtal.utils.progress import progress
 
 # ----------------------------------------------------------------------------------------------------- one run
 
@@ -48,8 +50,19 @@ def run_entry(entry: StudyEntry, seed: int, base_yaml: Path, out: Path, quick: b
                                                f"backbone.pretrained={pretrain['checkpoint']}"]
     record: dict = {"entry": entry.name, "seed": seed, "pretrain_seed": pretrain.get("seed"),
                     "description": entry.description, "overrides": overrides}
+    if entry.task == "classification":
+        tal = load_config(base_yaml, [f"train.seed={seed}", f"backbone.pretrained={pretrain['checkpoint']}"])
+        record.update(run_classification_entry([*run_overrides(entry, quick), f"train.seed={seed}"],
+                                               ar_config(tal, out / "ar", quick, None), run_dir, progress))
+        _remove_checkpoints(run_dir, keep_checkpoints)
+        return record
     started = time.perf_counter()
     try:
+        if entry.repretrain:  # Re²TAL's middle step, made once per mode and seed, then the TAL run starts from it
+            tal = load_config(base_yaml, [f"train.seed={seed}", f"backbone.pretrained={pretrain['checkpoint']}"])
+            repretrained = repretrained_checkpoint(tal, out, entry.repretrain, seed, quick, progress)
+            overrides.append(f"backbone.pretrained={repretrained['checkpoint']}")
+            record.update(overrides=overrides, repretrain=repretrained)
         config = load_config(base_yaml, overrides)
         trainer = Trainer(config, progress=progress)
         history = trainer.fit()
@@ -60,6 +73,8 @@ def run_entry(entry: StudyEntry, seed: int, base_yaml: Path, out: Path, quick: b
     last = history[-1]
     record.update(
         status="ok",
+        metric="average_mAP",
+        score=float(last.metrics["average_mAP"]),
         average_mAP=float(last.metrics["average_mAP"]),
         mAP=[float(v) for v in last.metrics["mAP"]],
         tiou=list(last.metrics["tiou"]),
@@ -85,10 +100,14 @@ def run_entry(entry: StudyEntry, seed: int, base_yaml: Path, out: Path, quick: b
             "median_relative_error": float(np.median(errors)) if errors else None,
             "fallbacks": len(trainer.monitor.events),
         }
-    if not keep_checkpoints:
+    _remove_checkpoints(run_dir, keep_checkpoints)
+    return record
+
+
+def _remove_checkpoints(run_dir: Path, keep: bool) -> None:
+    if not keep:
         for checkpoint in run_dir.glob("*.pt"):
             checkpoint.unlink()
-    return record
 
 
 def load_results(out: Path) -> dict[str, list[dict]]:
@@ -189,6 +208,9 @@ def run_study(options: StudyOptions) -> int:
     base = base.with_values({"backbone.pretrained": pretrained_checkpoint(options, base, out, seed=0)["checkpoint"]})
     base_yaml = out / "base_config.yaml"
     dump_config(base, base_yaml)
+    # the classification entries' clips, written here once rather than by parallel runs racing for them
+    prepare_clips(base, out, options.quick, ar=any(e.task == "classification" for e in entries),
+                  repretrain=any(e.repretrain for e in entries))
 
     # seed-major order: every entry's first seed before anyone's second, so a study cut short covers all entries
     plan = [(entry, seed) for seed in range(max(options.seeds, extra))
@@ -197,12 +219,13 @@ def run_study(options: StudyOptions) -> int:
     print(f"{len(plan)} runs planned, {len(plan) - len(todo)} already done" if options.resume_partial else
           f"{len(plan)} runs planned")
     pretrains = {seed: pretrained_checkpoint(options, base, out, seed) for seed in sorted({s for _, s in todo})}
-    bar = tqdm(total=len(todo), desc="study", unit="run", dynamic_ncols=True)
+    bar = progress(total=len(todo), desc="study", unit="run")
 
     def report(record: dict) -> None:
         bar.update(1)
         if record["status"] == "ok":
-            tqdm.write(f"{record['entry']} seed {record['seed']}: average mAP {100 * record['average_mAP']:.2f}, "
+            metric = "average mAP" if record.get("metric", "average_mAP") == "average_mAP" else record["metric"]
+            tqdm.write(f"{record['entry']} seed {record['seed']}: {metric} {100 * record['score']:.2f}, "
                        f"step {1000 * record['step_time_s']:.0f} ms, {record['wall_time_s']:.0f} s")
         else:
             tqdm.write(f"{record['entry']} seed {record['seed']}: FAILED — {record['error']}")

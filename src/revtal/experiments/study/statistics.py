@@ -11,22 +11,37 @@ import numpy as np
 
 from revtal.experiments.study.catalogue import StudyTable
 
+def record_score(record: dict) -> float:
+    """A run's score: average mAP for TAL runs, the record's ``score`` (top-1 accuracy) for classification runs."""
+    return float(record["score"] if "score" in record else record["average_mAP"])
+
+
 def summarize(records: list[dict]) -> dict:
+    """Mean and sample std over seeds of the runs' scores, kept under ``average_mAP*`` for TAL entries and under
+    ``top1*`` (with ``top5*``) for classification entries; ``scores`` holds them whichever they are."""
     ok = [r for r in records if r.get("status") == "ok"]
-    scores = np.array([r["average_mAP"] for r in ok], dtype=np.float64)
+    metric = ok[0].get("metric", "average_mAP") if ok else "average_mAP"
+    scores = np.array([record_score(r) for r in ok], dtype=np.float64)
     summary = {
         "seeds": [r["seed"] for r in ok],
         "failed": [{"seed": r["seed"], "error": r.get("error", "")} for r in records if r.get("status") != "ok"],
-        "average_mAP": [float(s) for s in scores],
-        "average_mAP_mean": float(scores.mean()) if len(scores) else None,
+        "metric": metric,
+        "scores": [float(s) for s in scores],
+        "score_mean": float(scores.mean()) if len(scores) else None,
         # sample standard deviation over seeds (undefined for a single seed)
-        "average_mAP_std": float(scores.std(ddof=1)) if len(scores) > 1 else None,
-        "mAP_mean": np.mean([r["mAP"] for r in ok], axis=0).tolist() if ok else None,
+        "score_std": float(scores.std(ddof=1)) if len(scores) > 1 else None,
         "backbone_saved_bytes": int(np.median([r["backbone_saved_bytes"] for r in ok])) if ok else None,
         "memory_kind": ok[0]["memory_kind"] if ok else None,
         "step_time_s": float(np.median([r["step_time_s"] for r in ok])) if ok else None,
         "learnable_parameters": ok[0]["parameters"]["learnable"] if ok else None,
     }
+    summary.update({metric: summary["scores"], f"{metric}_mean": summary["score_mean"],
+                    f"{metric}_std": summary["score_std"]})
+    if metric == "average_mAP":
+        summary["mAP_mean"] = np.mean([r["mAP"] for r in ok], axis=0).tolist() if ok else None
+    else:
+        top5 = np.array([r["top5"] for r in ok], dtype=np.float64)
+        summary.update(top5=[float(v) for v in top5], top5_mean=float(top5.mean()) if len(top5) else None)
     floats = [r["float_reconstruction"] for r in ok if r.get("float_reconstruction", {}).get("checks")]
     if floats:
         summary["float_max_relative_error"] = max(f["max_relative_error"] for f in floats)
@@ -75,13 +90,17 @@ class PairedDifference:
         return {"mean": self.mean, "std": self.std, "n": self.n, "ci95": self.ci95, "verdict": self.verdict()}
 
 
+def _scores(summary: dict) -> list[float]:
+    return summary["scores"] if "scores" in summary else summary["average_mAP"]
+
+
 def paired_difference(summary: dict, reference: dict) -> PairedDifference | None:
     """Per-seed (entry − reference) average mAP over the seeds both entries finished.
 
     Runs of one seed share the pretrained backbone, the data order and the head's initialisation, so the per-seed
     difference removes the part of the seed-to-seed spread the two entries have in common."""
-    theirs = dict(zip(reference["seeds"], reference["average_mAP"]))
-    diffs = np.array([v - theirs[s] for s, v in zip(summary["seeds"], summary["average_mAP"]) if s in theirs])
+    theirs = dict(zip(reference["seeds"], _scores(reference)))
+    diffs = np.array([v - theirs[s] for s, v in zip(summary["seeds"], _scores(summary)) if s in theirs])
     if not len(diffs):
         return None
     return PairedDifference(float(diffs.mean()), float(diffs.std(ddof=1)) if len(diffs) > 1 else None, len(diffs))

@@ -1,0 +1,147 @@
+"""torchvision's Video Swin blocks, with the option of computing window attention over chunks of windows.
+
+A Video Swin block (``torchvision.models.swin_transformer.SwinTransformerBlock`` with a ``ShiftedWindowAttention3d``)
+has two residual branches, ``F_attn(x) = stochastic_depth(attn(norm1(x)))`` and ``F_mlp(x) =
+stochastic_depth(mlp(norm2(x)))``. By default the converted branch calls the library's attention module itself.
+
+torchvision's attention materialises every window's attention matrix at once: at 512×224² the first stage holds
+2048 windows × 3 heads × 392² scores (fp32 under autocast, plus the bf16 copy the product with V reads), gigabytes in
+one block, while the rest of the block holds a few hundred MB. With ``window_chunk`` (an option of
+:func:`revtal.convert`) a converted block runs the same computation ``window_chunk`` windows at a time: under
+``no_grad`` (the reversible forward) only one chunk's scores exist at a time, and with grad each chunk runs under
+non-reentrant checkpointing, so backward recomputes one chunk's scores at a time too. The ops are the library's
+own in its order (pad, cyclic shift, window partition, scaled q, q·kᵀ + relative-position bias + shift mask,
+softmax, ·v, projection, reverse), so the forward equals the library's bitwise wherever a batched matrix product
+over a chunk of windows equals the one over all windows (on CPU it does, float32 and bf16:
+tests/test_convert_swin.py). The gradient of the relative-position bias table sums over windows chunk by chunk, a
+different summation order, so it agrees to round-off only (measured in docs/SCALE.md). The library is not patched:
+:func:`chunked_window_attention_3d` is revtal's own implementation of the module's forward, installed as the branch
+function of converted blocks only.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.utils.checkpoint
+from torch import Tensor, nn
+
+from revtal.reversible.function import Branch
+
+
+def _window_and_shift(attn: nn.Module, size: tuple[int, int, int]) -> tuple[list[int], list[int]]:
+    # a window larger than the input shrinks to the input and does not shift (as torchvision does)
+    window, shift = list(attn.window_size), list(attn.shift_size)
+    for i in range(3):
+        if size[i] <= window[i]:
+            window[i], shift[i] = size[i], 0
+    return window, shift
+
+
+def _region_labels(x: Tensor, padded: tuple[int, ...], window: list[int], shift: list[int]) -> Tensor:
+    """(windows, tokens per window): the label of the shifted-grid region each token of each window comes from;
+    two tokens of a window attend to each other unmasked only when their labels are equal."""
+    labels = x.new_zeros(padded)
+    regions = [((0, -window[i]), (-window[i], -shift[i]), (-shift[i], None)) for i in range(3)]
+    label = 0
+    for d in regions[0]:
+        for h in regions[1]:
+            for w in regions[2]:
+                labels[d[0]:d[1], h[0]:h[1], w[0]:w[1]] = label
+                label += 1
+    grid = [padded[i] // window[i] for i in range(3)]
+    labels = labels.view(grid[0], window[0], grid[1], window[1], grid[2], window[2])
+    return labels.permute(0, 2, 4, 1, 3, 5).reshape(grid[0] * grid[1] * grid[2], -1)
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, labels: Tensor | None, dropout: float,
+            training: bool) -> Tensor:
+    """softmax(q·kᵀ + bias + shift mask)·v for a chunk of windows (``labels``: the chunk's region labels)."""
+    scores = q.matmul(k.transpose(-2, -1))
+    scores = scores + bias
+    if labels is not None:
+        mask = labels.unsqueeze(1) - labels.unsqueeze(2)
+        mask = mask.masked_fill(mask != 0, float(-100.0)).masked_fill(mask == 0, float(0.0))
+        scores = scores + mask.unsqueeze(1)
+    scores = nn.functional.softmax(scores, dim=-1)
+    scores = nn.functional.dropout(scores, p=dropout, training=training)
+    return scores.matmul(v)
+
+
+def chunked_window_attention_3d(attn: nn.Module, x: Tensor, window_chunk: int) -> Tensor:
+    """The forward of torchvision's ``ShiftedWindowAttention3d`` ``attn`` on ``x`` (B, T, H, W, C), its attention
+    computed ``window_chunk`` windows at a time (see the module docstring)."""
+    b, t, h, w, c = x.shape
+    window, shift = _window_and_shift(attn, (t, h, w))
+    bias = attn.get_relative_position_bias(window)
+    pad = [(window[i] - (t, h, w)[i] % window[i]) % window[i] for i in range(3)]
+    x = nn.functional.pad(x, (0, 0, 0, pad[2], 0, pad[1], 0, pad[0]))
+    _, tp, hp, wp, _ = x.shape
+    shifted = sum(shift) > 0
+    if shifted:
+        x = torch.roll(x, shifts=(-shift[0], -shift[1], -shift[2]), dims=(1, 2, 3))
+    grid = (tp // window[0], hp // window[1], wp // window[2])
+    n_windows, volume = grid[0] * grid[1] * grid[2], window[0] * window[1] * window[2]
+    x = x.view(b, grid[0], window[0], grid[1], window[1], grid[2], window[2], c)
+    x = x.permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(b * n_windows, volume, c)
+
+    heads = attn.num_heads
+    qkv = nn.functional.linear(x, attn.qkv.weight, attn.qkv.bias)
+    qkv = qkv.reshape(x.size(0), x.size(1), 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    q = q * (c // heads) ** -0.5
+    labels = _region_labels(x, (tp, hp, wp), window, shift) if shifted else None
+    dropout = attn.attention_dropout if attn.training else 0.0
+    # attention dropout draws one mask over all windows, which chunks would draw differently: it runs unchunked
+    step = x.size(0) if dropout > 0 else max(1, int(window_chunk))
+    # one chunk holding every window gains nothing from checkpointing: it runs as the library's attention does
+    checkpointed = step < x.size(0) and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, bias))
+    outputs = []
+    for start in range(0, x.size(0), step):
+        stop = min(start + step, x.size(0))
+        chunk_labels = None
+        if labels is not None:
+            chunk_labels = labels.index_select(0, torch.arange(start, stop, device=labels.device) % n_windows)
+        args = (q[start:stop], k[start:stop], v[start:stop], bias, chunk_labels, dropout, attn.training)
+        if checkpointed:
+            # a chunk draws no random numbers (attention dropout runs unchunked): its recompute needs no RNG state
+            outputs.append(torch.utils.checkpoint.checkpoint(_attend, *args, use_reentrant=False,
+                                                             preserve_rng_state=False))
+        else:
+            outputs.append(_attend(*args))
+    attended = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+    del outputs
+    x = attended.transpose(1, 2).reshape(x.size(0), x.size(1), c)
+    x = nn.functional.linear(x, attn.proj.weight, attn.proj.bias)
+    x = nn.functional.dropout(x, p=attn.dropout, training=attn.training)
+    x = x.view(b, grid[0], grid[1], grid[2], window[0], window[1], window[2], c)
+    x = x.permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, tp, hp, wp, c)
+    if shifted:
+        x = torch.roll(x, shifts=(shift[0], shift[1], shift[2]), dims=(1, 2, 3))
+    return x[:, :t, :h, :w, :].contiguous()
+
+
+def _attention_branch(block: nn.Module, window_chunk: int | None, x: Tensor) -> Tensor:
+    normed = block.norm1(x)
+    if window_chunk:
+        return block.stochastic_depth(chunked_window_attention_3d(block.attn, normed, window_chunk))
+    return block.stochastic_depth(block.attn(normed))
+
+
+def _mlp_branch(block: nn.Module, x: Tensor) -> Tensor:
+    return block.stochastic_depth(block.mlp(block.norm2(x)))
+
+
+def is_video_swin_block(block: nn.Module) -> bool:
+    from torchvision.models.video.swin_transformer import ShiftedWindowAttention3d
+
+    return isinstance(getattr(block, "attn", None), ShiftedWindowAttention3d)
+
+
+def video_swin_branches(block: nn.Module, context: dict) -> list[Branch]:
+    window_chunk = block.__dict__.get("_revtal_options", {}).get("window_chunk")
+    return [
+        Branch(block, partial(_attention_branch, block, window_chunk)),
+        Branch(block, partial(_mlp_branch, block)),
+    ]
