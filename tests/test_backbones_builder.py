@@ -154,3 +154,17 @@ def test_converted_resnet_backbone_keeps_per_stage_intermediates():
     assert [t.shape[1] for t in intermediates] == [64, 128, 256, 512] and torch.equal(final, intermediates[-1])
     backbone(video).square().sum().backward()
     assert backbone.net.stem[0].weight.grad is not None
+
+
+def test_every_backbone_declares_the_options_it_takes_with_their_types():
+    from revtal.backbones.builder import backbone_options, list_backbones
+
+    for name in list_backbones():
+        assert backbone_options(name), name  # each registered backbone declares its options
+    vit = backbone_options("vit_tiny_video")
+    assert vit["depth"].annotation is int and vit["drop_path_rate"].default == 0.0 and "image_checkpoint" in vit
+    assert "num_frames" not in vit and "checkpoint" not in vit  # given by build() itself
+    swin = backbone_options("swin3d_t")
+    assert "embed_dim" not in swin and swin["stochastic_depth_prob"].default is None  # fixed by swin3d_t / handled
+    assert backbone_options("slowfast_r50")["alpha"].annotation is int
+    assert set(backbone_options("r3d_18")) == {"num_classes", "zero_init_residual"}

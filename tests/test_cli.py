@@ -105,3 +105,26 @@ def test_openmp_waits_passively_set_before_any_command_loads(monkeypatch):
     # the setting only works while torch (and with it OpenMP) is not loaded yet: the CLI module must not import it
     code = "import sys, revtal.cli; assert 'torch' not in sys.modules, 'revtal.cli imports torch'"
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+
+
+@pytest.mark.parametrize("errno_name, remedy", [("EROFS", "choose a writable output directory (--out)"),
+                                                ("ENOSPC", "free space or choose another output directory")])
+def test_a_read_only_or_full_disk_is_one_line_naming_the_file(errno_name, remedy, capsys, monkeypatch, tmp_path):
+    import errno
+    import json
+
+    gt, pred, out = tmp_path / "gt.json", tmp_path / "pred.json", tmp_path / "scores" / "eval.json"
+    gt.write_text(json.dumps({"database": {"v1": {"subset": "validation", "duration": 10.0, "annotations": [
+        {"segment": [1.0, 4.0], "label": "a"}]}}}))
+    pred.write_text(json.dumps({"results": {"v1": [{"segment": [1.0, 4.0], "label": "a", "score": 0.9}]}}))
+
+    def storage_error(*args, **kwargs):
+        code = getattr(errno, errno_name)
+        raise OSError(code, "storage error")
+
+    monkeypatch.setattr("tempfile.mkstemp", storage_error)
+    monkeypatch.delenv("REVTAL_DEBUG", raising=False)
+    assert revtal_main(["evaluate", "--gt", str(gt), "--pred", str(pred), "--json", str(out)]) == 2
+    lines = _error_lines(capsys)
+    assert len(lines) == 1 and lines[0].startswith(f"revtal evaluate: error: cannot write {out}: ")
+    assert remedy in lines[0]

@@ -71,9 +71,14 @@ def test_thumos_style_fps_ambiguous_duplicates_blocked_and_fixed_classes(tmp_pat
     assert set(ann.videos) == {"video_validation_1", "video_test_1"}
     v = ann.videos["video_validation_1"]
     assert v.subset == "validation" and v.fps == 30.0
-    # the duplicate Diving instance and the Ambiguous one are gone
-    np.testing.assert_array_equal(v.segments, [[2.0, 4.0], [7.0, 9.0]])
-    np.testing.assert_array_equal(v.labels, [1, 0])
+    # as distributed (what evaluation scores): the duplicate Diving instance stays, Ambiguous is kept apart
+    np.testing.assert_array_equal(v.segments, [[2.0, 4.0], [2.0, 4.0], [7.0, 9.0]])
+    np.testing.assert_array_equal(v.labels, [1, 1, 0])
+    np.testing.assert_array_equal(v.ambiguous, [[5.0, 6.0]])
+    # trained on once
+    segments, labels = v.training_targets()
+    np.testing.assert_array_equal(segments, [[2.0, 4.0], [7.0, 9.0]])
+    np.testing.assert_array_equal(labels, [1, 0])
     assert ann.videos["video_test_1"].subset == "testing"
     assert list(ann.subset("test").videos) == ["video_test_1"]
 
@@ -107,12 +112,41 @@ def test_validation_errors_name_video_and_field(video, needles):
         assert needle in str(info.value), (needle, str(info.value))
 
 
-def test_segments_past_duration_are_clipped_with_warning(caplog):
+def test_segments_past_duration_are_kept_as_distributed_and_clipped_only_for_training(caplog):
     data = _db(v=_video(duration=10.0, annotations=[_inst(8.0, 12.0, "a"), _inst(10.5, 11.0, "a"), _inst(1, 2, "a")]))
     with caplog.at_level(logging.WARNING, logger="revtal.data.annotations"):
         ann = load_annotations(data)
-    np.testing.assert_array_equal(ann.videos["v"].segments, [[8.0, 10.0], [1.0, 2.0]])
-    assert "'v'" in caplog.text and "clipped" in caplog.text and "dropped" in caplog.text
+    np.testing.assert_array_equal(ann.videos["v"].segments, [[8.0, 12.0], [10.5, 11.0], [1.0, 2.0]])
+    segments, labels = ann.videos["v"].training_targets()
+    np.testing.assert_array_equal(segments, [[8.0, 10.0], [1.0, 2.0]])
+    assert "v [8, 12] > 10 s" in caplog.text and "2 segments end past" in caplog.text and "clip" in caplog.text
+
+
+def test_a_video_id_given_twice_is_an_error_naming_both_entries(tmp_path):
+    path = tmp_path / "gt.json"
+    path.write_text('{"database": {"v1": {"subset": "training", "duration": 10, "annotations": []}, '
+                    '"v2": {"subset": "training", "duration": 5, "annotations": []}, '
+                    '"v1": {"subset": "validation", "duration": 12, "annotations": []}}}')
+    with pytest.raises(AnnotationError) as error:
+        load_annotations(path)
+    message = str(error.value)
+    assert "video id 'v1' appears twice" in message and "entry 1" in message and "entry 3" in message
+    assert "duration 10" in message and "duration 12" in message and str(path) in message
+
+
+@pytest.mark.parametrize("duration", [1e308, 4e7])
+def test_an_absurd_duration_is_a_one_line_error(duration):
+    with pytest.raises(AnnotationError, match="'vid'.*'duration'.*more than a year"):
+        load_annotations({"database": {"vid": _video(duration=duration)}})
+
+
+def test_a_duration_far_from_the_decoded_length_is_named_with_both_values():
+    from revtal.data.annotations import duration_mismatch
+
+    message = duration_mismatch("clip", annotated=40.0, decoded=4.0)
+    assert "'clip'" in message and "40 s" in message and "4 s" in message
+    assert duration_mismatch("clip", annotated=4.1, decoded=4.0) is None  # within 5 %
+    assert duration_mismatch("clip", annotated=4.3, decoded=4.0) is not None
 
 
 def test_unknown_subset_request_and_missing_file(tmp_path):
@@ -202,3 +236,27 @@ def test_predictions_need_results_key_and_failed_write_keeps_old_file(tmp_path):
     with pytest.raises(AnnotationError):
         write_predictions(path, {"v": [{"label": "a"}]})
     assert path.read_text() == before
+
+
+def test_actionformer_thumos14_and_activitynet_files_load_as_distributed():
+    # ActionFormer's thumos14.json: subsets Validation / Test, fps, segment(frames), label_id (its class order)
+    actionformer = {"version": "Thumos14-30fps", "database": {
+        "video_validation_0000051": {"subset": "Validation", "duration": 169.79, "fps": 30.0, "annotations": [
+            {"label": "Billiards", "segment": [82.3, 186.3], "segment(frames)": [2469.0, 5589.0], "label_id": 2},
+            {"label": "BaseballPitch", "segment": [1.0, 2.0], "segment(frames)": [30.0, 60.0], "label_id": 0}]},
+        "video_test_0000004": {"subset": "Test", "duration": 33.5, "fps": 30.0, "annotations": [
+            {"label": "CleanAndJerk", "segment": [0.2, 1.1], "segment(frames)": [6.0, 33.0], "label_id": 3},
+            {"label": "BasketballDunk", "segment": [3.0, 4.0], "segment(frames)": [90.0, 120.0], "label_id": 1}]}}}
+    ann = load_annotations(actionformer)
+    assert ann.classes == ["BaseballPitch", "BasketballDunk", "Billiards", "CleanAndJerk"]
+    assert ann.videos["video_validation_0000051"].subset == "validation"
+    assert ann.videos["video_test_0000004"].subset == "testing"
+    np.testing.assert_array_equal(ann.videos["video_validation_0000051"].segments[0], [82.3, 186.3])  # past 169.79
+    # activity_net.v1-3.min.json: taxonomy, urls, testing videos without annotations
+    anet = {"version": "VERSION 1.3", "taxonomy": [{"nodeName": "Dodgeball", "nodeId": 1}], "database": {
+        "-zZJmyj3ZoQ": {"subset": "training", "duration": 92.18, "resolution": "640x360", "url": "https://...",
+                        "annotations": [{"segment": [1.5, 80.2], "label": "Dodgeball"}]},
+        "--1DO2V4K74": {"subset": "testing", "duration": 211.53, "resolution": "1280x720", "url": "https://...",
+                        "annotations": []}}}
+    anet_set = load_annotations(anet)
+    assert anet_set.classes == ["Dodgeball"] and len(anet_set.subset("testing").videos["--1DO2V4K74"].labels) == 0

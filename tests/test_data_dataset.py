@@ -262,3 +262,14 @@ def test_feature_dataset_grid_layout_window_and_bad_files(tmp_path):
     (tmp_path / "f0.npy").write_bytes(b"garbage")
     with pytest.raises(FeatureFileError, match="f0.npy"):
         ds[0]
+
+
+def test_a_video_far_from_its_annotated_duration_is_named_once_with_both_values(tmp_path, caplog):
+    # files of 3 s and 2 s (24 and 16 frames at 8 fps); the first is annotated 30 s long, the second 2.05 s (2.5 %)
+    ann, video_dir = _counter_set(tmp_path, durations=(3.0, 2.0), segments=((0.5, 1.5), (1.0, 2.0)))
+    ann.videos["c0"].duration, ann.videos["c1"].duration = 30.0, 2.05
+    dataset = VideoTALDataset(ann, video_dir, None, num_frames=8, img_size=32, **IDENTITY)
+    with caplog.at_level(logging.WARNING, logger="revtal.data.dataset"):
+        dataset[0], dataset[0], dataset[1]
+    warnings = [r.getMessage() for r in caplog.records if "decodes to" in r.getMessage()]
+    assert len(warnings) == 1 and "annotated duration 30 s" in warnings[0] and "decodes to 3 s" in warnings[0]

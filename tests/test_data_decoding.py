@@ -158,3 +158,10 @@ def test_sampling_times_hand_values_and_grid_agreement():
         sample_timestamps_evenly(0.0, 4)
     with pytest.raises(ValueError, match="timestamps"):
         decode_frames("whatever.mp4", [-1.0])
+
+
+def test_a_directory_given_as_a_video_is_called_a_directory_not_a_missing_file(tmp_path):
+    with pytest.raises(VideoDecodeError, match=r"is a directory, not a video file"):
+        probe_video(tmp_path)
+    with pytest.raises(VideoDecodeError, match=r"file not found"):
+        probe_video(tmp_path / "missing.mp4")

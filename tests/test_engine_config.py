@@ -144,6 +144,52 @@ def test_bad_yaml_is_one_line_with_its_position(tmp_path):
     assert "\n" not in str(error.value) and str(error.value).startswith(f"{f}: not valid YAML (line ")
 
 
+def test_an_empty_recipe_or_a_key_given_twice_is_an_error_not_a_silent_default(tmp_path):
+    empty, comment, twice = tmp_path / "empty.yaml", tmp_path / "comment.yaml", tmp_path / "twice.yaml"
+    empty.write_text("")
+    comment.write_text("# nothing set yet\n")
+    twice.write_text("data:\n  batch_size: 2\noptim:\n  epochs: 3\n  epochs: 30\n")
+    for path in (empty, comment):
+        with pytest.raises(ConfigError, match=rf"{path}: the config file is empty"):
+            load_config(path)
+    with pytest.raises(ConfigError, match=r"twice.yaml: not valid YAML \(line 5, column 3\): duplicate key 'epochs' "
+                                          r"\(first on line 4\)"):
+        load_config(twice)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("backbone.options.depth=two", r"backbone.options.depth must be an integer, got str 'two'"),
+    ("backbone.options.deepth=2", r"unknown key 'backbone.options.deepth' for backbone vit_tiny_video \(its options: "
+                                  r"attn_drop_rate, depth, "),
+    ("backbone.options.drop_path_rate=yes", r"backbone.options.drop_path_rate must be a number"),
+    ("backbone.name=vit_x", r"backbone.name: unknown backbone 'vit_x'; registered: "),
+])
+def test_backbone_options_are_checked_against_the_backbone_at_load(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+    assert load_config(None, ["backbone.options.depth=2"]).backbone.options["depth"] == 2
+
+
+def test_relative_paths_are_read_from_the_config_files_folder_and_kept_absolute(tmp_path, monkeypatch):
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir()
+    elsewhere.mkdir()
+    recipe = project / "my_data.yaml"
+    recipe.write_text("data:\n  annotations: my_data/annotations.json\n  video_dir: my_data/videos\n"
+                      "backbone:\n  pretrained: /abs/weights.pth\n")
+    monkeypatch.chdir(elsewhere)
+    config = load_config(recipe, ["data.features_dir=features", "backbone.mode=frozen"])
+    assert config.data.annotations == str(project / "my_data" / "annotations.json")
+    assert config.data.video_dir == str(project / "my_data" / "videos")
+    assert config.data.features_dir == str(elsewhere / "features")  # --set: from the working directory
+    assert config.backbone.pretrained == "/abs/weights.pth"
+    from revtal.engine.config import dump_config
+
+    dump_config(config, elsewhere / "run" / "config.yaml")
+    monkeypatch.chdir(project)  # a run's saved config names the same files from any directory
+    assert load_config(elsewhere / "run" / "config.yaml") == config
+
+
 def test_localizer_name_selects_the_options_section_and_rejects_options_it_does_not_take():
     from revtal.engine.config import ConfigError, config_from_dict, load_config
     from revtal.localizers.vsgn import VSGNConfig

@@ -1,6 +1,8 @@
 """revtal detect's outputs: timeline titles that say what is drawn."""
 
-from revtal.evaluation.plots import plot_timeline, shown_detections, timeline_title
+import matplotlib.pyplot as plt
+
+from revtal.evaluation.plots import plot_timeline, shown_detections, timeline_figure, timeline_title
 
 
 def _detections(*scores):
@@ -16,3 +18,16 @@ def test_timeline_title_counts_what_is_drawn_out_of_what_the_results_hold(tmp_pa
     assert timeline_title("v", many, 0.2, 8).startswith("v: 8 of 13 detections drawn (the best 8 of 12 with score ≥ 0.2)")
     assert timeline_title("v", _detections(0.5, 0.1), 0.2, 8).startswith("v: 1 of 2 detections drawn (those with score ≥ 0.2)")
     assert plot_timeline(tmp_path / "v.png", "v", 20.0, low, ["a"]).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_timeline_by_default_draws_the_best_detections_whatever_their_scores_with_class_names(tmp_path):
+    fresh = [{"label": name, "score": 0.01 * (i + 1), "segment": [i, i + 1.0]}
+             for i, name in enumerate(["cycling", "talking"] * 6)]
+    assert len(shown_detections(fresh, None, 8)) == 8
+    title = timeline_title("bikes", fresh, None, 8)
+    assert title == "bikes: the best 8 of 12 detections; hatched: 8 scoring < 0.2"
+    fig = timeline_figure("bikes", 20.0, fresh, ["cycling", "talking"])
+    lanes = [t.get_text() for t in fig.axes[0].get_yticklabels()]  # bottom to top
+    plt.close(fig)
+    assert lanes[-1] == "talking 0.12" and lanes[0] == "cycling 0.05" and len(lanes) == 8
+    assert "score < 0.2" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]

@@ -58,3 +58,41 @@ def test_resume_changes_are_listed_and_refused_unless_allowed():
         check_resume_changes("runs/x/last.pt", changes, allow=False)
     assert check_resume_changes("runs/x/last.pt", changes, allow=True) == ["config change on resume: optim.epochs: 4 -> 2"]
     assert check_resume_changes("runs/x/last.pt", config_changes(stored, merge(stored, {})), allow=False) == []
+
+
+def test_a_directory_whose_run_never_wrote_a_checkpoint_is_set_aside_not_refused(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("first attempt")
+    (run / "metrics.csv").write_text("step,key,value\n")
+    claim_run_dir(run, resume=False, overwrite=False)
+    assert (run / "attempt-1" / "config.yaml").read_text() == "first attempt"
+    assert not (run / "config.yaml").exists() and (run / "attempt-1" / "metrics.csv").exists()
+    (run / "config.yaml").write_text("second attempt")
+    claim_run_dir(run, resume=False, overwrite=False)
+    assert (run / "attempt-2" / "config.yaml").read_text() == "second attempt"
+
+
+def test_one_writer_per_run_directory_and_a_dead_writers_lock_is_taken_over(tmp_path):
+    import subprocess
+    import sys
+
+    from revtal.engine.rundir import LOCK_NAME, RunInUseError, release_run_dir
+
+    run = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from revtal.engine.rundir import lock_run_dir; "
+         f"lock_run_dir({str(run)!r}); print('locked', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunInUseError, match=rf"being written by another revtal run \(pid {holder.pid} on"):
+            claim_run_dir(run, resume=False, overwrite=True)
+        with pytest.raises(RunInUseError):
+            claim_run_dir(run, resume=True, overwrite=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (run / LOCK_NAME).exists()  # the dead process's lock file stays behind ...
+    claim_run_dir(run, resume=False, overwrite=True)  # ... and is taken over
+    release_run_dir(run)

@@ -273,3 +273,56 @@ def test_cli_hints_at_a_v_prefix_mismatch(prefix_on, tmp_path, capsys):
 def test_matching_ids_give_no_warning():
     result = evaluate_detection(gt_json(), results(*PERFECT), [0.5])
     assert result.warnings == [] and result.average_mAP == pytest.approx(1.0)
+
+
+def test_ground_truth_past_the_declared_duration_is_scored_as_distributed():
+    # THUMOS-14 has 26 test segments ending after their video's declared duration; the official code scores them
+    # as they are. Clipped to [8, 10], the exact detection [8, 14] would reach tIoU 1/3 and score 0 at 0.5.
+    gt = {"database": {"v": {"subset": "test", "duration": 10.0, "annotations": [
+        {"segment": [8.0, 14.0], "label": "A"}, {"segment": [1.0, 3.0], "label": "A"}]}}}
+    result = evaluate_detection(gt, results(("v", "A", 0.9, 8.0, 14.0), ("v", "A", 0.8, 1.0, 3.0)), [0.5, 0.7])
+    assert result.mAP == [1.0, 1.0]
+
+
+def test_duplicate_ground_truth_instances_count_as_distributed():
+    gt = {"database": {"v": {"subset": "test", "duration": 10.0, "annotations": [
+        {"segment": [1.0, 3.0], "label": "A"}, {"segment": [1.0, 3.0], "label": "A"}]}}}
+    # one detection recalls one of the two instances: AP = 1/2
+    assert evaluate_detection(gt, results(("v", "A", 0.9, 1.0, 3.0)), [0.5]).mAP == [0.5]
+
+
+def test_thumos_ambiguous_instances_excuse_overlapping_false_positives_only_under_the_thumos_protocol():
+    gt = {"database": {"v": {"subset": "test", "duration": 10.0, "annotations": [
+        {"segment": [0.0, 2.0], "label": "A"}, {"segment": [5.0, 6.0], "label": "Ambiguous"}]}}}
+    pred = results(("v", "A", 0.9, 5.2, 6.0), ("v", "A", 0.5, 0.0, 2.0), ("v", "A", 0.7, 8.0, 9.0))
+    thumos = evaluate_detection(gt, pred, [0.5])
+    ignore = evaluate_detection(gt, pred, [0.5], ambiguous="ignore")
+    assert thumos.classes == ["A"]  # Ambiguous is no class
+    # THUMOS: the false positive over the Ambiguous instance is dropped, the one at [8, 9] still counts: P = 1/2
+    assert thumos.mAP == [0.5]
+    # counted: two false positives ranked first: P = 1/3
+    assert ignore.mAP == pytest.approx([1 / 3])
+
+
+def test_a_json_with_segments_past_the_duration_and_duplicates_scores_as_the_naive_reference():
+    # through the file loader: each video declares 60 s, a third of the random instances end after it, and some
+    # instances are listed twice; the reference reads the rows as they are, as the official code does
+    rng = np.random.default_rng(1)
+    gt_rows = []
+    for v in range(6):
+        for _ in range(rng.integers(1, 5)):
+            start = rng.uniform(0, 70)
+            gt_rows.append((f"v{v}", (start, start + rng.uniform(2, 20))))
+    gt_rows += gt_rows[:3]
+    assert sum(end > 60 for _, (_, end) in gt_rows) >= 3
+    pred_rows = []
+    for _ in range(60):
+        video, (s, e) = gt_rows[rng.integers(len(gt_rows))]
+        jitter = rng.normal(0, 1.5, 2)
+        pred_rows.append((video, round(float(rng.random()), 2), (s + jitter[0], max(s + jitter[0] + 0.5, e + jitter[1]))))
+    database = {f"v{v}": {"subset": "test", "duration": 60.0, "annotations": []} for v in range(6)}
+    for video, (s, e) in gt_rows:
+        database[video]["annotations"].append({"label": "A", "segment": [s, e]})
+    result = evaluate_detection({"database": database},
+                                results(*[(v, "A", score, s, e) for v, score, (s, e) in pred_rows]), ANET_TIOU)
+    np.testing.assert_allclose(result.per_class_ap[:, 0], naive_official_ap(gt_rows, pred_rows, ANET_TIOU), atol=1e-12)

@@ -89,3 +89,10 @@ def test_overflow_is_refused_clearly():
     x = torch.randn(1, 3, 16, 16)
     with pytest.raises(OverflowError, match="lower frac_bits"):
         (model(x) ** 2).sum().backward()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_model_is_refused_with_the_autocast_remedy(dtype):
+    model = revtal.convert(tiny_vit(depth=2), "dr2net", alpha=1.0, beta=0.125, backprop="exact").to(dtype)
+    with pytest.raises(TypeError, match=r"model.half\(\).*autocast"):
+        model(torch.randn(2, 3, 16, 16, dtype=dtype))

@@ -42,7 +42,7 @@ REVERSIBLE_TOP_LEVEL = {"torch"}
 REVERSIBLE_FAMILY_LIBRARIES = {"timm", "torchvision", "pytorchvideo", "transformers"}
 # modules of a converter family's hand-written rules: they import their library at their top, and are themselves
 # imported only inside the family's function (checked)
-FAMILY_MODULES = {"revtal.reversible.swin"}
+FAMILY_MODULES = {"revtal.reversible.swin", "revtal.reversible.video_swin"}
 # imports that may sit inside a function: optional extras, plotting (loaded when a figure is drawn) and the lazy API
 # facade; each with its reason in a comment on the line or the three lines above
 LOCAL_IMPORTS_ALLOWED = (

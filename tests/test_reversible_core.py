@@ -255,3 +255,19 @@ def test_checkpoint_mode_matches_vanilla_and_stores_one_input_per_block():
         per_depth[depth] = _saved(model, x32)
     tokens_bytes = 2 * 5 * 32 * 4
     assert per_depth[8] - per_depth[4] == 4 * tokens_bytes  # one stored block input per extra block
+
+
+@pytest.mark.parametrize("backprop", ["reversible", "exact"])
+def test_second_backward_and_create_graph_raise_a_named_limitation(backprop):
+    from revtal.reversible import UnsupportedBackwardError
+
+    model = revtal.convert(tiny_vit(depth=2), "dr2net", alpha=0.5, beta=0.5, backprop=backprop)
+    x = torch.randn(2, 3, 16, 16)
+    loss = _loss(model, x)
+    loss.backward(retain_graph=True)
+    with pytest.raises(UnsupportedBackwardError, match="second backward .*retain_graph"):
+        loss.backward()
+    with pytest.raises(UnsupportedBackwardError, match="create_graph"):
+        torch.autograd.grad(_loss(model, x), list(model.parameters()), create_graph=True)
+    # a fresh forward backs a fresh backward
+    _loss(model, x).backward()

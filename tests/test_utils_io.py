@@ -89,3 +89,44 @@ def test_a_failed_write_removes_its_temporary(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         atomic_write(tmp_path / "eval.json", fail)
     assert os.listdir(tmp_path) == []
+
+
+def test_a_full_or_read_only_disk_is_one_line_naming_the_target(tmp_path, monkeypatch):
+    import errno
+
+    import torch
+
+    from revtal.utils.io import disk_error_message
+
+    def full_disk(fh):  # what torch.save raises when the device fills up mid-write
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    target = tmp_path / "last.pt"
+    with pytest.raises(OSError) as error:
+        atomic_write(target, full_disk)
+    assert error.value.filename == str(target) and not list(tmp_path.iterdir())
+    assert disk_error_message(error.value) == (
+        f"cannot write {target}: No space left on device; free space or choose another output directory (--out)")
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", "/whatever/.last.pt.1.abcdefgh.tmp")
+
+    monkeypatch.setattr("tempfile.mkstemp", read_only)
+    with pytest.raises(OSError) as error:
+        atomic_write(target, lambda fh: torch.save({}, fh))
+    assert disk_error_message(error.value) == (
+        f"cannot write {target}: Read-only file system; choose a writable output directory (--out)")
+
+
+def test_a_file_size_limit_is_reported_as_too_large_naming_the_target(tmp_path):
+    import subprocess
+    import sys
+
+    script = (
+        "import resource, signal, sys; from revtal.utils.io import atomic_write, disk_error_message\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n"
+        f"try: atomic_write({str(tmp_path / 'big.bin')!r}, lambda fh: fh.write(bytes(100000)))\n"
+        "except OSError as err: print(disk_error_message(err))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60).stdout
+    assert out.strip() == f"cannot write {tmp_path / 'big.bin'}: File too large; free space or choose another output directory (--out)"

@@ -17,6 +17,7 @@ import sys
 import traceback
 
 from revtal.errors import USER_ERRORS, debug_requested, one_line
+from revtal.utils.io import DISK_ERRNOS, disk_error_message
 
 # command: what it does; its module is revtal.commands.<command>
 COMMANDS: dict[str, str] = {
@@ -27,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "detect": "detect actions in videos with a trained checkpoint",
     "synth": "write a synthetic untrimmed-video dataset (mp4 + ActivityNet JSON)",
     "evaluate": "score predictions against ground truth (ActivityNet detection mAP)",
+    "prepare": "datasets from their official files: THUMOS-14 annotations, re-encoded videos",
     "errmap": "map the gradient error of memory-free backprop over (alpha, beta)",
     "selfcheck": "verify the reversible engine on a tiny model and print what was checked",
     "bench": "memory and speed benchmarks",
@@ -91,6 +93,13 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         print(f"revtal {args.command}: error: {one_line(err, debug)}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in DISK_ERRNOS:
+            raise
+        if debug:
+            traceback.print_exc()
+        print(f"revtal {args.command}: error: {disk_error_message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"revtal {args.command}: interrupted", file=sys.stderr)

@@ -26,12 +26,9 @@ from torch import Tensor, nn
 from torchvision.models.swin_transformer import PatchMerging as PatchMerging2d
 from torchvision.models.video.swin_transformer import PatchMerging as PatchMerging3d
 
-from revtal.backbones.weights import (
-    LoadReport, StateDict, drop_matching, load_checked, read_state_dict, select_prefixed,
-)
-from revtal.backbones.video_vit import (
-    VIDEOMAE_DROPPED, VIDEOMAE_PREFIXES, VideoViT, hf_videomae_to_timm, videomae_to_timm,
-)
+from revtal.backbones.layouts import Prepared, prepare
+from revtal.backbones.weights import LoadReport, StateDict, load_checked, read_state_dict
+from revtal.backbones.video_vit import VideoViT
 from revtal.reversible.stage import between_stages
 
 Features = Tensor | tuple[Tensor, list[Tensor]]
@@ -40,9 +37,8 @@ Features = Tensor | tuple[Tensor, list[Tensor]]
 class VideoBackbone(nn.Module):
     """Base class; subclasses implement :meth:`forward_features` (and :meth:`pool` if mean pooling is not all)."""
 
-    # checkpoint prefixes that wrap the network, and keys (regular expressions) that belong to no backbone
-    checkpoint_prefixes: tuple[str, ...] = ("module.", "backbone.", "net.")
-    dropped_keys: tuple[str, ...] = ()
+    # the checkpoint layouts this network loads (revtal.backbones.layouts.NAMINGS of this family)
+    family: str = ""
 
     def __init__(self, net: nn.Module, out_channels: int, temporal_stride: int, name: str = ""):
         super().__init__()
@@ -64,29 +60,28 @@ class VideoBackbone(nn.Module):
 
     # ------------------------------------------------------------------------------------------------ checkpoints
     @classmethod
-    def remap_keys(cls, state_dict: StateDict) -> StateDict:
-        """Family-specific key mapping applied after prefix selection (identity by default)."""
-        return state_dict
-
-    @classmethod
-    def prepare_state_dict(cls, state_dict: StateDict) -> tuple[StateDict, list[str]]:
-        """Raw checkpoint → keys of ``.net``; returns (state dict, keys dropped on purpose)."""
-        state_dict, dropped_prefix = select_prefixed(state_dict, cls.checkpoint_prefixes)
-        state_dict, dropped_head = drop_matching(state_dict, cls.dropped_keys)
-        return cls.remap_keys(state_dict), dropped_prefix + dropped_head
+    def prepare_state_dict(cls, state_dict: StateDict, target: StateDict | None = None) -> Prepared:
+        """Raw checkpoint → keys of ``.net`` (see :mod:`revtal.backbones.layouts`): the backbone taken out of what
+        holds it, renamed from its code base's layout, heads and decoders dropped. ``target``: ``.net``'s state
+        dict, for the buffers the network computes itself and shape-dependent conversions."""
+        return prepare(state_dict, cls.family, target)
 
     def load_checkpoint(
-        self, checkpoint: str | Path | StateDict, strict: bool = True, source: str | None = None
+        self, checkpoint: str | Path | StateDict, strict: bool = True, source: str | None = None,
+        trust: bool = False,
     ) -> LoadReport:
-        """Load a local checkpoint file (or an in-memory state dict, named ``source`` in errors) into ``.net``."""
+        """Load a local checkpoint file (or an in-memory state dict, named ``source`` in errors) into ``.net``.
+        ``trust``: allow full unpickling of the file (see :func:`~revtal.backbones.weights.read_checkpoint`)."""
         if isinstance(checkpoint, dict):
             raw = checkpoint
             source = source or "<state dict>"
         else:
-            raw = read_state_dict(checkpoint)
+            raw = read_state_dict(checkpoint, trust=trust)
             source = source or str(checkpoint)
-        state_dict, dropped = self.prepare_state_dict(raw)
-        self.load_report = load_checked(self.net, state_dict, strict=strict, source=source, dropped=dropped)
+        prepared = self.prepare_state_dict(raw, self.net.state_dict())
+        self.load_report = load_checked(self.net, prepared.state_dict, strict=strict, source=source,
+                                        dropped=prepared.dropped, layout=prepared.layout, notes=prepared.notes,
+                                        identify_from=raw, expected_backbone=self.name)
         return self.load_report
 
     @staticmethod
@@ -101,25 +96,10 @@ class VideoBackbone(nn.Module):
 class VideoViTBackbone(VideoBackbone):
     """:class:`~revtal.backbones.video_vit.VideoViT`; intermediates: every block's output."""
 
-    checkpoint_prefixes = VIDEOMAE_PREFIXES
-    dropped_keys = VIDEOMAE_DROPPED
+    family = "vit"
 
     def __init__(self, net: VideoViT, name: str = ""):
         super().__init__(net, net.embed_dim, net.temporal_stride, name)
-
-    @classmethod
-    def remap_keys(cls, state_dict: StateDict) -> StateDict:
-        return videomae_to_timm(state_dict)
-
-    @classmethod
-    def prepare_state_dict(cls, state_dict: StateDict) -> tuple[StateDict, list[str]]:
-        # HuggingFace checkpoints nest the encoder as "videomae.encoder.layer": "encoder." is no wrapper there
-        if any(k.startswith(("videomae.", "encoder.layer.")) for k in state_dict):
-            state_dict, dropped = drop_matching(state_dict, (r"decoder\.", r"encoder_to_decoder\.", r"mask_token$"))
-            mapped = hf_videomae_to_timm(state_dict)
-            mapped, dropped_head = drop_matching(mapped, cls.dropped_keys)
-            return mapped, dropped + dropped_head
-        return super().prepare_state_dict(state_dict)
 
     def forward(self, video: Tensor) -> Tensor:
         self._check_video(video)
@@ -142,7 +122,7 @@ class Swin3dBackbone(VideoBackbone):
 
     Patch merging only halves space, so the temporal stride is the patch embedding's temporal size (2)."""
 
-    dropped_keys = (r"head\.",)
+    family = "swin3d"
 
     def __init__(self, net: nn.Module, name: str = ""):
         out_channels = net.num_features
@@ -165,7 +145,7 @@ class Swin3dBackbone(VideoBackbone):
 class ResNet3dBackbone(VideoBackbone):
     """torchvision ``VideoResNet`` (r3d_18, mc3_18, r2plus1d_18); intermediates: outputs of layer1..layer4."""
 
-    dropped_keys = (r"fc\.",)
+    family = "resnet3d"
     stages = ("layer1", "layer2", "layer3", "layer4")
 
     def __init__(self, net: nn.Module, temporal_stride: int, name: str = ""):

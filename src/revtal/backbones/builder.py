@@ -16,6 +16,9 @@ always constructed with ``weights=None``: nothing is downloaded, pretrained weig
 from __future__ import annotations
 
 import fnmatch
+import importlib
+import inspect
+import typing
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -26,24 +29,72 @@ from revtal.backbones.backbone import ResNet3dBackbone, Swin3dBackbone, VideoBac
 from revtal.backbones.weights import StateDict, load_checked, read_state_dict, unwrap_state_dict
 from revtal.backbones.inflate import inflate_state_dict
 from revtal.backbones.slowfast import SlowFastBackbone, slowfast
-from revtal.backbones.video_vit import infer_layout, video_vit
+from revtal.backbones.video_vit import VideoViT, infer_layout, video_vit
 
 BackboneFactory = Callable[..., VideoBackbone]
 
 _BACKBONES: dict[str, BackboneFactory] = {}
+# per backbone: what its options are read from (factories take **opts and pass them on)
+_OPTION_SOURCES: dict[str, Callable[[], dict[str, inspect.Parameter]]] = {}
+# arguments every factory gets from build() itself, never from backbone.options
+BUILD_ARGUMENTS = ("num_frames", "img_size", "checkpoint", "strict", "pretrained")
 
 
-def register_backbone(factory: BackboneFactory | None = None, *, name: str | None = None):
-    """Decorator: ``@register_backbone`` or ``@register_backbone(name="...")``."""
+def register_backbone(factory: BackboneFactory | None = None, *, name: str | None = None,
+                      options: Callable[[], dict[str, inspect.Parameter]] | None = None):
+    """Decorator: ``@register_backbone`` or ``@register_backbone(name="...", options=...)``. ``options`` returns the
+    keyword options the factory accepts (name → ``inspect.Parameter``, annotation and default): what
+    :func:`backbone_options` reports and a config checks ``backbone.options`` against."""
 
     def register(fn: BackboneFactory) -> BackboneFactory:
         key = name or fn.__name__
         if key in _BACKBONES:
             raise ValueError(f"backbone {key!r} is already registered")
         _BACKBONES[key] = fn
+        if options is not None:
+            _OPTION_SOURCES[key] = options
         return fn
 
     return register(factory) if factory is not None else register
+
+
+def backbone_options(name: str) -> dict[str, inspect.Parameter] | None:
+    """The options backbone ``name`` takes (``None`` where its factory does not declare them)."""
+    if name not in _BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; registered: {', '.join(list_backbones())}")
+    source = _OPTION_SOURCES.get(name)
+    return None if source is None else source()
+
+
+def keyword_parameters(target: Callable | str, exclude: tuple[str, ...] = (), **extra: tuple) -> Callable[[], dict]:
+    """An ``options`` source: the keyword parameters of ``target`` (a callable, or ``"module:name"`` imported when
+    first asked, for optional libraries) but ``exclude`` (those the factory fixes itself), plus ``extra`` options
+    the factory handles itself (name=(annotation, default))."""
+
+    def parameters() -> dict[str, inspect.Parameter]:
+        fn = target
+        if isinstance(fn, str):
+            module, _, attribute = fn.partition(":")
+            fn = getattr(importlib.import_module(module), attribute)
+        hints = _annotations(fn)
+        found = {
+            p.name: p.replace(annotation=hints.get(p.name, inspect.Parameter.empty))
+            for p in inspect.signature(fn).parameters.values()
+            if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+            and p.name not in exclude and p.name not in BUILD_ARGUMENTS
+        }
+        for key, (annotation, default) in extra.items():
+            found[key] = inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+        return found
+
+    return parameters
+
+
+def _annotations(fn: Callable) -> dict:
+    try:
+        return typing.get_type_hints(fn)
+    except Exception:  # a library's annotations that do not resolve here: options stay untyped, not unknown
+        return {}
 
 
 def list_backbones(pattern: str = "*") -> list[str]:
@@ -57,21 +108,25 @@ def build(
     num_frames: int = 16,
     img_size: int = 224,
     strict: bool = True,
+    trust_checkpoint: bool = False,
     **opts,
 ) -> VideoBackbone:
     """Build backbone ``name`` for clips of ``num_frames`` × ``img_size``² and, if ``pretrained`` is a local file
     (or a state dict already in memory), load it; the architecture options the checkpoint implies (a ViT's pooling
     layout, position embedding, layer scale) come from it unless ``opts`` fix them (``strict``: any missing / unexpected / mis-shaped key raises, listing them; ``strict=False`` loads what
     fits and warns). ``opts`` go to the factory (e.g. ``depth=2``, ``drop_path_rate=0.1``,
-    ``stochastic_depth_prob=0.0``)."""
+    ``stochastic_depth_prob=0.0``). ``trust_checkpoint``: read a file that needs full unpickling (it can run code; only
+    for files from a trusted source)."""
     if name not in _BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; registered: {', '.join(list_backbones())}")
     if isinstance(pretrained, Mapping):
         checkpoint, source = unwrap_state_dict(pretrained), "<state dict>"
     elif pretrained is not None:
-        checkpoint, source = read_state_dict(pretrained), str(pretrained)
+        checkpoint, source = read_state_dict(pretrained, trust=trust_checkpoint), str(pretrained)
     else:
         checkpoint, source = None, ""
+    if "image_checkpoint" in opts:
+        opts["trust_checkpoint"] = trust_checkpoint
     backbone = _BACKBONES[name](num_frames=num_frames, img_size=img_size, checkpoint=checkpoint, strict=strict, **opts)
     backbone.name = name
     if checkpoint is not None:
@@ -80,6 +135,8 @@ def build(
 
 
 # -------------------------------------------------------------------------------------------------- video ViTs
+_VIT_OPTIONS = keyword_parameters(VideoViT.__init__, image_checkpoint=(str | None, None),
+                                  image_grid=(tuple[int, int] | None, None))
 def _video_vit_backbone(
     size: str,
     *,
@@ -88,6 +145,7 @@ def _video_vit_backbone(
     checkpoint: StateDict | None,
     strict: bool,
     image_checkpoint: str | Path | None = None,
+    trust_checkpoint: bool = False,
     **opts,
 ) -> VideoViTBackbone:
     config: dict[str, object] = {}
@@ -96,12 +154,12 @@ def _video_vit_backbone(
     inflated, dropped = None, []
     if image_checkpoint is not None:
         inflated, dropped = inflate_state_dict(
-            read_state_dict(image_checkpoint), num_frames=num_frames, img_size=img_size,
+            read_state_dict(image_checkpoint, trust=trust_checkpoint), num_frames=num_frames, img_size=img_size,
             tubelet_size=opts.get("tubelet_size", 2), image_grid=opts.pop("image_grid", None),
         )
         config.update(infer_layout(inflated), patch_size=inflated["patch_embed.proj.weight"].shape[-1])
     elif checkpoint is not None:
-        config.update(infer_layout(VideoViTBackbone.prepare_state_dict(checkpoint)[0]))
+        config.update(infer_layout(VideoViTBackbone.prepare_state_dict(checkpoint).state_dict))
     config.update(opts)
     backbone = VideoViTBackbone(video_vit(size, num_frames=num_frames, img_size=img_size, **config))
     if inflated is not None:
@@ -111,27 +169,27 @@ def _video_vit_backbone(
     return backbone
 
 
-@register_backbone
+@register_backbone(options=_VIT_OPTIONS)
 def vit_tiny_video(**kwargs) -> VideoBackbone:
     return _video_vit_backbone("tiny", **kwargs)
 
 
-@register_backbone
+@register_backbone(options=_VIT_OPTIONS)
 def vit_s_video(**kwargs) -> VideoBackbone:
     return _video_vit_backbone("s", **kwargs)
 
 
-@register_backbone
+@register_backbone(options=_VIT_OPTIONS)
 def vit_b_video(**kwargs) -> VideoBackbone:
     return _video_vit_backbone("b", **kwargs)
 
 
-@register_backbone
+@register_backbone(options=_VIT_OPTIONS)
 def vit_l_video(**kwargs) -> VideoBackbone:
     return _video_vit_backbone("l", **kwargs)
 
 
-@register_backbone
+@register_backbone(options=_VIT_OPTIONS)
 def vit_g_video(**kwargs) -> VideoBackbone:
     return _video_vit_backbone("g", **kwargs)
 
@@ -142,6 +200,18 @@ def _torchvision(constructor: Callable, opts: dict):
     for key in ("num_frames", "img_size", "checkpoint", "strict"):
         opts.pop(key, None)
     return constructor(weights=None, **opts)
+
+
+# swin3d_t/s/b fix the architecture; the rest of SwinTransformer3d's arguments are options
+_SWIN_OPTIONS = keyword_parameters(
+    tv_video.swin_transformer.SwinTransformer3d.__init__,
+    exclude=("patch_size", "embed_dim", "depths", "num_heads", "window_size", "stochastic_depth_prob"),
+    stochastic_depth_prob=(float | None, None),
+)
+_RESNET_OPTIONS = keyword_parameters(tv_video.resnet.VideoResNet.__init__,
+                                     exclude=("block", "conv_makers", "layers", "stem"))
+_SLOWFAST_OPTIONS = keyword_parameters("pytorchvideo.models.slowfast:create_slowfast", exclude=("model_depth",),
+                                       alpha=(int, 4))
 
 
 def _swin3d(constructor: Callable, opts: dict) -> Swin3dBackbone:
@@ -156,34 +226,34 @@ def _swin3d(constructor: Callable, opts: dict) -> Swin3dBackbone:
     return Swin3dBackbone(net)
 
 
-@register_backbone
+@register_backbone(options=_SWIN_OPTIONS)
 def swin3d_t(**opts) -> VideoBackbone:
     return _swin3d(tv_video.swin3d_t, opts)
 
 
-@register_backbone
+@register_backbone(options=_SWIN_OPTIONS)
 def swin3d_s(**opts) -> VideoBackbone:
     return _swin3d(tv_video.swin3d_s, opts)
 
 
-@register_backbone
+@register_backbone(options=_SWIN_OPTIONS)
 def swin3d_b(**opts) -> VideoBackbone:
     return _swin3d(tv_video.swin3d_b, opts)
 
 
 # temporal strides: r3d and r2plus1d halve time in layer2..layer4; mc3 convolves time only in its first layers
 # (mixed convolutions) and never downsamples it
-@register_backbone
+@register_backbone(options=_RESNET_OPTIONS)
 def r3d_18(**opts) -> VideoBackbone:
     return ResNet3dBackbone(_torchvision(tv_video.r3d_18, opts), temporal_stride=8)
 
 
-@register_backbone
+@register_backbone(options=_RESNET_OPTIONS)
 def mc3_18(**opts) -> VideoBackbone:
     return ResNet3dBackbone(_torchvision(tv_video.mc3_18, opts), temporal_stride=1)
 
 
-@register_backbone
+@register_backbone(options=_RESNET_OPTIONS)
 def r2plus1d_18(**opts) -> VideoBackbone:
     return ResNet3dBackbone(_torchvision(tv_video.r2plus1d_18, opts), temporal_stride=8)
 
@@ -197,11 +267,11 @@ def _slowfast(depth: int, opts: dict) -> VideoBackbone:
     return SlowFastBackbone(slowfast(depth, **opts), alpha=alpha)
 
 
-@register_backbone
+@register_backbone(options=_SLOWFAST_OPTIONS)
 def slowfast_r50(**opts) -> VideoBackbone:
     return _slowfast(50, opts)
 
 
-@register_backbone
+@register_backbone(options=_SLOWFAST_OPTIONS)
 def slowfast_r101(**opts) -> VideoBackbone:
     return _slowfast(101, opts)

@@ -25,7 +25,7 @@ Clips = Tensor | list[Tensor] | tuple[Tensor, Tensor]
 
 
 class SlowFastBackbone(VideoBackbone):
-    dropped_keys = (r"blocks\.6\.",)  # ResNetBasicHead (the Kinetics classifier)
+    family = "slowfast"
 
     def __init__(self, net: nn.Module, alpha: int = 4, name: str = ""):
         if len(net.blocks) != 7:

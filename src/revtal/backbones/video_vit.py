@@ -24,13 +24,12 @@ gradient is zero up to rounding.
 from __future__ import annotations
 
 import math
-import re
 from functools import partial
 import torch
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from revtal.backbones.weights import StateDict
+from revtal.backbones.layouts import StateDict, hf_videomae_to_timm, videomae_to_timm  # noqa: F401 (re-exported)
 
 POS_EMBED_TYPES = ("sincos", "learned")
 
@@ -227,88 +226,6 @@ def video_vit(size: str, **kwargs) -> VideoViT:
 
 
 # ------------------------------------------------------------------------------------------------ checkpoint keys
-# checkpoint prefixes that wrap the encoder we want; applied in this order (see checkpoint.select_prefixed)
-VIDEOMAE_PREFIXES = ("module.", "backbone.", "net.", "encoder.")
-# keys a VideoMAE / VideoMAEv2 checkpoint may hold that are not part of the backbone: the classification head, the
-# pretraining decoder and its projection and mask token
-VIDEOMAE_DROPPED = (r"head\.", r"head_dropout\.", r"decoder\.", r"encoder_to_decoder\.", r"mask_token$")
-
-_VIDEOMAE_RENAMES = ((re.compile(r"^(blocks\.\d+\.)gamma_1$"), r"\1ls1.gamma"),
-                     (re.compile(r"^(blocks\.\d+\.)gamma_2$"), r"\1ls2.gamma"))
-
-
-def videomae_to_timm(state_dict: StateDict) -> StateDict:
-    """VideoMAE / VideoMAEv2 block keys → timm Block keys (after prefix selection and dropping).
-
-    ``attn.q_bias`` + ``attn.v_bias`` → ``attn.qkv.bias`` = [q_bias, 0, v_bias]; layer scale ``gamma_1/2`` →
-    ``ls1/ls2.gamma``. Keys already in timm form pass through, so timm-format checkpoints load too.
-    """
-    out: StateDict = {}
-    for key, value in state_dict.items():
-        match = re.match(r"^(blocks\.\d+\.attn\.)(q_bias|v_bias)$", key)
-        if match:
-            if match.group(2) == "q_bias":
-                prefix = match.group(1)
-                v_bias = state_dict.get(prefix + "v_bias")
-                if v_bias is None:
-                    raise ValueError(f"checkpoint has {key} but no {prefix}v_bias")
-                out[prefix + "qkv.bias"] = torch.cat([value, torch.zeros_like(value), v_bias])
-            continue
-        for pattern, replacement in _VIDEOMAE_RENAMES:
-            key = pattern.sub(replacement, key)
-        out[key] = value
-    return out
-
-
-# HuggingFace transformers VideoMAE layer names → timm names (within ``encoder.layer.N.``)
-_HF_LAYER_RENAMES = {
-    "layernorm_before": "norm1",
-    "layernorm_after": "norm2",
-    "attention.output.dense": "attn.proj",
-    "intermediate.dense": "mlp.fc1",
-    "output.dense": "mlp.fc2",
-}
-
-
-def hf_videomae_to_timm(state_dict: StateDict) -> StateDict:
-    """A HuggingFace ``VideoMAEModel`` / ``VideoMAEForVideoClassification`` state dict → this module's keys.
-
-    Separate query/key/value weights are stacked into ``qkv.weight``; biases follow :func:`videomae_to_timm`.
-    """
-    sd = {k.removeprefix("videomae."): v for k, v in state_dict.items()}
-    out: StateDict = {}
-    for key, value in sd.items():
-        if key.startswith("embeddings.patch_embeddings.projection."):
-            out["patch_embed.proj." + key.rsplit(".", 1)[1]] = value
-        elif key.startswith(("layernorm.", "fc_norm.")):
-            out[key.replace("layernorm.", "norm.", 1)] = value
-        elif key.startswith("classifier."):
-            out["head." + key.split(".", 1)[1]] = value
-        elif key.startswith("encoder.layer."):
-            index, rest = key[len("encoder.layer."):].split(".", 1)
-            block = f"blocks.{index}."
-            if rest.startswith("attention.attention."):
-                name = rest[len("attention.attention."):]
-                if name == "query.weight":
-                    attention = f"encoder.layer.{index}.attention.attention."
-                    qkv = [sd[f"{attention}{p}.weight"] for p in ("query", "key", "value")]
-                    out[block + "attn.qkv.weight"] = torch.cat(qkv)
-                elif name in ("q_bias", "v_bias"):
-                    out[block + "attn." + name] = value
-                elif name in ("query.bias", "value.bias"):  # transformers ≥ 5 keeps them on the linear layers
-                    out[block + "attn." + name[0] + "_bias"] = value
-                continue
-            for hf_name, timm_name in _HF_LAYER_RENAMES.items():
-                if rest.startswith(hf_name + "."):
-                    out[block + timm_name + rest[len(hf_name):]] = value
-                    break
-            else:
-                out[key] = value
-        else:
-            out[key] = value
-    return videomae_to_timm(out)
-
-
 def from_hf_videomae(model: nn.Module, **video_vit_kwargs) -> VideoViT:
     """Build a :class:`VideoViT` holding the weights of a HuggingFace ``VideoMAEModel`` instance (an optional extra;
     needs ``transformers``). ``video_vit_kwargs`` set what the HF config does not say (e.g. ``num_frames``)."""

@@ -32,6 +32,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
 
 from revtal.reversible.simulation import simulating
+from torch.utils._pytree import tree_flatten
 
 # CUDA autocast (AutocastTestLists: torch_fp16, nn_fp16, linalg_fp16, methods_fp16 as "matmul")
 CUDA_LOWER_PRECISION = frozenset({
@@ -136,8 +137,6 @@ class CudaAutocast(TorchFunctionMode):
 
 
 def tree_flatten_tensors(tree) -> list[Tensor]:
-    from torch.utils._pytree import tree_flatten
-
     return [t for t in tree_flatten(tree)[0] if isinstance(t, Tensor)]
 
 

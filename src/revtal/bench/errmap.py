@@ -33,12 +33,12 @@ import numpy as np
 import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from revtal.backbones import build
 from revtal.reversible import convert, reversible_stages
 from revtal.reversible.diagnostics import compare_gradients, random_projection_loss
 from revtal.reversible.exact import storage_bits_per_branch
+from revtal.utils.progress import progress as progress_bar
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
 MEMORY_FREE_MODES = ("reversible", "exact")
@@ -99,7 +99,7 @@ def gradient_error_map(
     loss_fn = loss_fn or random_projection_loss(seed)
     points: list[ErrorPoint] = []
     grid = [(a, b) for b in betas for a in alphas]
-    bar = tqdm(grid, desc=f"errmap {backprop}", unit="point", disable=not progress)
+    bar = progress_bar(grid, desc=f"errmap {backprop}", unit="point", disable=not progress)
     for alpha, beta in bar:
         model = convert(copy.deepcopy(reference), "dr2net", alpha=alpha, beta=beta, backprop=backprop)
         result = compare_gradients(

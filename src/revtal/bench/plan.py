@@ -21,17 +21,30 @@ context, library workspaces (cuBLAS, cuDNN), and the allocator's rounding and ca
 from __future__ import annotations
 
 import bisect
+import concurrent.futures
+import contextlib
 import itertools
+import multiprocessing
 import weakref
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from revtal.bench.cuda_emulation import CudaAutocast
+from revtal.bench.runner import machine_info
+from revtal.engine.config import config_from_dict, load_config
+from revtal.engine.model import build_model
+from revtal.engine.modes import get_mode, mode_names
+from revtal.engine.optim import build_optimizer
+from revtal.localizers.losses import diou_loss_1d, sigmoid_focal_loss
 from revtal.reversible import reversible_stages
+from revtal.utils.progress import progress as progress_bar
 
 CATEGORIES = ("params", "grads", "optimizer", "activations")
 PHASES = ("setup", "forward", "backward", "optimizer")
@@ -337,8 +350,6 @@ DEFAULT_CLASSES = 200  # ActivityNet's, the largest of the papers' datasets: the
 
 def mode_config(config, mode: str):
     """``config`` put in plan mode ``mode`` (a key of :data:`PLAN_MODES` or any registered training mode)."""
-    from revtal.engine.modes import mode_names
-
     mode = MODE_ALIASES.get(mode, mode)
     if mode in PLAN_MODES:
         values = PLAN_MODES[mode]
@@ -370,8 +381,6 @@ def build_recipe_model(config, classes: int, fake_mode=None) -> nn.Module:
     """The recipe's TAL model (backbone in its mode, localizer). With ``fake_mode`` it is built on the meta device
     (no weight file is read: ``backbone.pretrained`` is ignored) and its tensors become fake CPU tensors of that
     mode; without, it is built for real with random weights (the CPU reference of the validation tests)."""
-    from revtal.engine.model import build_model
-
     config = config.with_values({"backbone.pretrained": ""}, source="plan (no weight files)")
     if fake_mode is None:
         return build_model(config, classes)
@@ -401,8 +410,6 @@ def dense_loss(localizer, output) -> Tensor:
     The training loss selects positive positions by value (``assign_labels``), which tensors without values cannot
     do; on every position the same functions run on a superset of them, so its tensors are at least as large
     (they are (B, P, classes) and (B, P, 2): kilobytes to a few MiB beside a backbone's gigabytes)."""
-    from revtal.localizers.losses import diou_loss_1d, sigmoid_focal_loss
-
     cfg = localizer.config
     logits = torch.cat(output.cls_logits, dim=1)
     offsets = torch.cat(output.offsets, dim=1)
@@ -432,14 +439,6 @@ def plan_recipe(config, mode: str, steps: int = 2, classes: int = DEFAULT_CLASSE
     steps). Either way AdamW and gradient clipping run in their multi-tensor ``foreach`` form, torch's default for
     CUDA tensors.
     """
-    import contextlib
-
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    from revtal.bench.cuda_emulation import CudaAutocast
-    from revtal.engine.modes import get_mode
-    from revtal.engine.optim import build_optimizer
-
     if rules not in ("cuda", "cpu"):
         raise ValueError(f"rules must be 'cuda' or 'cpu', got {rules!r}")
     if fake and device != "cpu":
@@ -505,10 +504,6 @@ def cuda_check(recipes: Iterable[str] = tuple(GPU_CHECK_RECIPES), steps: int = 2
                root: str = ".") -> list[dict]:
     """For each recipe and mode: the plan (fake tensors, CUDA rules) beside ``torch.cuda.max_memory_allocated``
     and ``max_memory_reserved`` of the same steps run on the GPU (needs CUDA)."""
-    from pathlib import Path
-
-    from revtal.engine.config import load_config
-
     records = []
     for name in recipes:
         path, overrides, modes = GPU_CHECK_RECIPES[name]
@@ -563,8 +558,6 @@ def check_plan_arguments(steps: int, gpus: Iterable[float]) -> None:
 
 def _plan_mode(config_dict: dict, mode: str, steps: int, classes: int) -> dict:
     """One mode's record (run in a worker process by :func:`plan`)."""
-    from revtal.engine.config import config_from_dict
-
     torch.set_num_threads(1)  # fake tensors compute nothing: one thread per worker
     config = config_from_dict(config_dict, source="revtal plan")
     try:
@@ -580,13 +573,6 @@ def plan(config, modes: Iterable[str] = tuple(PLAN_MODES), steps: int = 2, gpus:
     """``revtal plan``: each mode's simulated GPU step of ``config`` as a record (see :class:`StepPlan`), with the
     GPU sizes it fits; ``jobs`` modes at a time in worker processes. Raises ValueError naming the mode for a mode
     or model that cannot be planned."""
-    import concurrent.futures
-    import multiprocessing
-
-    from tqdm import tqdm
-
-    from revtal.bench.runner import machine_info
-
     modes, gpus = list(modes), [float(g) for g in gpus]
     check_plan_arguments(steps, gpus)
     if config.task != "tal":
@@ -597,7 +583,7 @@ def plan(config, modes: Iterable[str] = tuple(PLAN_MODES), steps: int = 2, gpus:
     for mode in modes:
         mode_config(config, mode)  # unknown modes and invalid combinations fail before any work
     args = [(config.to_dict(), mode, steps, classes) for mode in modes]
-    with tqdm(total=len(modes), desc="revtal plan", unit="mode", disable=not progress, leave=False) as bar:
+    with progress_bar(total=len(modes), desc="revtal plan", unit="mode", disable=not progress, leave=False) as bar:
         if jobs == 1:
             records = []
             for a in args:

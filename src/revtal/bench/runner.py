@@ -21,10 +21,10 @@ from importlib import metadata
 from typing import Callable, Iterable
 
 import torch
-from tqdm import tqdm
 
 from revtal.bench.configs import PEER_MODES, RESULT_PREFIX, BenchConfig, record_label
 from revtal.bench.peers import INSTALL_HINT
+from revtal.utils.progress import progress as progress_bar
 
 MMAP_THRESHOLD = "65536"
 # measured quantities that get ratios, and the prefix of their ratio fields
@@ -84,7 +84,7 @@ def run_configs(
     plan = [c for r in range(rounds) for c in (configs if r % 2 == 0 else configs[::-1])]
     measured: dict[BenchConfig, dict] = {}
     failed: dict[BenchConfig, dict] = {}
-    bar = tqdm(plan, desc="bench", unit="run", disable=not progress)
+    bar = progress_bar(plan, desc="bench", unit="run", disable=not progress)
     for config in bar:
         if config in failed:
             continue

@@ -14,6 +14,9 @@ def config_arguments(parser, out_help: str = "output directory (train.out_dir)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set optim.epochs=3 (repeatable)")
     parser.add_argument("--out", default=None, help=out_help)
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="read a backbone.pretrained file that needs full unpickling (a pickled model): it can "
+                             "run code, so only for files from a trusted source (backbone.trust_checkpoint)")
 
 
 def overwrite_argument(parser, what: str) -> None:
@@ -23,6 +26,8 @@ def overwrite_argument(parser, what: str) -> None:
 def recipe(args) -> Config:
     """The command line's config: its recipe file with ``--set`` overrides (and ``--out`` as train.out_dir)."""
     overrides = list(args.overrides)
+    if getattr(args, "trust_checkpoint", False):
+        overrides.append("backbone.trust_checkpoint=true")
     if getattr(args, "out", None):
         overrides.append(f"train.out_dir={args.out}")
     return load_config(args.config, overrides)

@@ -13,6 +13,7 @@ from revtal.commands.common import overwrite_argument
 from revtal.engine.inference import Predictor
 from revtal.engine.rundir import claim_output_dir, unique_output_names
 from revtal.errors import USER_ERRORS, one_line
+from revtal.utils.io import write_text_atomic
 
 
 def add_arguments(parser) -> None:
@@ -20,7 +21,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", required=True, help="a revtal training checkpoint (last.pt / best.pt)")
     parser.add_argument("--out", required=True, help="output directory for <video>.json and <video>.png")
     parser.add_argument("--gt", default=None, help="ActivityNet-format annotations to overlay (optional)")
-    parser.add_argument("--min-score", type=float, default=0.2, help="score threshold of the plot")
+    parser.add_argument("--min-score", type=float, default=None,
+                        help="draw only detections scoring at least this (default: the best 8 whatever their scores, "
+                             "those under 0.2 hatched)")
     overwrite_argument(parser, "detections of the same videos")
 
 
@@ -35,10 +38,12 @@ def run(args) -> int:
         try:
             result = detector.detect_file(path)
         except USER_ERRORS as err:  # an unreadable file: say so, go on with the others
-            print(f"revtal detect: error: {path}: {one_line(err)}", file=sys.stderr)
+            message = one_line(err)  # decoding errors begin with the path already
+            print(f"revtal detect: error: {message if message.startswith(str(path)) else f'{path}: {message}'}",
+                  file=sys.stderr)
             failed.append(path)
             continue
-        (out / f"{name}.json").write_text(json.dumps(result, indent=1))
+        write_text_atomic(out / f"{name}.json", json.dumps(result, indent=1))
         detector.plot(result, out / f"{name}.png", ground_truth, min_score=args.min_score)
         print(f"{path}: {len(result['detections'])} detections → {out / (name + '.json')}")
     if failed:

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from revtal.evaluation.detection import evaluate_detection
+from revtal.utils.io import write_text_atomic
 
 
 def _parse_tiou(text: str) -> list[float]:
@@ -35,12 +36,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subset", help="evaluate only the ground-truth videos of this subset (e.g. validation)")
     parser.add_argument("--json", dest="json_out", help="write the result as JSON here")
     parser.add_argument("--per-class", action="store_true", help="also print each class's AP averaged over thresholds")
+    parser.add_argument("--ambiguous", choices=["thumos", "ignore"], default="thumos",
+                        help="THUMOS 'Ambiguous' instances: thumos (default, the official THUMOS-14 protocol: a false "
+                             "positive overlapping one is not counted) or ignore (counted, as ActionFormer/OpenTAD do)")
 
 
 def run(args: argparse.Namespace) -> int:
     thresholds = args.tiou if args.tiou is not None else (args.dataset or "anet")
     # bad files or fields raise user errors, which revtal.cli prints as one line with exit code 2
-    result = evaluate_detection(args.gt, args.pred, thresholds, subset=args.subset)
+    result = evaluate_detection(args.gt, args.pred, thresholds, subset=args.subset, ambiguous=args.ambiguous)
     for warning in result.warnings:
         print(f"revtal evaluate: warning: {warning}", file=sys.stderr)
     print(f"ground truth: {args.gt}" + (f" (subset {args.subset})" if args.subset else ""))
@@ -54,6 +58,6 @@ def run(args: argparse.Namespace) -> int:
     if args.json_out:
         path = Path(args.json_out)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+        write_text_atomic(path, json.dumps(result.to_json(), indent=2) + "\n")
         print(f"wrote {path}")
     return 0

@@ -11,10 +11,11 @@ import json
 import os
 from pathlib import Path
 
+from revtal.bench.plan import DEFAULT_CLASSES, DEFAULT_GPUS, PLAN_MODES, plan, plan_table
+from revtal.engine.config import load_config
+
 
 def add_arguments(parser) -> None:
-    from revtal.bench.plan import DEFAULT_CLASSES, DEFAULT_GPUS, PLAN_MODES
-
     parser.add_argument("config", help="YAML recipe (configs/...)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set data.batch_size=1 (repeatable)")
@@ -33,9 +34,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from revtal.bench.plan import plan, plan_table
-    from revtal.engine.config import load_config
-
     if args.classes < 1:
         raise ValueError(f"--classes must be at least 1, got {args.classes}")
     config = load_config(args.config, args.overrides)

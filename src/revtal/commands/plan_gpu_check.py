@@ -8,13 +8,13 @@ import argparse
 import json
 from pathlib import Path
 
+import torch
+
+from revtal.bench.plan import GPU_CHECK_RECIPES, cuda_check
+from revtal.bench.runner import machine_info
+
 
 def main(argv: list[str] | None = None) -> int:
-    import torch
-
-    from revtal.bench.plan import GPU_CHECK_RECIPES, cuda_check
-    from revtal.bench.runner import machine_info
-
     parser = argparse.ArgumentParser(prog="python -m revtal.commands.plan_gpu_check", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="JSON file to write")
     parser.add_argument("--recipes", nargs="+", default=list(GPU_CHECK_RECIPES), choices=list(GPU_CHECK_RECIPES))

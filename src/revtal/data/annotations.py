@@ -6,16 +6,22 @@ Ground truth (ActivityNet-1.3; THUMOS-14 is distributed by most TAL code bases i
                              "annotations": [{"segment": [start_s, end_s], "label": "Long jump"}, ...]}}}
 
 An optional top-level ``"classes"`` list (written by :mod:`revtal.data.synthetic`) fixes the class order; otherwise
-the order is the sorted set of label names, or the ``classes`` argument when given. Loading validates everything a
+the order of the instances' ``label_id`` (ActionFormer's and OpenTAD's files), else the sorted set of label names,
+or the ``classes`` argument when given. Extra fields (``segment(frames)``, ``url``, ``resolution``, a top-level
+``taxonomy``) are ignored. Loading validates everything a
 training run would otherwise trip over later, and every error names the video id and the field:
 
-* unknown subset name (names are canonicalised: "Test" / "test" → "testing", "train" → "training"), missing or non-positive duration, non-numeric fields → error;
+* unknown subset name (names are canonicalised: "Test" / "test" → "testing", "train" → "training"), missing,
+  non-positive or implausible (over :data:`MAX_DURATION_S`) duration, non-numeric fields → error; a video id that
+  appears twice in the file → error naming both entries;
 * negative start or end before start ("inverted") → error; a label outside a fixed class list → error;
-* a segment reaching past the video's duration is clipped to it (warning); one that starts at or after the end, or
-  has zero length, carries no frames and is dropped (warning);
-* ``exclude_labels`` instances (THUMOS "Ambiguous") are dropped; exact duplicate instances (same label and segment
-  to the microsecond, common in THUMOS) are dropped; ``blocked`` video ids (known-missing or broken downloads) are
-  skipped.
+* the ground truth is kept **as distributed**, which is how the official evaluation code scores it: a segment
+  reaching past the video's declared duration (26 test segments of THUMOS-14) and exact duplicate instances
+  (common in THUMOS) stay. Training targets (:meth:`VideoAnnotation.training_targets`) clip segments to the video,
+  drop those left empty and drop duplicates; loading warns once about segments past the duration;
+* ``exclude_labels`` instances (THUMOS "Ambiguous") are not a class: they are kept apart in
+  :attr:`VideoAnnotation.ambiguous`, where the THUMOS protocol uses them (a false positive overlapping one is not
+  counted); ``blocked`` video ids (known-missing or broken downloads) are skipped.
 
 Detection results (ActivityNet results format, what :func:`write_predictions` writes and the evaluator reads)::
 
@@ -62,6 +68,22 @@ RESULTS_VERSION = "VERSION 1.3"
 # Instances closer than this (seconds) in both boundaries and with the same label count as duplicates.
 _DUPLICATE_TOLERANCE_S = 1e-6
 
+# No video is longer than this (a year): a larger duration is a typo or garbage, and would overflow frame counts.
+MAX_DURATION_S = 365 * 24 * 3600.0
+
+# A video whose decoded length differs from its annotated duration by more than this fraction gets a warning.
+DURATION_TOLERANCE = 0.05
+
+
+def duration_mismatch(video_id: str, annotated: float, decoded: float, tolerance: float = DURATION_TOLERANCE) -> str | None:
+    """The warning for a video whose decoded length is more than ``tolerance`` away from its annotated duration
+    (segments and the frame grid follow the annotated one), else None."""
+    if decoded > 0 and abs(decoded - annotated) > tolerance * decoded:
+        return (f"video {video_id!r}: annotated duration {annotated:g} s but the file decodes to {decoded:g} s "
+                f"({100 * abs(decoded - annotated) / decoded:.0f}% apart): segments and predictions follow the "
+                f"annotated duration; fix the annotation if it is wrong")
+    return None
+
 
 class AnnotationError(ValueError):
     """Malformed annotation or prediction data; the message names the video id and field."""
@@ -77,14 +99,32 @@ class VideoAnnotation:
     segments: np.ndarray  # (N, 2) float64, seconds
     labels: np.ndarray  # (N,) int64
     fps: float | None = None
+    ambiguous: np.ndarray | None = None  # (K, 2) seconds: THUMOS "Ambiguous" instances (not a class)
 
     def __post_init__(self):
         self.segments = np.asarray(self.segments, dtype=np.float64).reshape(-1, 2)
         self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
+        self.ambiguous = np.asarray(self.ambiguous if self.ambiguous is not None else [], dtype=np.float64).reshape(-1, 2)
         if len(self.segments) != len(self.labels):
             raise AnnotationError(
                 f"video {self.video_id!r}: {len(self.segments)} segments but {len(self.labels)} labels"
             )
+
+    def training_targets(self) -> tuple[np.ndarray, np.ndarray]:
+        """(segments, labels) to train on: segments clipped to [0, duration], those left without length and exact
+        duplicates dropped (evaluation keeps them all, as distributed)."""
+        kept: list[tuple[float, float]] = []
+        labels: list[int] = []
+        for (start, end), label in zip(self.segments, self.labels):
+            start, end = max(0.0, float(start)), min(float(end), self.duration)
+            if end <= start:
+                continue
+            if any(lab == label and abs(s - start) <= _DUPLICATE_TOLERANCE_S and abs(e - end) <= _DUPLICATE_TOLERANCE_S
+                   for (s, e), lab in zip(kept, labels)):
+                continue
+            kept.append((start, end))
+            labels.append(int(label))
+        return np.array(kept, dtype=np.float64).reshape(-1, 2), np.array(labels, dtype=np.int64)
 
 
 @dataclass
@@ -126,6 +166,7 @@ class AnnotationSet:
             }
             if ann.fps is not None:
                 entry["fps"] = float(ann.fps)
+            entry["annotations"] += [{"segment": [float(s), float(e)], "label": "Ambiguous"} for s, e in ann.ambiguous]
             database[vid] = entry
         return {"version": "revtal", "classes": list(self.classes), "database": database}
 
@@ -147,9 +188,37 @@ def _read_json(path_or_data: str | os.PathLike | Mapping, what: str) -> tuple[Ma
         raise FileNotFoundError(f"{what} file not found: {path}")
     try:
         with open(path, encoding="utf-8") as fh:
-            return json.load(fh), str(path)
+            return json.load(fh, object_pairs_hook=_refuse_duplicate_keys), str(path)
     except json.JSONDecodeError as err:
         raise AnnotationError(f"{path}: not valid JSON ({err})") from None
+    except _DuplicateKey as dup:
+        raise AnnotationError(f"{path}: {dup}") from None
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _describe_entry(value: Any) -> str:
+    if isinstance(value, Mapping) and ("subset" in value or "duration" in value):
+        count = len(value.get("annotations") or []) if isinstance(value.get("annotations"), list) else "?"
+        return f"subset {value.get('subset')!r}, duration {value.get('duration')!r}, {count} annotations"
+    return json.dumps(value)[:60]
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """json object hook: a key given twice is an error naming both entries (json.load would keep the last)."""
+    seen: dict[str, int] = {}
+    for position, (key, value) in enumerate(pairs):
+        if key in seen:
+            first = pairs[seen[key]][1]
+            what = "video id" if isinstance(value, Mapping) and "subset" in value else "key"
+            raise _DuplicateKey(
+                f"{what} {key!r} appears twice in one object: entry {seen[key] + 1} ({_describe_entry(first)}) and "
+                f"entry {position + 1} ({_describe_entry(value)}); keep one"
+            )
+        seen[key] = position
+    return dict(pairs)
 
 
 def _read_blocked(blocked: Iterable[str] | str | os.PathLike) -> set[str]:
@@ -180,6 +249,22 @@ def _as_segment(value: Any, where: str) -> tuple[float, float]:
     if not isinstance(value, (list, tuple)) or len(value) != 2:
         raise AnnotationError(f"{where}: expected [start, end] in seconds, got {value!r}")
     return _as_number(value[0], where + "[0]"), _as_number(value[1], where + "[1]")
+
+
+def _order_by_label_id(database: Mapping, names: set[str], excluded: set[str]) -> list[str] | None:
+    """The class order of ActionFormer / OpenTAD files, whose instances carry ``label_id``: by that id, when every
+    class has one consistent id; else None."""
+    ids: dict[str, set] = {}
+    for entry in database.values():
+        for inst in (entry.get("annotations") or []) if isinstance(entry, Mapping) else []:
+            if isinstance(inst, Mapping) and inst.get("label") in names:
+                ids.setdefault(inst["label"], set()).add(inst.get("label_id"))
+    single = {name: next(iter(v)) for name, v in ids.items() if len(v) == 1}
+    if set(single) != names or not all(isinstance(i, int) and not isinstance(i, bool) for i in single.values()):
+        return None
+    if len(set(single.values())) != len(single):
+        return None
+    return sorted(names, key=lambda name: single[name])
 
 
 def load_annotations(
@@ -214,11 +299,12 @@ def load_annotations(
             for inst in (entry.get("annotations") or []) if isinstance(entry, Mapping) else []:
                 if isinstance(inst, Mapping) and isinstance(inst.get("label"), str) and inst["label"] not in excluded:
                     names.add(inst["label"])
-        class_list = sorted(names)
+        class_list = _order_by_label_id(database, names, excluded) or sorted(names)
     index = {name: i for i, name in enumerate(class_list)}
 
     videos: dict[str, VideoAnnotation] = {}
-    clipped = dropped_empty = duplicates = 0
+    beyond: list[str] = []
+    duplicates = 0
     for vid, entry in database.items():
         vid = str(vid)
         if vid in blocked_ids:
@@ -238,11 +324,13 @@ def load_annotations(
         duration = _as_number(entry["duration"], f"{where}: field 'duration'")
         if duration <= 0:
             raise AnnotationError(f"{where}: field 'duration' must be > 0 seconds, got {duration}")
+        if duration > MAX_DURATION_S:
+            raise AnnotationError(f"{where}: field 'duration' is {duration:g} s, more than a year: not a video length")
         fps = entry.get("fps")
         if fps is not None:
             fps = _as_number(fps, f"{where}: field 'fps'")
-            if fps <= 0:
-                raise AnnotationError(f"{where}: field 'fps' must be > 0, got {fps}")
+            if not 0 < fps <= 10000:
+                raise AnnotationError(f"{where}: field 'fps' must be in (0, 10000], got {fps}")
         instances = entry.get("annotations", [])
         if instances is None:
             instances = []
@@ -251,6 +339,7 @@ def load_annotations(
 
         segments: list[tuple[float, float]] = []
         labels: list[int] = []
+        ambiguous: list[tuple[float, float]] = []
         for i, inst in enumerate(instances):
             inst_where = f"{where}: annotations[{i}]"
             if not isinstance(inst, Mapping):
@@ -260,9 +349,7 @@ def load_annotations(
             label = inst["label"]
             if not isinstance(label, str):
                 raise AnnotationError(f"{inst_where}: field 'label' must be a string, got {label!r}")
-            if label in excluded:
-                continue
-            if label not in index:
+            if label not in excluded and label not in index:
                 raise AnnotationError(f"{inst_where}: field 'label' has unknown class {label!r}")
             if "segment" not in inst:
                 raise AnnotationError(f"{inst_where}: missing field 'segment'")
@@ -271,20 +358,16 @@ def load_annotations(
                 raise AnnotationError(f"{inst_where}: field 'segment' starts at a negative time ({start})")
             if end < start:
                 raise AnnotationError(f"{inst_where}: field 'segment' is inverted (end {end} < start {start})")
-            if end > duration:
-                clipped += 1
-                log.warning("%s: segment [%g, %g] ends past the duration %g s; clipped", inst_where, start, end, duration)
-                end = duration
-            if end <= start:
-                dropped_empty += 1
-                log.warning("%s: segment [%g, %g] is empty within the video; dropped", inst_where, start, end)
+            if label in excluded:
+                ambiguous.append((start, end))
                 continue
+            if end > duration:
+                beyond.append(f"{vid} [{start:g}, {end:g}] > {duration:g} s")
             if any(
                 lab == index[label] and abs(s - start) <= _DUPLICATE_TOLERANCE_S and abs(e - end) <= _DUPLICATE_TOLERANCE_S
                 for (s, e), lab in zip(segments, labels)
             ):
                 duplicates += 1
-                continue
             segments.append((start, end))
             labels.append(index[label])
         videos[vid] = VideoAnnotation(
@@ -294,11 +377,14 @@ def load_annotations(
             segments=np.array(segments, dtype=np.float64).reshape(-1, 2),
             labels=np.array(labels, dtype=np.int64),
             fps=fps,
+            ambiguous=np.array(ambiguous, dtype=np.float64).reshape(-1, 2),
         )
     if duplicates:
-        log.info("%s: dropped %d duplicate instances", source, duplicates)
-    if clipped or dropped_empty:
-        log.warning("%s: %d segments clipped to the video duration, %d empty ones dropped", source, clipped, dropped_empty)
+        log.info("%s: %d duplicate instances (kept for evaluation, as distributed; trained on once)", source, duplicates)
+    if beyond:
+        log.warning("%s: %d segments end past their video's declared duration (%s%s): evaluation scores them as "
+                    "distributed, training targets clip them to the video", source, len(beyond), "; ".join(beyond[:3]),
+                    ", ..." if len(beyond) > 3 else "")
 
     result = AnnotationSet(classes=class_list, videos=videos)
     if subset is not None:

@@ -50,7 +50,7 @@ import torch
 import torch.distributed as dist
 import torch.utils.data
 
-from revtal.data.annotations import AnnotationSet, VideoAnnotation, load_annotations
+from revtal.data.annotations import AnnotationSet, VideoAnnotation, duration_mismatch, load_annotations
 from revtal.data.crop import TemporalCrop, choose_window, clip_segments, window_span  # noqa: F401 (re-exported)
 from revtal.data.decoding import (
     VideoDecodeError,
@@ -236,8 +236,8 @@ class _TALDatasetBase(torch.utils.data.Dataset):
     def _select(self, length: int, grid: TemporalGrid, ann: VideoAnnotation, rng: np.random.Generator):
         """(start, count, padded length, item grid, segments, labels) of this item's part of the sequence."""
         if self.train:
-            return tuple(self.crop(length, grid, ann.segments, ann.labels, rng))
-        return 0, length, length, grid, ann.segments, ann.labels
+            return tuple(self.crop(length, grid, *ann.training_targets(), rng))
+        return 0, length, length, grid, *ann.training_targets()
 
     def _common_fields(self, ann: VideoAnnotation, grid: TemporalGrid, segments, labels) -> dict[str, Any]:
         return {
@@ -307,6 +307,7 @@ class VideoTALDataset(_TALDatasetBase):
         self.decode_size = decode_size or img_size
         self.transform = transform if transform is not None else build_transforms(train, img_size, mean, std)
         self._native_fps: dict[str, float] = {}
+        self._duration_checked: set[str] = set()
         # decoded uint8 frames kept in memory (per process) up to ``cache_mb``: small datasets trained for many
         # epochs (the synthetic set) are otherwise dominated by re-decoding the same frames every epoch
         self._cache_budget = int(cache_mb * 2**20)
@@ -333,7 +334,18 @@ class VideoTALDataset(_TALDatasetBase):
         generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
         return self.transform(to_float_video(frames), generator)
 
+    def _check_duration(self, ann: VideoAnnotation, path: Path) -> None:
+        """Warn once per video whose file decodes to a length far from its annotated duration (frames are sampled
+        and segments placed by the annotated one: a wrong duration silently stretches every prediction)."""
+        if ann.video_id in self._duration_checked:
+            return
+        self._duration_checked.add(ann.video_id)
+        warning = duration_mismatch(ann.video_id, ann.duration, probe_video(path).duration)
+        if warning:
+            log.warning("%s (%s)", warning, path)
+
     def _load(self, ann: VideoAnnotation, path: Path, rng: np.random.Generator) -> dict[str, Any]:
+        self._check_duration(ann, path)
         if self.mode == "frames":
             if self.fps is None:
                 times = sample_timestamps_evenly(ann.duration, self.num_frames)

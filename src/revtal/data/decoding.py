@@ -49,6 +49,8 @@ class VideoInfo:
 
 def _open(path: str | os.PathLike) -> av.container.InputContainer:
     path = Path(path)
+    if path.is_dir():
+        raise VideoDecodeError(path, "is a directory, not a video file (give the files in it, e.g. DIR/*.mp4)")
     if not path.is_file():
         raise VideoDecodeError(path, "file not found")
     try:

@@ -43,9 +43,9 @@ import av
 import numpy as np
 import torch
 import torch.utils.data
-from tqdm import tqdm
 
 from revtal.data.annotations import AnnotationSet, VideoAnnotation, save_annotations
+from revtal.utils.progress import progress as progress_bar
 
 PATTERNS = ("up", "down", "blink", "steady", "grow", "shrink")
 COLOURS: tuple[tuple[str, tuple[int, int, int]], ...] = (
@@ -244,11 +244,11 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: in
     height, width = frames.shape[1:3]
     if height % 2 or width % 2:
         raise ValueError(f"{path}: yuv420p needs even frame sizes, got {width}x{height}")
-    rate = _fps_fraction(fps)
+    rate = fps_fraction(fps)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.mp4")
-    codec = _encoder()
+    codec = video_encoder()
     with av.open(str(tmp), mode="w") as container:
         stream = container.add_stream(codec, rate=rate)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
@@ -269,13 +269,13 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: in
     os.replace(tmp, path)
 
 
-def _fps_fraction(fps: float):
+def fps_fraction(fps: float):
     if not fps > 0:
         raise ValueError(f"fps must be > 0, got {fps}")
     return Fraction(fps).limit_denominator(1001)
 
 
-def _encoder() -> str:
+def video_encoder() -> str:
     for name in ("libx264", "mpeg4"):
         try:
             av.codec.Codec(name, "w")
@@ -316,7 +316,7 @@ def generate_dataset(
     val_ids = set(np.random.default_rng([seed, 1_000_003]).permutation(num_videos)[:num_val].tolist())
 
     videos: dict[str, VideoAnnotation] = {}
-    for i in tqdm(range(num_videos), desc="synth videos", disable=not progress):
+    for i in progress_bar(range(num_videos), desc="synth videos", disable=not progress):
         rng = np.random.default_rng([seed, i])
         num_frames = max(1, int(round(rng.uniform(low, high) * fps)))
         instances = _place_instances(num_frames, fps, num_classes, max_instances, short_range, long_range, rng)
@@ -362,7 +362,7 @@ def generate_clip_dataset(
     jobs = [(split, code, i) for split, code, per_class in (("train", 1, train_per_class), ("val", 2, val_per_class))
             for i in range(per_class * num_classes)]
     lines: dict[str, list[str]] = {"train": [], "val": []}
-    for split, code, i in tqdm(jobs, desc="synth clips", disable=not progress):
+    for split, code, i in progress_bar(jobs, desc="synth clips", disable=not progress):
         rng = np.random.default_rng([seed, code, i])
         label = i % num_classes
         num_frames = max(2, int(round(rng.uniform(low, high) * fps)))

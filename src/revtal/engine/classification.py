@@ -49,6 +49,7 @@ from revtal.engine.runtime import autocast, resolve_device
 from revtal.engine.trainer import MetricLog, enable_deterministic_algorithms, seed_everything
 from revtal.evaluation.classification import average_views, classification_metrics
 from revtal.utils.memory import SavedTensorMeter
+from revtal.utils.progress import progress as progress_bar
 
 
 class ClassificationModel(ClipClassifier):
@@ -248,8 +249,8 @@ class ClassificationTrainer:
         losses, times, saved = [], [], 0
         alpha = beta = None
         self.optimizer.zero_grad(set_to_none=True)
-        bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{cfg.optim.epochs} [{cfg.backbone.mode}]",
-                   disable=not self.progress, leave=False, dynamic_ncols=True)
+        bar = progress_bar(self.train_loader, desc=f"epoch {epoch + 1}/{cfg.optim.epochs} [{cfg.backbone.mode}]",
+                           disable=not self.progress, leave=False)
         for it, batch in enumerate(bar):
             video, labels = batch["video"].to(self.device), batch["label"].to(self.device)
             if epoch == self.start_epoch and it == 0:
@@ -361,7 +362,7 @@ def evaluate_classifier(model: ClassificationModel, dataset: ClipDataset, config
     loader = build_loader(dataset, config.data.batch_size, shuffle=False, num_workers=config.data.num_workers,
                           seed=config.train.seed, collate_fn=collate_clips)
     scores, labels = [], []
-    for batch in tqdm(loader, desc="evaluate", disable=not progress, leave=False, dynamic_ncols=True):
+    for batch in progress_bar(loader, desc="evaluate", disable=not progress, leave=False):
         video = batch["video"].to(device)  # (B, views, C, T, H, W)
         b, v = video.shape[:2]
         with autocast(device, config.optim.amp):

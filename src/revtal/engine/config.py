@@ -22,6 +22,7 @@ used by ``end: auto``). What a training mode requires of the rest of the config 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -32,13 +33,16 @@ from revtal.adapters.aim import AIMConfig
 from revtal.adapters.losa import LoSAConfig
 from revtal.adapters.st_adapter import STAdapterConfig
 from revtal.adapters.unipt import UniPTConfig
+from revtal.backbones.builder import backbone_options
 from revtal.engine.modes import get_mode, mode_names
-from revtal.engine.typed_config import (ConfigError, FrozenDict, apply_override, build_section, dataclass_section,
-                                        fields_of_signature, read_recipe, recipe_source, set_dotted,
+from revtal.engine.typed_config import (ConfigError, FrozenDict, apply_override, build_section, check_option,
+                                        dataclass_section, fields_of_signature, recipe_source, set_dotted,
                                         settings_section, thaw)
+from revtal.engine.typed_config import read_recipe as read_yaml_recipe
 from revtal.localizers.postprocess import PostprocessConfig
 from revtal.localizers.registry import get_localizer, localizer_names
 from revtal.reversible.schedule import CoefficientSchedule
+from revtal.utils.io import write_text_atomic
 
 __all__ = ["Config", "ConfigError", "config_from_dict", "dump_config", "load_config", "read_recipe", "recipe_source"]
 
@@ -176,6 +180,9 @@ class ClassificationConfig:
 class BackboneConfig:
     name: str = "vit_tiny_video"
     pretrained: str = ""  # local checkpoint path of the backbone network
+    # read a pretrained file that needs full unpickling (a pickled model, unknown classes): it can run code, so only
+    # for files from a trusted source (--trust-checkpoint)
+    trust_checkpoint: bool = False
     options: dict = field(default_factory=FrozenDict)  # extra keyword arguments of revtal.backbones.build
     mode: str = "dr2net"  # a registered training mode (revtal.engine.modes)
     # how reversible modes backpropagate: exact | reversible (float), both memory-free, or vanilla (plain autograd
@@ -291,6 +298,7 @@ class Config:
         if self.backbone.monitor_fallback not in ("exact", "vanilla"):
             raise bad("backbone.monitor_fallback", self.backbone.monitor_fallback, ("exact", "vanilla"))
         get_mode(self.backbone.mode).validate(self, source)  # what the training mode itself requires
+        _check_backbone_options(self.backbone, source)
         if self.data.mode not in ("frames", "snippets"):
             raise bad("data.mode", self.data.mode, ("frames", "snippets"))
         ratio = self.data.crop_ratio
@@ -301,9 +309,6 @@ class Config:
                 isinstance(self.backbone.window_chunk, int) and self.backbone.window_chunk > 0):
             raise ConfigError(f"{source}: backbone.window_chunk must be a positive number of windows or null, got "
                               f"{self.backbone.window_chunk!r}")
-        if self.data.mode == "snippets" and self.backbone.mode == "losa":
-            raise ConfigError(f"{source}: backbone.mode: losa cuts the video into clips itself "
-                              "(backbone.losa.clip_frames); use data.mode: frames with it")
         if self.data.fps is not None and not self.data.fps > 0:
             raise ConfigError(f"{source}: data.fps must be positive or null, got {self.data.fps!r}")
         if self.data.max_seq_len is not None and self.data.max_seq_len <= 0:
@@ -369,6 +374,21 @@ class Config:
         return config_from_dict(data, source)
 
 
+def _check_backbone_options(backbone: BackboneConfig, source: str) -> None:
+    """``backbone.options`` against the options the named backbone declares (names and scalar types), at load."""
+    try:
+        accepted = backbone_options(backbone.name)
+    except ValueError as err:
+        raise ConfigError(f"{source}: backbone.name: {err}") from None
+    if accepted is None:
+        return
+    for key, value in backbone.options.items():
+        if key not in accepted:
+            raise ConfigError(f"{source}: unknown key 'backbone.options.{key}' for backbone {backbone.name} (its "
+                              f"options: {', '.join(sorted(accepted))})")
+        check_option(value, accepted[key].annotation, f"backbone.options.{key}", source)
+
+
 TASKS = ("tal", "classification")
 # data fields that only TAL reads (classification reads its clips from the classification section)
 TAL_ONLY_KEYS = {f"data.{name}" for name in ("annotations", "video_dir", "features_dir", "train_subset", "val_subset",
@@ -421,6 +441,39 @@ RANGES: dict[str, str] = {
 }
 
 
+# keys naming input files or folders. A relative value is read from the folder of the config file that holds it (one
+# given with --set, from the working directory) and kept absolute: a run's config.yaml and checkpoints then name
+# the same files from any working directory, and a recipe works wherever it is run from.
+PATH_KEYS = ("data.annotations", "data.video_dir", "data.features_dir", "backbone.pretrained",
+             "backbone.options.image_checkpoint", "classification.train_list", "classification.val_list",
+             "classification.root", "classification.classes")
+
+
+def read_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """The values a recipe file and ``--set`` overrides set (:func:`revtal.engine.typed_config.read_recipe`), with
+    the relative paths of :data:`PATH_KEYS` made absolute: against the file's folder, or for overrides the working
+    directory."""
+    data = read_yaml_recipe(path)
+    if path:
+        anchor_paths(data, Path(path).parent)
+    for assignment in overrides:
+        apply_override(data, assignment)
+    anchor_paths(data, Path.cwd())
+    return data
+
+
+def anchor_paths(data: dict, base: Path) -> None:
+    """Make the relative values of :data:`PATH_KEYS` in the raw ``data`` absolute against ``base`` (in place)."""
+    for key in PATH_KEYS:
+        *sections, name = key.split(".")
+        node: Any = data
+        for section in sections:
+            node = node.get(section) if isinstance(node, dict) else None
+        value = node.get(name) if isinstance(node, dict) else None
+        if isinstance(value, str) and value and not os.path.isabs(os.path.expanduser(value)):
+            node[name] = os.path.abspath(base / value)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """A recipe from YAML (or the defaults when ``path`` is None) with ``--set`` overrides, validated."""
     source = str(path) if path else "<defaults>"
@@ -432,4 +485,4 @@ def config_from_dict(data: Mapping, source: str = "<dict>") -> Config:
 
 
 def dump_config(config: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+    write_text_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -30,7 +30,7 @@ def resolve_dataset(config: Config, out_dir: str | Path) -> Config:
     if data.annotations:
         return config
     s = data.synthetic
-    root = synthetic_dir(config, Path(out_dir))
+    root = synthetic_dir(config, Path(out_dir).absolute())  # saved absolute: the run works from any directory
     if dist_utils.is_main() and not (root / "annotations.json").exists():
         generate_dataset(
             root, num_videos=s.videos, num_classes=s.classes, seed=s.seed, size=s.size, fps=s.fps,

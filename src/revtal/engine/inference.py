@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from revtal.data.annotations import AnnotationSet, write_predictions
 from revtal.data.dataset import collate_tal
@@ -31,6 +30,8 @@ from revtal.engine.runtime import autocast, model_inputs
 from revtal.evaluation.detection import evaluate_detection
 from revtal.evaluation.plots import plot_timeline
 from revtal.localizers.postprocess import detections_to_seconds
+from revtal.utils.io import atomic_write, write_text_atomic
+from revtal.utils.progress import progress
 
 
 class Predictor:
@@ -71,7 +72,7 @@ class Predictor:
         results: dict[str, list[dict]] = {}
         indices = list(range(rank, len(dataset), world))
         loader = make_loader(torch.utils.data.Subset(dataset, indices), self.config, train=False)
-        for batch in tqdm(loader, desc="evaluate", disable=not self.progress, leave=False):
+        for batch in progress(loader, desc="evaluate", disable=not self.progress, leave=False):
             video, frame_mask = model_inputs(batch, self.device)
             with autocast(self.device, self.config.optim.amp):
                 output = self.model(video, frame_mask)
@@ -97,7 +98,7 @@ class Predictor:
             out = Path(out_dir)
             out.mkdir(parents=True, exist_ok=True)
             write_predictions(out / "predictions.json", predictions)
-            (out / "eval.json").write_text(json.dumps(metrics, indent=2))
+            write_text_atomic(out / "eval.json", json.dumps(metrics, indent=2))
         return metrics
 
     @torch.no_grad()
@@ -116,9 +117,10 @@ class Predictor:
         out.mkdir(parents=True, exist_ok=True)
         loader = torch.utils.data.DataLoader(dataset, batch_size=1, collate_fn=collate_tal)
         count = 0
-        for batch in tqdm(loader, desc="extract", disable=not self.progress, dynamic_ncols=True):
+        for batch in progress(loader, desc="extract", disable=not self.progress):
             feats = self.features(batch["video"])[0]
-            np.save(out / f"{batch['video_id'][0]}.npy", feats.float().cpu().numpy())
+            array = feats.float().cpu().numpy()
+            atomic_write(out / f"{batch['video_id'][0]}.npy", lambda fh: np.save(fh, array))
             count += 1
         return count
 
@@ -147,7 +149,7 @@ class Predictor:
             for (a, b), s, c in zip(det["segments"].tolist(), det["scores"].tolist(), det["labels"].tolist())
         ]
 
-    def plot(self, result: dict, out: str | Path, ground_truth: AnnotationSet | None = None, min_score: float = 0.2):
+    def plot(self, result: dict, out: str | Path, ground_truth: AnnotationSet | None = None, min_score: float | None = None):
         video_id = Path(result["video"]).stem
         gt = None
         # the file of video ID may be named v_ID (ActivityNet downloads), as the datasets match them
@@ -157,4 +159,5 @@ class Predictor:
             ann = ground_truth.videos[known[0]]
             gt = [{"segment": list(map(float, s)), "label": ground_truth.classes[int(c)]}
                   for s, c in zip(ann.segments, ann.labels)]
-        return plot_timeline(out, video_id, result["duration"], result["detections"], self.classes, gt, min_score)
+        return plot_timeline(out, video_id, result["duration"], result["detections"], self.classes, gt,
+                             min_score=min_score)

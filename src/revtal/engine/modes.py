@@ -93,7 +93,7 @@ class TrainingMode:
         if weights is not None:
             pretrained = weights
         backbone = build(settings.name, pretrained=pretrained, num_frames=self.backbone_frames(settings, video_frames),
-                         img_size=img_size, **settings.options)
+                         img_size=img_size, trust_checkpoint=settings.trust_checkpoint, **settings.options)
         self.convert(backbone, settings)
         return self.wrap(backbone, settings)
 
@@ -215,6 +215,9 @@ class AdapterMode(TrainingMode):
 
     def validate(self, config: "Config", source: str) -> None:
         super().validate(config, source)
+        if config.data.mode == "snippets":
+            raise ConfigError(f"{source}: backbone.mode: losa cuts the video into clips itself "
+                              "(backbone.losa.clip_frames); use data.mode: frames with it")
         # a trimmed clip (task: classification) is one backbone input cut into LoSA's clips
         if config.task == "classification" and config.data.num_frames % config.backbone.losa.clip_frames:
             raise ConfigError(f"{source}: backbone.mode losa runs the backbone over clips of backbone.losa.clip_frames="

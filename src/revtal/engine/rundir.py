@@ -8,13 +8,22 @@
 * ``revtal eval`` writes its own directory (``--out``, by default ``eval/<checkpoint name>`` beside the checkpoint),
   ``revtal extract`` the ``--features`` directory and ``revtal detect`` its ``--out`` directory. Each refuses a
   directory holding results of its own kind unless ``--overwrite``, and none writes into a training run's files.
+* A directory whose run never wrote a checkpoint (it failed or was interrupted before its first one) holds nothing
+  to protect or resume: its files are moved aside into ``OUT/attempt-N`` and the new run starts.
+* One writer per run directory: a training run holds an exclusive lock on ``OUT/.revtal-run.lock`` while it lives.
+  A second run into the same directory is refused, naming the process that holds it; the operating system drops
+  the lock of a process that died, so a lock file left by a crash is simply taken over.
 * Every command that claims a directory first removes the temporary files interrupted writes left there.
 """
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
 import shutil
+import socket
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -23,6 +32,15 @@ from revtal.utils.io import remove_stray_temporaries
 
 # what a training run writes into its directory (and its evaluations, by default: stale once the run is replaced)
 RUN_FILES = ("config.yaml", "last.pt", "best.pt", "metrics.csv", "eval.json", "predictions.json", "tensorboard", "eval")
+CHECKPOINT_FILES = ("last.pt", "best.pt")
+LOCK_NAME = ".revtal-run.lock"
+
+log = logging.getLogger(__name__)
+_held_locks: dict[Path, int] = {}  # run directory -> the descriptor whose lock this process holds
+
+
+class RunInUseError(UserError, FileExistsError):
+    """Another live process is writing this run directory."""
 
 
 class OutputExistsError(UserError, FileExistsError):
@@ -73,16 +91,67 @@ def claim_run_dir(directory: str | os.PathLike, *, resume: bool, overwrite: bool
         raise UserError("--resume continues a run and --overwrite replaces it: pass one of them")
     if resume and check_only:
         return Path(directory)
+    if not check_only:
+        lock_run_dir(directory)
     if resume:
-        Path(directory).mkdir(parents=True, exist_ok=True)
         remove_stray_temporaries(directory)
         return Path(directory)
+    if not check_only and not existing_results(directory, CHECKPOINT_FILES):
+        set_aside_failed_attempt(directory)
     return claim_output_dir(
         directory, results=RUN_FILES, overwrite=overwrite, what="a training run",
         how=f"continue it with --resume {Path(directory) / 'last.pt'}, replace it with --overwrite, or train into "
             "another directory with --out",
         check_only=check_only,
     )
+
+
+def set_aside_failed_attempt(directory: str | os.PathLike) -> Path | None:
+    """Move the files of a run that never wrote a checkpoint into ``attempt-N``: its logs stay readable and the
+    directory is free for the corrected run."""
+    directory = Path(directory)
+    found = existing_results(directory, RUN_FILES)
+    if not found:
+        return None
+    number = 1 + max((int(p.name.split("-")[1]) for p in directory.glob("attempt-*") if p.name.split("-")[1].isdigit()),
+                     default=0)
+    aside = directory / f"attempt-{number}"
+    aside.mkdir()
+    for name in found:
+        os.replace(directory / name, aside / name)
+    log.warning("%s held a run that never wrote a checkpoint; its files (%s) were moved to %s", directory,
+                ", ".join(found), aside)
+    return aside
+
+
+def lock_run_dir(directory: str | os.PathLike) -> None:
+    """Hold the run directory's lock until this process ends (see the module doc); refuses with
+    :class:`RunInUseError` when another process holds it. Taking it again in the same process is a no-op."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(f"output path {directory} exists and is not a directory")
+    directory.mkdir(parents=True, exist_ok=True)
+    key = directory.resolve()
+    if key in _held_locks:
+        return
+    fd = os.open(key / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 256).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise RunInUseError(f"{directory} is being written by another revtal run ({holder}): wait for it to end, or "
+                            "train into another directory with --out") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+    _held_locks[key] = fd
+
+
+def release_run_dir(directory: str | os.PathLike) -> None:
+    """Give up the lock :func:`lock_run_dir` took (the process's end gives it up too)."""
+    fd = _held_locks.pop(Path(directory).resolve(), None)
+    if fd is not None:
+        os.close(fd)
 
 
 def default_eval_dir(checkpoint: str | os.PathLike) -> Path:

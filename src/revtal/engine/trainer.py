@@ -34,6 +34,7 @@ from revtal.engine.runtime import autocast, model_inputs, resolve_device
 from revtal.engine.optim import ModelEMA, build_optimizer, warmup_cosine
 from revtal.engine.resume import check_resume_changes, config_changes
 from revtal.engine.rundir import claim_run_dir
+from revtal.utils.progress import progress
 
 
 def seed_everything(seed: int) -> None:
@@ -226,8 +227,8 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
             memory_kind = "cuda_max_allocated"
-        bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{cfg.optim.epochs} [{cfg.backbone.mode}]",
-                   disable=not self.progress, leave=False, dynamic_ncols=True)
+        bar = progress(self.train_loader, desc=f"epoch {epoch + 1}/{cfg.optim.epochs} [{cfg.backbone.mode}]",
+                       disable=not self.progress, leave=False)
         accumulate = cfg.optim.accumulate
         self.optimizer.zero_grad(set_to_none=True)
         alpha = beta = None

@@ -115,6 +115,16 @@ def dataclass_section(name: str, cls: type, doc: str, module: str) -> type:
     return settings_section(name, cls, fields_of_dataclass(cls), doc, build, module)
 
 
+def check_option(value: Any, annotation: Any, key: str, source: str) -> None:
+    """Check a free-form option (a mapping a settings class forwards, e.g. a factory's ``**options``) against the
+    annotation its target declares, where that is a scalar type or a union of scalars and ``None``; richer
+    annotations (callables, library-specific tuples) are left to the target."""
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    members = typing.get_args(annotation) if union else (annotation,)
+    if all(m in (int, float, bool, str, type(None)) for m in members):
+        _check_type(value, annotation, key, source, {})
+
+
 def _check_type(value: Any, annotation: Any, key: str, source: str, ranges: Ranges) -> Any:
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
@@ -239,6 +249,20 @@ def apply_override(data: dict, assignment: str) -> None:
     set_dotted(data, key, yaml.safe_load(raw), f"--set {key}")
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {seen[key] + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
 def read_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
     """The raw values a recipe file and ``--set`` overrides set (nothing filled in, not validated): what
     :func:`load_config` builds a config from, and what a resumed run applies over its own config."""
@@ -246,7 +270,7 @@ def read_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str
     if path:
         try:
             with open(path, encoding="utf-8") as fh:
-                data = yaml.safe_load(fh) or {}
+                data = yaml.load(fh, Loader=_StrictLoader)
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
         except yaml.YAMLError as err:
@@ -254,6 +278,9 @@ def read_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str
             where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
             reason = getattr(err, "problem", None) or str(err).splitlines()[0]
             raise ConfigError(f"{path}: not valid YAML{where}: {reason}") from None
+        if data is None:  # an empty file would otherwise train the built-in defaults
+            raise ConfigError(f"{path}: the config file is empty (give a recipe, or no file for the built-in "
+                              "defaults)")
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
     for assignment in overrides:

@@ -14,6 +14,12 @@ Per class ``c`` and tIoU threshold ``θ``:
 3. precision and recall along the list (recall over the number of ground-truth instances of ``c``); AP is the
    all-point interpolated area: recall steps times the monotone (right-to-left running max) precision envelope.
 
+The ground truth is scored as distributed (segments past a video's declared duration and duplicate instances
+included), as the official code reads it. THUMOS-14's "Ambiguous" instances are no class; under the THUMOS
+protocol (``TH14eventdetpr.m``, the default) a false positive that overlaps an Ambiguous instance of its video is
+removed from the list instead of counted; ``ambiguous="ignore"`` counts it, as ActivityNet-protocol code bases
+(ActionFormer, OpenTAD) do.
+
 mAP at ``θ`` averages AP over the classes that have at least one ground-truth instance in the evaluated subset; a
 class without any prediction scores 0. Predictions whose label is not such a class cannot change any AP and are
 ignored. The average mAP averages over the thresholds.
@@ -99,11 +105,13 @@ def average_precision(
     pred_segments: np.ndarray,
     pred_scores: np.ndarray,
     tiou_thresholds: Sequence[float] = ANET_TIOU,
+    ambiguous: Mapping[str, np.ndarray] | None = None,
 ) -> np.ndarray:
     """AP of one class at each threshold → (num_thresholds,).
 
     ``gt_segments`` maps video id → that video's (N, 2) instances of the class; the predictions of the class are
-    given as parallel sequences (video id, (M, 2) segment, (M,) score) in input order.
+    given as parallel sequences (video id, (M, 2) segment, (M,) score) in input order. ``ambiguous``: video id →
+    (K, 2) segments where a false positive is not counted (THUMOS protocol).
     """
     thresholds = np.asarray(tiou_thresholds, dtype=np.float64)
     num_positive = sum(len(np.asarray(v).reshape(-1, 2)) for v in gt_segments.values())
@@ -127,11 +135,21 @@ def average_precision(
         if video_gt is None:
             continue  # no instance of the class in this video (or video unknown): all false positives
         true_positive[:, ranks] = match_video(video_gt, pred_segments[order[ranks]], thresholds)
-    tp_cumulative = np.cumsum(true_positive, axis=1, dtype=np.float64)
-    fp_cumulative = np.cumsum(~true_positive, axis=1, dtype=np.float64)
-    recall = tp_cumulative / num_positive
-    precision = tp_cumulative / (tp_cumulative + fp_cumulative)
-    return np.array([interpolated_average_precision(precision[t], recall[t]) for t in range(thresholds.size)])
+    near_ambiguous = np.zeros(len(order), dtype=bool)
+    for video_id, ranks in ranks_by_video.items():
+        zones = np.asarray((ambiguous or {}).get(video_id, ()), dtype=np.float64).reshape(-1, 2)
+        if len(zones):
+            overlap = pairwise_tiou(torch.as_tensor(pred_segments[order[ranks]]), torch.as_tensor(zones)).numpy()
+            near_ambiguous[ranks] = overlap.max(axis=1) > 0
+    ap = np.zeros(thresholds.size)
+    for t in range(thresholds.size):
+        counted = true_positive[t] | ~near_ambiguous  # a false positive over an Ambiguous instance is dropped
+        hits = true_positive[t][counted]
+        tp_cumulative = np.cumsum(hits, dtype=np.float64)
+        fp_cumulative = np.cumsum(~hits, dtype=np.float64)
+        precision = tp_cumulative / np.maximum(tp_cumulative + fp_cumulative, 1)
+        ap[t] = interpolated_average_precision(precision, tp_cumulative / num_positive)
+    return ap
 
 
 @dataclass
@@ -172,12 +190,19 @@ def _thresholds(tiou_thresholds) -> np.ndarray:
     return thresholds
 
 
-def evaluate_detection(ground_truth, predictions, tiou_thresholds=ANET_TIOU, subset=None) -> DetectionResult:
+AMBIGUOUS_RULES = ("thumos", "ignore")
+
+
+def evaluate_detection(ground_truth, predictions, tiou_thresholds=ANET_TIOU, subset=None,
+                       ambiguous: str = "thumos") -> DetectionResult:
     """ActivityNet detection mAP of ``predictions`` (results-format path or dict) against ``ground_truth``.
 
     ``ground_truth``: an :class:`AnnotationSet` or an ActivityNet-format JSON path / dict; ``subset`` restricts it
-    (e.g. ``"validation"``). ``tiou_thresholds``: numbers, or ``"anet"`` / ``"thumos"``.
+    (e.g. ``"validation"``). ``tiou_thresholds``: numbers, or ``"anet"`` / ``"thumos"``. ``ambiguous``: ``"thumos"``
+    (false positives over THUMOS "Ambiguous" instances are not counted) or ``"ignore"`` (they are).
     """
+    if ambiguous not in AMBIGUOUS_RULES:
+        raise ValueError(f"ambiguous must be one of {AMBIGUOUS_RULES}, got {ambiguous!r}")
     thresholds = _thresholds(tiou_thresholds)
     annotations = _resolve_ground_truth(ground_truth, subset)
     results = read_predictions(predictions)
@@ -211,11 +236,12 @@ def evaluate_detection(ground_truth, predictions, tiou_thresholds=ANET_TIOU, sub
     for warning in warnings:  # returned, not logged: `revtal evaluate` prints them as its warnings
         log.debug("%s", warning)
 
+    zones = {vid: v.ambiguous for vid, v in annotations.videos.items() if len(v.ambiguous)} if ambiguous == "thumos" else {}
     per_class_ap = np.zeros((thresholds.size, len(evaluated)))
     for column, label in enumerate(evaluated):
         video_ids, segments, scores = preds_by_class[label]
         per_class_ap[:, column] = average_precision(gt_by_class[label], video_ids, np.asarray(segments, dtype=np.float64),
-                                                    np.asarray(scores, dtype=np.float64), thresholds)
+                                                    np.asarray(scores, dtype=np.float64), thresholds, zones)
     mean_ap = per_class_ap.mean(axis=1)
     return DetectionResult(
         tiou=[round(float(t), 10) for t in thresholds],

@@ -12,22 +12,37 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 
-def plot_timeline(
-    path: str | Path,
+LOW_SCORE = 0.2  # detections scoring below it are drawn hatched: shown, but marked as unlikely
+
+
+def plot_timeline(path: str | Path, video_id: str, duration: float, detections: Sequence[dict],
+                  classes: Sequence[str], ground_truth: Sequence[dict] | None = None, **options) -> Path:
+    """Writes :func:`timeline_figure` as a PNG."""
+    fig = timeline_figure(video_id, duration, detections, classes, ground_truth, **options)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def timeline_figure(
     video_id: str,
     duration: float,
     detections: Sequence[dict],
     classes: Sequence[str],
     ground_truth: Sequence[dict] | None = None,
-    min_score: float = 0.2,
+    min_score: float | None = None,
     max_detections: int = 8,
-) -> Path:
-    """Ground truth on the top lane, then the best detections one lane each (score on the left, colour = class,
-    opacity = score). ``detections``/``ground_truth``: ActivityNet-style dicts with ``segment``, ``label`` (and
-    ``score``)."""
+    low_score: float = LOW_SCORE,
+):
+    """Ground truth on the top lane, then the best detections one lane each, labelled with class and score (colour
+    = class, opacity = score; hatched below ``low_score``). By default the best ``max_detections`` are drawn whatever
+    their scores, so a freshly trained model's low-scoring detections are still visible; ``min_score`` drops those
+    below it. ``detections``/``ground_truth``: ActivityNet-style dicts with ``segment``, ``label`` (and ``score``)."""
     colours = {name: plt.cm.tab10(i % 10) for i, name in enumerate(classes)}
     shown = shown_detections(detections, min_score, max_detections)
-    lanes = (["ground truth"] if ground_truth is not None else []) + [f"{d['score']:.2f}" for d in shown]
+    lanes = (["ground truth"] if ground_truth is not None else []) + [f"{d['label']} {d['score']:.2f}" for d in shown]
     fig, ax = plt.subplots(figsize=(10, 1.4 + 0.32 * max(len(lanes), 1)))
     top = len(lanes) - 1
     if ground_truth is not None:
@@ -38,33 +53,39 @@ def plot_timeline(
         top -= 1
     for lane, d in zip(range(top, -1, -1), shown):
         s, e = d["segment"]
+        low = d["score"] < low_score
         ax.broken_barh([(s, e - s)], (lane - 0.35, 0.7), color=colours.get(d["label"], "grey"),
-                       alpha=0.35 + 0.65 * min(1.0, d["score"]))
-        ax.text(s + 0.01 * duration, lane, d["label"], va="center", fontsize=6, clip_on=True)
+                       alpha=0.35 + 0.65 * min(1.0, d["score"]), hatch="////" if low else None,
+                       edgecolor="black" if low else None, linewidth=0.0)
     ax.set_xlim(0, duration)
     ax.set_ylim(-0.6, len(lanes) - 0.4)
     ax.set_yticks(range(len(lanes)))
     ax.set_yticklabels(list(reversed(lanes)), fontsize=7)
     ax.set_xlabel("seconds")
     used = sorted({d["label"] for d in shown} | {g["label"] for g in (ground_truth or [])})
-    ax.legend(handles=[Patch(color=colours.get(c, "grey"), label=c) for c in used], fontsize=7, loc="upper left",
-              bbox_to_anchor=(1.0, 1.0), frameon=False)
-    ax.set_title(timeline_title(video_id, detections, min_score, max_detections), fontsize=9)
+    handles = [Patch(color=colours.get(c, "grey"), label=c) for c in used]
+    if any(d["score"] < low_score for d in shown):
+        handles.append(Patch(facecolor="white", edgecolor="black", hatch="////", label=f"score < {low_score:g}"))
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    ax.set_title(timeline_title(video_id, detections, min_score, max_detections, low_score), fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig
 
 
-def shown_detections(detections: Sequence[dict], min_score: float, max_detections: int) -> list[dict]:
-    """The detections a timeline draws: the best ``max_detections`` of those scoring at least ``min_score``."""
-    return sorted((d for d in detections if d["score"] >= min_score), key=lambda d: -d["score"])[:max_detections]
+def shown_detections(detections: Sequence[dict], min_score: float | None, max_detections: int) -> list[dict]:
+    """The detections a timeline draws: the best ``max_detections`` (of those scoring at least ``min_score``)."""
+    kept = detections if min_score is None else [d for d in detections if d["score"] >= min_score]
+    return sorted(kept, key=lambda d: -d["score"])[:max_detections]
 
 
-def timeline_title(video_id: str, detections: Sequence[dict], min_score: float, max_detections: int) -> str:
+def timeline_title(video_id: str, detections: Sequence[dict], min_score: float | None, max_detections: int,
+                   low_score: float = LOW_SCORE) -> str:
     """Says what the plot draws out of what the results hold, so an empty plot is not read as no detections."""
+    if min_score is None:
+        drawn = min(len(detections), max_detections)
+        title = f"{video_id}: the best {drawn} of {len(detections)} detections"
+        low = sum(d["score"] < low_score for d in shown_detections(detections, None, max_detections))
+        return title + (f"; hatched: {low} scoring < {low_score:g}" if low else "")
     passing = sum(d["score"] >= min_score for d in detections)
     drawn = min(passing, max_detections)
     title = f"{video_id}: {drawn} of {len(detections)} detections drawn"
@@ -74,5 +95,4 @@ def timeline_title(video_id: str, detections: Sequence[dict], min_score: float, 
         title += f" (those with score ≥ {min_score:g})"
     if detections and not passing:
         title += f"; the best score is {max(d['score'] for d in detections):.2f} (lower the score threshold to draw them)"
-    return title + "; lane label = score"
-
+    return title

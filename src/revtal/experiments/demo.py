@@ -19,7 +19,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from revtal.backbones import ClipClassifier, build
 from revtal.data.synthetic import SyntheticClipDataset
@@ -32,6 +31,7 @@ from revtal.engine.optim import warmup_cosine
 from revtal.engine.run_state import atomic_save
 from revtal.engine.trainer import Trainer
 from revtal.reversible import reversible_stages
+from revtal.utils.progress import progress
 
 MODES = ("dr2net", "conventional", "frozen")
 
@@ -97,7 +97,7 @@ def pretrain_backbone(config: Config, out: Path, steps: int, seed: int = 0) -> d
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     schedule = warmup_cosine(optimizer, warmup_steps=max(1, steps // 10), total_steps=steps)
     model.train()
-    bar = tqdm(range(steps), desc="pretrain backbone (clip classification)", leave=False, dynamic_ncols=True)
+    bar = progress(range(steps), desc="pretrain backbone (clip classification)", leave=False)
     for step in bar:
         clips, labels = batch_of(train_set, range(step * 16, step * 16 + 16))
         loss = torch.nn.functional.cross_entropy(model(clips), labels)

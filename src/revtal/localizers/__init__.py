@@ -1,6 +1,9 @@
-"""Temporal action localizers: ActionFormer, its training targets and losses, and inference post-processing."""
+"""Temporal action localizers (ActionFormer, VSGN; ``registry`` names them), their targets and losses, and inference
+post-processing."""
 
 from revtal.localizers.actionformer import ActionFormer, ActionFormerConfig, LocalizerOutput
+from revtal.localizers.registry import build_localizer, get_localizer, localizer_names
+from revtal.localizers.vsgn import VSGN, VSGNConfig
 from revtal.localizers.postprocess import (
     PostprocessConfig,
     detections_to_seconds,
@@ -16,6 +19,11 @@ __all__ = [
     "ActionFormer",
     "ActionFormerConfig",
     "LocalizerOutput",
+    "VSGN",
+    "VSGNConfig",
+    "build_localizer",
+    "get_localizer",
+    "localizer_names",
     "PostprocessConfig",
     "detections_to_seconds",
     "fuse_video_classifier",

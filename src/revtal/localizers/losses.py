@@ -15,6 +15,9 @@ ground-truth action (if any) it is responsible for:
 The classification branch is trained with the sigmoid focal loss over all valid points; the regression branch
 predicts the distances (left, right) from the point to the action boundaries, in units of the level's stride,
 and is trained on positive points only with the distance-IoU loss for 1D segments.
+
+Anchor-based localizers (VSGN) use :func:`match_segments` (tIoU matching with best-candidate matches) and
+:func:`giou_loss_1d` on absolute segments.
 """
 
 from __future__ import annotations

@@ -18,13 +18,13 @@ from revtal.reversible.convert import (
 )
 from revtal.reversible.coupling import Coupling, FloatArithmetic
 from revtal.reversible.exact import Dyadic, ExactArithmetic, nearest_dyadic
-from revtal.reversible.function import Branch, NonFiniteGradientError, ReconstructionCheck
+from revtal.reversible.function import Branch, NonFiniteGradientError, ReconstructionCheck, UnsupportedBackwardError
 from revtal.reversible.stage import BACKPROP_MODES, BypassError, CallProtocol, ReversibleStage, reversible_stages
 
 __all__ = [
     "BACKPROP_MODES", "BlockRule", "Branch", "BypassError", "CallProtocol", "Coupling", "Dyadic", "ExactArithmetic",
     "FAMILIES", "Family", "FloatArithmetic", "NonFiniteGradientError", "ReconstructionCheck", "ReversibleStage",
-    "convert", "nearest_dyadic", "register_family", "registered_families", "residual_functions", "reversible_stages",
+    "UnsupportedBackwardError", "convert", "nearest_dyadic", "register_family", "registered_families", "residual_functions", "reversible_stages",
     "set_backprop", "set_coefficients", "supported_types",
 ]
 

@@ -357,6 +357,7 @@ class ExactArithmetic:
 
     # ------------------------------------------------------------------------------------------------ forward
     def begin(self, x0: Tensor, c: Coupling) -> tuple[Tensor, Tensor, ExactTape]:
+        _require_float_weights(x0)
         d = as_dyadic(c.beta, self.beta_bits)
         exponents = self._row_exponents(x0)
         scale = _pow2(exponents)
@@ -475,6 +476,17 @@ class ExactArithmetic:
         quantized = (g * tape.scale).to(torch.int64)
         return x.sub_(quantized) if overwrite else x - quantized
 
+
+
+def _require_float_weights(x0: Tensor) -> None:
+    """Half-precision inputs outside autocast mean a half-precision model (``model.half()``): its branches would be
+    fed the float32 views the fixed point produces, against half-precision weights."""
+    if x0.dtype in (torch.float16, torch.bfloat16) and not torch.is_autocast_enabled(x0.device.type):
+        raise TypeError(
+            f"exact backprop cannot run a {str(x0.dtype).removeprefix('torch.')} model (model.half() / "
+            "model.bfloat16()): it keeps the streams in float32 fixed point. Keep the weights in float32 and compute "
+            "in low precision under autocast (torch.autocast, or train.amp in a recipe), or use backprop='reversible'"
+        )
 
 
 def _float_dtype(like: Tensor) -> torch.dtype:

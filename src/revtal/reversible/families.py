@@ -44,7 +44,7 @@ def _torchvision_rules() -> list[BlockRule]:
     from torchvision.models.video import mvit
     from torchvision.models.video import resnet as video_resnet
 
-    from revtal.reversible import video_swin
+    from revtal.reversible import video_swin  # it imports torchvision, loaded with this family only
 
     traced = [
         resnet.BasicBlock, resnet.Bottleneck, video_resnet.BasicBlock, video_resnet.Bottleneck,

@@ -41,6 +41,11 @@ class NonFiniteGradientError(FloatingPointError):
     """A reversible stage produced a NaN/inf gradient (usually an unstable reconstruction at small β)."""
 
 
+class UnsupportedBackwardError(RuntimeError):
+    """A second backward through one forward, or a differentiable backward (``create_graph``): memory-free stages
+    reconstruct their activations by consuming what the forward stored, so each forward backs one backward."""
+
+
 @dataclass(frozen=True)
 class Branch:
     """One residual branch F_i: ``fn`` computes F_i(x) only (not the skip), using parameters of ``owner``.
@@ -175,7 +180,11 @@ class ReversibleBranchFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_x: Tensor | None, grad_y: Tensor | None):
-        run: StageRun = ctx.run
+        run: StageRun | None = ctx.run
+        if run is None or torch.is_grad_enabled():
+            raise UnsupportedBackwardError(_unsupported_backward_message(
+                "a second backward through the same forward (retain_graph=True)" if run is None
+                else "a differentiable backward (create_graph=True, e.g. double backward or gradient penalties)"))
         i = ctx.i
         arith, c, tape = run.arithmetic, run.coupling, run.tape
         saved = list(ctx.saved_tensors)
@@ -239,6 +248,14 @@ class ReversibleBranchFunction(torch.autograd.Function):
         if not ctx.needs_input_grad[2]:
             grad_input = None
         return (None, None, grad_input, None, *param_grads)
+
+
+def _unsupported_backward_message(what: str) -> str:
+    return (
+        f"memory-free reversible backprop does not support {what}: the stage reconstructs its activations from its "
+        "output and consumes them as it goes. Run the forward again for each backward, or convert with "
+        "backprop='checkpoint' or 'vanilla' (revtal.set_backprop(model, 'vanilla')) where the model must support it"
+    )
 
 
 def run_memory_free(run: StageRun, x0: Tensor) -> tuple[Tensor, Tensor]:

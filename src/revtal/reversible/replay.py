@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.overrides import _get_current_function_mode_stack
 
 
 @dataclass(frozen=True)
@@ -48,14 +49,10 @@ class FunctionModes:
 
     @classmethod
     def capture(cls) -> "FunctionModes":
-        from torch.overrides import _get_current_function_mode_stack
-
         return cls(tuple(_get_current_function_mode_stack()))
 
     @contextlib.contextmanager
     def scope(self):
-        from torch.overrides import _get_current_function_mode_stack
-
         if not self.modes or tuple(_get_current_function_mode_stack()) == self.modes:
             yield
             return

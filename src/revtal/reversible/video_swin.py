@@ -26,6 +26,7 @@ from functools import partial
 import torch
 import torch.utils.checkpoint
 from torch import Tensor, nn
+from torchvision.models.video.swin_transformer import ShiftedWindowAttention3d
 
 from revtal.reversible.function import Branch
 
@@ -95,7 +96,8 @@ def chunked_window_attention_3d(attn: nn.Module, x: Tensor, window_chunk: int) -
     dropout = attn.attention_dropout if attn.training else 0.0
     # attention dropout draws one mask over all windows, which chunks would draw differently: it runs unchunked
     step = x.size(0) if dropout > 0 else max(1, int(window_chunk))
-    checkpointed = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, bias))
+    # one chunk holding every window gains nothing from checkpointing: it runs as the library's attention does
+    checkpointed = step < x.size(0) and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, bias))
     outputs = []
     for start in range(0, x.size(0), step):
         stop = min(start + step, x.size(0))
@@ -133,8 +135,6 @@ def _mlp_branch(block: nn.Module, x: Tensor) -> Tensor:
 
 
 def is_video_swin_block(block: nn.Module) -> bool:
-    from torchvision.models.video.swin_transformer import ShiftedWindowAttention3d
-
     return isinstance(getattr(block, "attn", None), ShiftedWindowAttention3d)
 
 

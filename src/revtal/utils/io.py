@@ -6,6 +6,9 @@ loss) cannot remove its own; :func:`remove_stray_temporaries` removes those whos
 those of the older ``.<name>.<random>.tmp`` form, which carry no pid), and every write calls it for its own target,
 so a resumed run leaves no stray file behind. The result gets the permissions of an ordinary new file (0666 minus
 the umask) or keeps those of the file it replaces, not the 0600 of a temporary file.
+
+A write that fails because of the storage (read-only, full, over quota, file too large) raises an ``OSError`` that
+names the target (:func:`disk_error_message` is the one line the command line prints for it).
 """
 
 from __future__ import annotations
@@ -84,8 +87,30 @@ def current_umask() -> int:
     return umask
 
 
+# errors of the storage rather than of the path: the same command works with another output directory or disk
+DISK_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
+def disk_error_message(err: OSError) -> str:
+    """One line for a storage error: the path (where the error carries one), the reason and what to do."""
+    where = f"cannot write {err.filename}" if err.filename else "cannot write the output"
+    reason = os.strerror(err.errno) if err.errno else str(err)
+    if err.errno == errno.EROFS:
+        return f"{where}: {reason}; choose a writable output directory (--out)"
+    return f"{where}: {reason}; free space or choose another output directory (--out)"
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: bool = True) -> None:
     path = Path(path)
+    try:
+        _atomic_write(path, write, binary)
+    except OSError as err:
+        if err.errno in DISK_ERRNOS:  # named after the target, not its temporary file
+            raise OSError(err.errno, os.strerror(err.errno), str(path)) from err
+        raise
+
+
+def _atomic_write(path: Path, write: Callable[[IO], None], binary: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stray_temporaries(path.parent, path.name)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
@@ -100,3 +125,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: b
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """``Path.write_text`` through :func:`atomic_write`: never a truncated file, storage errors naming ``path``."""
+    atomic_write(path, lambda fh: fh.write(text), binary=False)

@@ -19,7 +19,11 @@ entries are grouped into tables that mirror the papers':
 * LoSA Tab. 4a — LoSA and its ablations (no long-range adapter, no short-range adapter, plain sum fusion, gates
   starting at one) beside head-only and full finetuning;
 * LoSA Tab. 2 — the adapter methods LoSA repurposed for TAL: ST-Adapter and AIM (inside the frozen ViT's blocks),
-  UniPT (a parallel network beside it) and LoSA, beside full finetuning.
+  UniPT (a parallel network beside it) and LoSA, beside full finetuning;
+* Re²TAL §4, the complete recipe — re2 TAL from a backbone re-pretrained on clip classification after rewiring,
+  against conventional, re2 without that step, and the same step unrewired;
+* Dr²Net Tab. 2 (action-recognition column), 6, 8 and 11 — ``task: classification`` entries scored by top-1
+  (:mod:`~revtal.experiments.study.classification`).
 
 Every run writes ``OUT/results/<entry>_seed<k>.json`` as soon as it finishes (average mAP, mAP per tIoU, bytes the
 backbone saved for backward on one training step, median step time, …), so an interrupted study continues with

@@ -25,6 +25,7 @@ from revtal.experiments.study.classification import ar_config, prepare_clips, re
 from revtal.experiments.study.catalogue import ENTRY_BY_NAME, SETTINGS, TABLES, StudyEntry, base_config, run_overrides, select_entries
 from revtal.experiments.study.report import format_noise_floor, format_tables, plot_differences
 from revtal.experiments.study.statistics import noise_floor, summarize, table_differences
+from revtal.utils.progress import progress
 
 # ----------------------------------------------------------------------------------------------------- one run
 
@@ -218,7 +219,7 @@ def run_study(options: StudyOptions) -> int:
     print(f"{len(plan)} runs planned, {len(plan) - len(todo)} already done" if options.resume_partial else
           f"{len(plan)} runs planned")
     pretrains = {seed: pretrained_checkpoint(options, base, out, seed) for seed in sorted({s for _, s in todo})}
-    bar = tqdm(total=len(todo), desc="study", unit="run", dynamic_ncols=True)
+    bar = progress(total=len(todo), desc="study", unit="run")
 
     def report(record: dict) -> None:
         bar.update(1)
