@@ -11,15 +11,24 @@ T/α, H', W'); the temporal stride is α.
 block of each stage (projection shortcut) and the lateral fast→slow fusions stay ordinary, as in Re²TAL. The
 network is kept unchanged under ``.net`` except its classification head (``blocks.6``, replaced by the identity),
 so a published pytorchvideo checkpoint (``{"model_state": ...}`` with keys ``blocks.N...``) loads strictly.
+
+When the stages run memory-free, the ordinary layers between two stages' reversible runs — the lateral fusion
+after stage k and the entry blocks of stage k+1 of both pathways (for k = 0: the stems and the first fusion) — run
+as one checkpointed region whose inputs are the stage outputs the reversible runs keep anyway: a step then stores
+only the two streams of each run (and the clip), not the fusions' convolutions, the concatenated slow input or the
+entry blocks' activations (:func:`revtal.reversible.stage.between_stages`).
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from revtal.backbones.backbone import Features, VideoBackbone
+from revtal.backbones.backbone import Features, VideoBackbone, run_sequence
+from revtal.reversible.stage import ReversibleStage, between_stages, runs_memory_free
 
 Clips = Tensor | list[Tensor] | tuple[Tensor, Tensor]
 
@@ -62,6 +71,8 @@ class SlowFastBackbone(VideoBackbone):
         return torch.cat([slow, fast], dim=1)
 
     def forward_features(self, video: Clips, return_intermediates: bool = False) -> Features:
+        if not return_intermediates and runs_memory_free(self.net):
+            return self._merge(self._memory_free_features(self.pathways(video)))
         # pytorchvideo's multipathway blocks write their outputs into the list they are given: always a fresh one
         x = list(self.pathways(video))
         x = self.net.blocks[0](x)
@@ -72,6 +83,37 @@ class SlowFastBackbone(VideoBackbone):
                 intermediates.append(self._merge(x))
         final = self._merge(x)
         return (final, intermediates) if return_intermediates else final
+
+
+    def _memory_free_features(self, pair: list[Tensor]) -> list[Tensor]:
+        """The pathways' last feature maps, with the layers between reversible runs as checkpointed regions."""
+        blocks = self.net.blocks
+        stages = [blocks[k].multipathway_blocks for k in range(1, 5)]
+        for k in range(5):
+            entries = [_entry_blocks(stage) for stage in stages[k]] if k < 4 else [[], []]
+            layers = [blocks[0] if k == 0 else blocks[k].multipathway_fusion] + [b for e in entries for b in e]
+            pair = between_stages(self.net, partial(_gap, layers[0], entries), *pair, modules=layers)
+            if k < 4:
+                pair = [_after_entry(stage, x) for stage, x in zip(stages[k], pair)]
+        return list(pair)
+
+
+def _gap(first: nn.Module, entries: list[list[nn.Module]], *pair: Tensor) -> list[Tensor]:
+    """The stems (or a lateral fusion) and then the next stage's entry blocks of each pathway."""
+    pair = first(list(pair))
+    return [run_sequence(blocks, x) for blocks, x in zip(entries, pair)]
+
+
+def _entry_blocks(res_stage: nn.Module) -> list[nn.Module]:
+    blocks = res_stage.res_blocks
+    return blocks.entry_blocks() if isinstance(blocks, ReversibleStage) else []
+
+
+def _after_entry(res_stage: nn.Module, x: Tensor) -> Tensor:
+    blocks = res_stage.res_blocks
+    if isinstance(blocks, ReversibleStage):
+        return blocks.forward_after_entry(x)
+    return res_stage(x)
 
 
 def slowfast(depth: int, **opts) -> nn.Module:
