@@ -41,7 +41,10 @@ class BlockRule:
     ``branches_of(block, context) -> [Branch, ...]`` and ``ordinary(block) -> reason | None`` instead. ``when``
     narrows the rule to some instances of the type; ``inline`` names child modules to trace into (where the
     residual sum happens inside a child); ``fixed`` traces forward arguments as constants; ``protocol`` is how the
-    model calls the blocks (:class:`~revtal.reversible.stage.CallProtocol`).
+    model calls the blocks (:class:`~revtal.reversible.stage.CallProtocol`); ``shortcuts`` are module types that may
+    sit on a block's shortcut (shape-preserving by construction; they join the branch, see
+    :mod:`revtal.reversible.trace`). ``residual=False`` declares a layer type that may sit in a stage among residual
+    blocks and always stays ordinary (torchvision MobileNetV2's convolution layers between its inverted residuals).
     """
 
     block_type: type
@@ -52,6 +55,8 @@ class BlockRule:
     fixed: tuple[tuple[str, Any], ...] = ()
     protocol: str = "tensor"
     describe: str = ""
+    shortcuts: tuple[type, ...] = ()
+    residual: bool = True
 
     @property
     def name(self) -> str:
@@ -215,7 +220,7 @@ def _find_stages(model: nn.Module, rules: list[BlockRule]) -> list[_StageSpec]:
         for name, child in module.named_children():
             path = f"{prefix}.{name}" if prefix else name
             if isinstance(child, (nn.Sequential, nn.ModuleList)) and any(
-                _rule_for(block, rules) for block in child.children()
+                getattr(_rule_for(block, rules), "residual", False) for block in child.children()
             ):
                 spec = _stage_spec(module, name, child, path, rules)
                 if spec is not None:
@@ -262,6 +267,8 @@ def _stage_spec(parent: nn.Module, attr: str, container: nn.Module, path: str, r
 
 def _prepare(block: nn.Module, rule: BlockRule, path: str) -> str | None:
     """Attach the rule (and traced plan) to a block; returns why it stays ordinary, or None."""
+    if not rule.residual:
+        return "not a residual block"
     if rule.branches_of is not None:
         reason = rule.ordinary(block) if rule.ordinary else None
         plan = None
@@ -269,7 +276,7 @@ def _prepare(block: nn.Module, rule: BlockRule, path: str) -> str | None:
         try:
             plan = plan_block(
                 block, inline=rule.inline, fixed=dict(rule.fixed),
-                output_index=None if rule.protocol == "tensor" else 0,
+                output_index=None if rule.protocol == "tensor" else 0, shortcuts=rule.shortcuts,
             )
             reason = None
         except NotResidual as why:
