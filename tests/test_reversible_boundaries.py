@@ -58,7 +58,11 @@ def test_re2_output_reconstruction_keeps_float64_gradient_parity():
 def _stage_outputs(backbone, stages, video):
     """Bytes of each stage's output in a no-grad forward (the plain path, where stage modules run as modules)."""
     sizes = []
-    handles = [s.register_forward_hook(lambda m, i, o: sizes.append(o.numel() * o.element_size())) for s in stages]
+
+    def record(module, inputs, output):
+        sizes.extend(o.numel() * o.element_size() for o in (output if isinstance(output, list) else [output]))
+
+    handles = [s.register_forward_hook(record) for s in stages]
     with torch.no_grad():
         backbone(video)
     for handle in handles:
@@ -66,8 +70,9 @@ def _stage_outputs(backbone, stages, video):
     return sizes
 
 
-def test_memory_free_slowfast_keeps_only_the_clip_and_two_streams_per_stage():
-    # stems, lateral fusions and stage-entry blocks are recomputed from the stage outputs the runs keep anyway
+def test_memory_free_slowfast_keeps_the_clip_the_stem_outputs_and_two_streams_per_stage():
+    # lateral fusions and stage-entry blocks are recomputed from the stage outputs the runs keep anyway; the stems
+    # (with the first fusion) from the clip, their outputs kept so that backward recomputes one part at a time
     from revtal.backbones import build
 
     torch.manual_seed(0)
@@ -75,8 +80,9 @@ def test_memory_free_slowfast_keeps_only_the_clip_and_two_streams_per_stage():
     video = torch.randn(2, 3, 8, 32, 32)
     stages = [pathway for k in range(1, 5) for pathway in backbone.net.blocks[k].multipathway_blocks]
     streams = 2 * sum(_stage_outputs(backbone, stages, video))
+    stems = sum(_stage_outputs(backbone, [backbone.net.blocks[0]], video))
     kept = saved_bytes(lambda: backbone(video).sum(), backbone)
-    assert kept == streams + video.numel() * video.element_size()
+    assert kept == streams + stems + video.numel() * video.element_size()
 
 
 def test_memory_free_video_resnet_keeps_only_the_clip_and_two_streams_per_stage():

@@ -21,6 +21,7 @@ entry blocks' activations (:func:`revtal.reversible.stage.between_stages`).
 
 from __future__ import annotations
 
+import contextlib
 from functools import partial
 
 import torch
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from revtal.backbones.backbone import Features, VideoBackbone, run_sequence
+from revtal.reversible.replay import batchnorm_modules, statistics_unchanged
 from revtal.reversible.stage import ReversibleStage, between_stages, runs_memory_free
 
 Clips = Tensor | list[Tensor] | tuple[Tensor, Tensor]
@@ -84,24 +86,46 @@ class SlowFastBackbone(VideoBackbone):
         final = self._merge(x)
         return (final, intermediates) if return_intermediates else final
 
-
     def _memory_free_features(self, pair: list[Tensor]) -> list[Tensor]:
-        """The pathways' last feature maps, with the layers between reversible runs as checkpointed regions."""
-        blocks = self.net.blocks
-        stages = [blocks[k].multipathway_blocks for k in range(1, 5)]
-        for k in range(5):
-            entries = [_entry_blocks(stage) for stage in stages[k]] if k < 4 else [[], []]
-            layers = [blocks[0] if k == 0 else blocks[k].multipathway_fusion] + [b for e in entries for b in e]
-            pair = between_stages(self.net, partial(_gap, layers[0], entries), *pair, modules=layers)
-            if k < 4:
-                pair = [_after_entry(stage, x) for stage, x in zip(stages[k], pair)]
-        return list(pair)
+        """The pathways' last feature maps, with the ordinary layers between reversible runs as checkpointed
+        regions. A region's recompute in backward is what a step holds at its peak, so each is kept small: the
+        stems with the first fusion (from the clip; their outputs, 1/16 of a stage's streams, are kept), then per
+        pathway the lateral fusion after stage k (run in each pathway's region: one small convolution of the fast
+        pathway) and that pathway's entry blocks of stage k+1, from the two stage outputs the reversible runs keep
+        anyway."""
+        net, blocks = self.net, self.net.blocks
+        pair = between_stages(net, _multipathway(blocks[0]), *pair, modules=[blocks[0]])
+        fusion = None  # the lateral fusion still to apply to `pair`
+        for k in range(1, 5):
+            stages = blocks[k].multipathway_blocks
+            entered = []
+            for p, stage in enumerate(stages):
+                entries = _entry_blocks(stage)
+                if fusion is None:
+                    x = between_stages(net, partial(run_sequence, entries), pair[p], modules=entries)
+                else:
+                    x = between_stages(net, partial(_fused_entry, fusion, p, entries), *pair,
+                                       modules=[fusion, *entries])
+                entered.append(x)
+            pair = [_after_entry(stage, x) for stage, x in zip(stages, entered)]
+            fusion = blocks[k].multipathway_fusion
+        return between_stages(net, _multipathway(fusion), *pair, modules=[fusion])
 
 
-def _gap(first: nn.Module, entries: list[list[nn.Module]], *pair: Tensor) -> list[Tensor]:
-    """The stems (or a lateral fusion) and then the next stage's entry blocks of each pathway."""
-    pair = first(list(pair))
-    return [run_sequence(blocks, x) for blocks, x in zip(entries, pair)]
+def _multipathway(module: nn.Module):
+    """``module`` (taking and returning a list of pathways) as a function of the pathway tensors."""
+    def run(*pair: Tensor) -> list[Tensor]:
+        return list(module(list(pair)))
+    return run
+
+
+def _fused_entry(fusion: nn.Module, pathway: int, entries: list[nn.Module], *pair: Tensor) -> Tensor:
+    """One pathway after the lateral fusion, through the next stage's entry blocks. The first pathway's region
+    runs the fusion first; the others run it again, leaving its BatchNorm statistics as the first run left them."""
+    repeat = statistics_unchanged(batchnorm_modules(fusion)) if pathway else contextlib.nullcontext()
+    with repeat:
+        x = fusion(list(pair))[pathway]
+    return run_sequence(entries, x)
 
 
 def _entry_blocks(res_stage: nn.Module) -> list[nn.Module]:
