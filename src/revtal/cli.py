@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "selfcheck": ("revtal.tools.selfcheck", "verify the reversible engine on a tiny model and print what was checked"),
     "bench": ("revtal.bench.cli", "memory and speed benchmarks"),
     "study": ("revtal.bench.study", "the papers' tables in miniature on the synthetic dataset"),
+    "plan": ("revtal.commands.plan", "will this recipe fit my GPU, and in which mode? (simulated on fake tensors)"),
 }
 
 

@@ -123,7 +123,9 @@ class VideoViT(nn.Module):
             self.register_buffer("pos_embed", sinusoid_table(num_patches, embed_dim), persistent=False)
         self.pos_drop = nn.Dropout(drop_rate)
         norm_layer = partial(nn.LayerNorm, eps=norm_eps)
-        drop_path = torch.linspace(0, drop_path_rate, depth).tolist()
+        # linearly increasing drop-path rates, in Python: a model built on the meta device or under fake tensors
+        # has no values to read back
+        drop_path = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.Sequential(
             *[
                 Block(

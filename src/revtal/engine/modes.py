@@ -249,7 +249,7 @@ class ModeHooks:
         """Call after the backward; raises if an exact stage did not reconstruct bitwise, returns monitor events."""
         for stage in self._verifying:
             check = stage.last_check
-            if check is None or not check.bitwise:
+            if check is None or not (check.bitwise or check.simulated):
                 raise RuntimeError(
                     f"exact backprop did not reconstruct the input of stage {stage.stage_name!r} bitwise on the "
                     f"first training step (max abs error {getattr(check, 'max_abs_error', float('nan'))}): the "

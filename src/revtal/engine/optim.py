@@ -38,8 +38,11 @@ def decay_groups(module: nn.Module) -> tuple[list[nn.Parameter], list[nn.Paramet
 
 
 def build_optimizer(
-    backbone: nn.Module | None, head: nn.Module, backbone_lr: float, head_lr: float, weight_decay: float
+    backbone: nn.Module | None, head: nn.Module, backbone_lr: float, head_lr: float, weight_decay: float,
+    foreach: bool | None = None,
 ) -> torch.optim.AdamW:
+    """AdamW over the backbone's and the head's decayed and not-decayed parameters. ``foreach``: torch's choice by
+    default (the multi-tensor implementation on CUDA); ``revtal plan`` sets it to simulate a GPU's step on CPU."""
     groups = []
     for module, lr, tag in ((backbone, backbone_lr, "backbone"), (head, head_lr, "head")):
         if module is None:
@@ -51,7 +54,7 @@ def build_optimizer(
             groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": f"{tag}_no_decay"})
     if not groups:
         raise ValueError("nothing to optimise: no parameter requires grad")
-    return torch.optim.AdamW(groups)
+    return torch.optim.AdamW(groups, foreach=foreach)
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_ratio: float = 0.0):

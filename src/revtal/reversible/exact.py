@@ -58,10 +58,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from revtal.reversible.simulation import simulating
+
 from revtal.reversible.coupling import Coupling
 
 _INT64_HEADROOM = 2.0**62
 _WORD_LIMIT = 1 << 63  # buffer words are non-negative int64 values, below 2^63
+# The stated worst case of a simulation: x_n and y_n grow to 2^6 times the largest row of the stage input (the
+# README's measurements store 5–11 low bits of x_n at frac_bits 28, i.e. |x_n| up to 2^34 = 2^(28 + 6))
+SIMULATED_GROWTH_BITS = 6
 ROW_EXTRA_BITS = 16  # a row may get at most this many more fraction bits than the largest row of the stage input
 _EXPONENT_LIMIT = 100  # |s_r| bound: 2^±100 is a normal float32, so scaling by it is exact
 
@@ -337,6 +342,9 @@ class ExactArithmetic:
             raise ValueError(f"frac_bits must be in [8, 52], got {frac_bits}")
         self.frac_bits = int(frac_bits)
         self.beta_bits = int(beta_bits)
+        # without values (fake tensors, the meta device: revtal.reversible.simulation) the magnitudes of x_n and y_n
+        # that size the buffer are unknown: a simulation takes them as 2^(frac_bits + g) − 1 for these g
+        self.simulated_growth_bits: tuple[int, int] = (SIMULATED_GROWTH_BITS, SIMULATED_GROWTH_BITS)
         self.last_storage: ExactStorage | None = None  # of the latest memory-free forward, for reports
 
     def storage_bits_per_branch(self, c: Coupling) -> float:
@@ -400,8 +408,14 @@ class ExactArithmetic:
         range (or that met a non-finite value). The one host synchronisation of a stage forward."""
         levels = [tape.peak if tape.peak is not None else torch.zeros((), device=x.device)]
         levels += [s.abs().amax().to(levels[0].dtype) if s.numel() else torch.zeros_like(levels[0]) for s in (x, y)]
-        peak, top_x, top_y = torch.stack([v.double() for v in levels]).tolist()
+        levels = torch.stack([v.double() for v in levels])
         tape.peak = None
+        if simulating(levels):  # no values: no range check, buffer sized for the stated worst case
+            peak = 0.0
+            top_x, top_y = (2.0 ** (self.frac_bits + bits) - 1 for bits in self.simulated_growth_bits)
+        else:
+            peak, top_x, top_y = levels.tolist()
+        del levels
         if not math.isfinite(peak):
             raise FloatingPointError("non-finite activation entering the exact reversible stream")
         if peak * 2 >= _INT64_HEADROOM:

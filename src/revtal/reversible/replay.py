@@ -8,7 +8,9 @@ the forward pass, three pieces of ambient state must be replayed:
   is left untouched (masks still differ between iterations, and a fixed seed still reproduces a run);
 * autocast — the recompute runs under the autocast state of the forward;
 * BatchNorm running statistics — a training-mode recompute would update them a second time; they are snapshotted
-  and restored around the recompute so each training step updates them exactly once.
+  and restored around the recompute so each training step updates them exactly once;
+* torch-function modes — autograd runs backward without the ``TorchFunctionMode``s active around the forward (such
+  as ``revtal plan``'s CUDA-autocast emulation), so a recompute re-enters the ones the forward ran under.
 """
 
 from __future__ import annotations
@@ -37,6 +39,36 @@ class AutocastState:
         if not self.enabled:
             return torch.autocast(self.device_type, enabled=False)
         return torch.autocast(self.device_type, dtype=self.dtype)
+
+
+@dataclass(frozen=True)
+class FunctionModes:
+    """The torch-function modes active at capture, re-entered by :meth:`scope` (a no-op when there were none)."""
+
+    modes: tuple = ()
+
+    @classmethod
+    def capture(cls) -> "FunctionModes":
+        from torch.overrides import _get_current_function_mode_stack
+
+        return cls(tuple(_get_current_function_mode_stack()))
+
+    @contextlib.contextmanager
+    def scope(self):
+        from torch.overrides import _get_current_function_mode_stack
+
+        if not self.modes or tuple(_get_current_function_mode_stack()) == self.modes:
+            yield
+            return
+        with contextlib.ExitStack() as stack:
+            for mode in self.modes:
+                stack.enter_context(mode)
+            yield
+
+
+def replaying_function_modes():
+    """``context_fn`` of ``torch.utils.checkpoint``: the recompute runs under the forward's torch-function modes."""
+    return contextlib.nullcontext(), FunctionModes.capture().scope()
 
 
 @dataclass
@@ -101,4 +133,5 @@ def checkpoint_layer(layer: Callable, *args, modules: Iterable[nn.Module] | None
         with statistics_unchanged(norms):
             return layer(*a, **k)
 
-    return torch.utils.checkpoint.checkpoint(run, *args, use_reentrant=False, **kwargs)
+    return torch.utils.checkpoint.checkpoint(run, *args, use_reentrant=False, context_fn=replaying_function_modes,
+                                             **kwargs)

@@ -137,6 +137,8 @@ class ReconstructionMonitor:
         if check is None or check is previous_check:
             return []  # the stage has not run a memory-free backward since it was armed: keep waiting
         self._armed = None
+        if check.simulated:  # a plan's step on tensors without values: nothing was measured
+            return []
         name = self.names[index]
         self.history.append(CheckRecord(step, name, stage.alpha, stage.beta, check.relative_error))
         if check.relative_error <= self.tolerance:  # NaN compares False: falls through to the switch

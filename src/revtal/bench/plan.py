@@ -1,0 +1,549 @@
+"""Paper-scale memory on a CPU: a training step's peak of live tensor bytes, run on fake tensors.
+
+:class:`LiveBytes` is a ``TorchDispatchMode`` that adds up the bytes of every live tensor storage: each storage is
+counted once, when the first tensor on it appears (views and in-place results share their base's storage, so they
+add nothing), and subtracted when the storage itself is freed (a weak-reference finaliser on the storage object,
+which torch keeps alive exactly as long as the storage). It works on real tensors (the CPU reference) and on fake
+tensors (``torch._subclasses.fake_tensor.FakeTensorMode``: shapes, dtypes and storages without data), where a whole
+training step of a 512-frame video model runs in seconds.
+
+:func:`simulate_steps` runs N training steps — forward and loss, backward, optimizer step — under the meter and
+returns the peak, the phase it falls in, and what was live at that moment split into parameters, gradients,
+optimizer state and activations plus temporaries. The meter also logs every allocation and free, so a model of
+CUDA's caching allocator (:func:`cuda_reserved`) can replay the step.
+
+What is counted: tensor storages the step's ops create (and the ones registered with :meth:`LiveBytes.track`:
+parameters, buffers, inputs). What is not: memory a kernel allocates internally without a tensor, the CUDA
+context, library workspaces (cuBLAS, cuDNN), and the allocator's rounding and caching, which
+:func:`cuda_reserved` models separately.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import weakref
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+CATEGORIES = ("params", "grads", "optimizer", "activations")
+PHASES = ("setup", "forward", "backward", "optimizer")
+
+
+@dataclass
+class _Storage:
+    token: int
+    nbytes: int
+    category: str = "activations"
+
+
+class LiveBytes(TorchDispatchMode):
+    """Counts the bytes of live tensor storages while active (real or fake tensors alike).
+
+    ``current`` and ``peak`` are in bytes; ``peak_phase`` is the value of :attr:`phase` when the peak was reached.
+    Storages that existed before the mode (parameters, inputs) are added with :meth:`track`. :meth:`mark` assigns a
+    category to storages already live (gradients after backward, optimizer state after the step); the split of the
+    peak is computed at the end from the log of allocations, so a category assigned later still applies to the
+    bytes live at the peak.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.phase = "setup"
+        self.current = 0
+        self.peak = 0
+        self.peak_phase = "setup"
+        self._peak_event = 0
+        self._live: dict[int, _Storage] = {}  # id(storage object) -> record; the object lives as long as the storage
+        self._tokens = itertools.count()
+        self._records: dict[int, _Storage] = {}  # token -> record, freed ones included
+        # (token, nbytes) for an allocation, (token, -1) for a free, in order: the allocator model replays it
+        self.events: list[tuple[int, int]] = []
+        self._phase_of_event: list[tuple[int, str]] = [(0, "setup")]
+
+    # ----------------------------------------------------------------------------------------------- counting
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, Tensor):
+                self.track(t)
+        return out
+
+    def track(self, tensor: Tensor, category: str | None = None) -> None:
+        """Count ``tensor``'s storage if it is not counted yet (and set its category, if given)."""
+        storage = tensor.untyped_storage()
+        record = self._live.get(id(storage))
+        if record is None:
+            record = _Storage(next(self._tokens), int(storage.nbytes()))
+            key = id(storage)
+            self._live[key] = record
+            self._records[record.token] = record
+            weakref.finalize(storage, self._free, key)
+            self.current += record.nbytes
+            self.events.append((record.token, record.nbytes))
+            if self.current > self.peak:
+                self.peak, self.peak_phase, self._peak_event = self.current, self.phase, len(self.events)
+        if category is not None:
+            record.category = category
+
+    def _free(self, key: int) -> None:
+        record = self._live.pop(key, None)
+        if record is not None:
+            self.current -= record.nbytes
+            self.events.append((record.token, -1))
+
+    def mark(self, tensors: Iterable[Tensor], category: str) -> None:
+        for t in tensors:
+            if isinstance(t, Tensor):
+                self.track(t, category)
+
+    def set_phase(self, phase: str) -> None:
+        self.phase = phase
+        self._phase_of_event.append((len(self.events), phase))
+
+    # ------------------------------------------------------------------------------------------------ results
+    def live_at(self, event_index: int) -> list[_Storage]:
+        """Records of the storages live after the first ``event_index`` events."""
+        alive: dict[int, None] = {}
+        for token, size in itertools.islice(self.events, event_index):
+            if size >= 0:
+                alive[token] = None
+            else:
+                alive.pop(token, None)
+        return [self._records[t] for t in alive]
+
+    def peak_split(self) -> dict[str, int]:
+        split = dict.fromkeys(CATEGORIES, 0)
+        for record in self.live_at(self._peak_event):
+            split[record.category] += record.nbytes
+        return split
+
+    def rounded_peak(self, rounding: Callable[[int], int]) -> int:
+        """The peak when every storage takes ``rounding(nbytes)`` (CUDA: :func:`cuda_block_size`)."""
+        sizes: dict[int, int] = {}
+        current = peak = 0
+        for token, size in self.events:
+            if size >= 0:
+                sizes[token] = rounding(size)
+                current += sizes[token]
+                peak = max(peak, current)
+            else:
+                current -= sizes.pop(token)
+        return peak
+
+
+# ------------------------------------------------------------------------------------------------ CUDA allocator
+# The model of PyTorch's CUDA caching allocator (c10/cuda/CUDACachingAllocator.cpp, documented in the CUDA
+# semantics notes, "Memory management"), with its default settings (no max_split_size, no expandable segments,
+# one stream): a request is rounded up to a multiple of 512 bytes (kMinBlockSize); requests up to 1 MiB (kSmallSize)
+# come from the small pool, whose segments are 2 MiB (kSmallBuffer); larger ones from the large pool, whose new
+# segments are 20 MiB (kLargeBuffer) for requests under 10 MiB (kMinLargeAlloc) and the request rounded up to 2 MiB
+# (kRoundLarge) otherwise. A request takes the smallest cached free block of its pool that is large enough (best
+# fit); the rest of the block is split off when it is at least 512 bytes (small pool) or more than 1 MiB (large
+# pool). A freed block merges with free neighbours of its segment and stays cached: segments are returned to the
+# driver only by empty_cache() or when an allocation fails, so "reserved" is the largest total of segments.
+MIN_BLOCK = 512
+SMALL_SIZE = 1 << 20
+SMALL_BUFFER = 2 << 20
+LARGE_BUFFER = 20 << 20
+MIN_LARGE_ALLOC = 10 << 20
+ROUND_LARGE = 2 << 20
+
+
+def cuda_block_size(nbytes: int) -> int:
+    """Bytes the allocator hands out (and ``torch.cuda.memory_allocated`` counts) for a request of ``nbytes``."""
+    if nbytes <= 0:
+        return 0
+    return MIN_BLOCK * -(-nbytes // MIN_BLOCK)
+
+
+def _segment_size(size: int) -> int:
+    if size <= SMALL_SIZE:
+        return SMALL_BUFFER
+    if size < MIN_LARGE_ALLOC:
+        return LARGE_BUFFER
+    return ROUND_LARGE * -(-size // ROUND_LARGE)
+
+
+class _Pool:
+    def __init__(self, small: bool):
+        self.small = small
+        self.free: list[tuple[int, int, int]] = []  # sorted (size, segment, offset)
+        self.blocks: dict[tuple[int, int], tuple[int, bool]] = {}  # (segment, offset) -> (size, free)
+        self.free_ending: dict[tuple[int, int], int] = {}  # (segment, end) of a free block -> its offset
+
+    def add_free(self, segment: int, offset: int, size: int) -> None:
+        bisect.insort(self.free, (size, segment, offset))
+        self.blocks[(segment, offset)] = (size, True)
+        self.free_ending[(segment, offset + size)] = offset
+
+    def take_free(self, segment: int, offset: int, size: int) -> None:
+        self.free.pop(bisect.bisect_left(self.free, (size, segment, offset)))
+        del self.blocks[(segment, offset)]
+        del self.free_ending[(segment, offset + size)]
+
+
+def cuda_reserved(events: Iterable[tuple[int, int]]) -> int:
+    """The peak of CUDA memory *reserved* (segments held by the caching allocator) when the allocations and frees
+    in ``events`` (:attr:`LiveBytes.events`) run on an empty allocator; see the model above."""
+    pools = {True: _Pool(True), False: _Pool(False)}
+    where: dict[int, tuple[bool, int, int]] = {}  # token -> (small, segment, offset)
+    segments = itertools.count()
+    reserved = peak = 0
+    for token, nbytes in events:
+        if nbytes >= 0:
+            size = cuda_block_size(nbytes)
+            if size == 0:
+                continue
+            small = size <= SMALL_SIZE
+            pool = pools[small]
+            i = bisect.bisect_left(pool.free, (size, -1, -1))
+            if i < len(pool.free):
+                block_size, segment, offset = pool.free[i]
+                pool.take_free(segment, offset, block_size)
+            else:
+                block_size, segment, offset = _segment_size(size), next(segments), 0
+                reserved += block_size
+                peak = max(peak, reserved)
+            remaining = block_size - size
+            if remaining >= MIN_BLOCK if small else remaining > SMALL_SIZE:
+                pool.add_free(segment, offset + size, remaining)
+                block_size = size
+            pool.blocks[(segment, offset)] = (block_size, False)
+            where[token] = (small, segment, offset)
+        elif token in where:
+            small, segment, offset = where.pop(token)
+            pool = pools[small]
+            size, _ = pool.blocks.pop((segment, offset))
+            # merge with the free block after and the free block before within the segment
+            after = pool.blocks.get((segment, offset + size))
+            if after is not None and after[1]:
+                pool.take_free(segment, offset + size, after[0])
+                size += after[0]
+            before = pool.free_ending.get((segment, offset))
+            if before is not None:
+                before_size = offset - before
+                pool.take_free(segment, before, before_size)
+                offset, size = before, size + before_size
+            pool.add_free(segment, offset, size)
+    return peak
+
+
+# ------------------------------------------------------------------------------------------------- training steps
+@dataclass
+class StepPlan:
+    """The peak of live tensor bytes over the simulated training steps and what was live then."""
+
+    peak_bytes: int
+    phase: str  # the phase of the peak: forward, backward or optimizer
+    step: int  # the step (from 1) the peak falls in
+    split: dict[str, int] = field(default_factory=dict)  # params / grads / optimizer / activations at the peak
+    cuda_allocated_bytes: int = 0  # the peak with CUDA's 512-byte rounding of every block
+    reserved_bytes: int = 0  # modelled CUDA reserved peak (caching allocator)
+    steps: int = 1
+
+    def to_dict(self) -> dict:
+        return {
+            "peak_bytes": self.peak_bytes, "phase": self.phase, "step": self.step,
+            "params_bytes": self.split.get("params", 0), "grads_bytes": self.split.get("grads", 0),
+            "optimizer_bytes": self.split.get("optimizer", 0), "activation_bytes": self.split.get("activations", 0),
+            "cuda_allocated_bytes": self.cuda_allocated_bytes, "reserved_bytes": self.reserved_bytes,
+            "steps": self.steps,
+        }
+
+
+def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> list[Tensor]:
+    return [v for state in optimizer.state.values() for v in state.values() if isinstance(v, Tensor)]
+
+
+def simulate_steps(model: nn.Module, optimizer: torch.optim.Optimizer | None, step_loss: Callable[[], Tensor],
+                   steps: int = 2, meter: LiveBytes | None = None,
+                   before_step: Callable[[int], None] | None = None,
+                   after_backward: Callable[[], None] | None = None,
+                   backward: Callable[[Tensor], None] | None = None,
+                   optimizer_step: Callable[[], None] | None = None,
+                   progress: Callable[[], None] | None = None) -> StepPlan:
+    """Run ``steps`` training steps of ``model`` and return their peak of live tensor bytes.
+
+    Each step: ``step_loss()`` (forward and loss; it makes its own inputs), ``backward(loss)`` (default
+    ``loss.backward()``), ``optimizer_step()`` (default ``optimizer.step()``) and ``optimizer.zero_grad(
+    set_to_none=True)``, the trainer's order. Works on real and on fake tensors: the caller enters the
+    ``FakeTensorMode`` (the one the model was built under) around this call. Two steps are the default because the
+    optimizer state appears in the first and is resident from the second on.
+    """
+    meter = meter or LiveBytes()
+    for p in model.parameters():
+        meter.track(p, "params")
+    for b in model.buffers():
+        meter.track(b, "params")
+    peak_step = 1
+    with meter:
+        for step in range(1, steps + 1):
+            before = meter.peak
+            if before_step is not None:
+                before_step(step)
+            meter.set_phase("forward")
+            loss = step_loss()
+            meter.set_phase("backward")
+            (backward or (lambda l: l.backward()))(loss)
+            del loss
+            meter.mark((p.grad for p in model.parameters() if p.grad is not None), "grads")
+            if after_backward is not None:
+                after_backward()
+            meter.set_phase("optimizer")
+            if optimizer is not None:
+                (optimizer_step or optimizer.step)()
+                meter.mark(optimizer_state_tensors(optimizer), "optimizer")
+                optimizer.zero_grad(set_to_none=True)
+            if meter.peak > before:
+                peak_step = step
+            meter.set_phase("setup")
+            if progress is not None:
+                progress()
+    return StepPlan(peak_bytes=meter.peak, phase=meter.peak_phase, step=peak_step, split=meter.peak_split(),
+                    cuda_allocated_bytes=meter.rounded_peak(cuda_block_size), reserved_bytes=cuda_reserved(meter.events),
+                    steps=steps)
+
+
+# ------------------------------------------------------------------------------------------------ whole recipes
+# plan mode -> the config values that put the recipe in it (engine mode names plan the recipe's own backprop)
+PLAN_MODES: dict[str, dict[str, str]] = {
+    "frozen": {"backbone.mode": "frozen"},
+    "conventional": {"backbone.mode": "conventional"},
+    "checkpoint": {"backbone.mode": "checkpoint"},
+    "re2": {"backbone.mode": "re2"},
+    "hard": {"backbone.mode": "hard"},
+    "dr2net:reversible": {"backbone.mode": "dr2net", "backbone.backprop": "reversible"},
+    "dr2net:exact": {"backbone.mode": "dr2net", "backbone.backprop": "exact"},
+    "scratch": {"backbone.mode": "scratch"},
+    "losa": {"backbone.mode": "losa"},
+}
+MODE_ALIASES = {"dr2net_float": "dr2net:reversible", "dr2net_exact": "dr2net:exact"}  # revtal bench's older names
+DEFAULT_CLASSES = 200  # ActivityNet's, the largest of the papers' datasets: the classifier head's size is not read
+
+
+def mode_config(config, mode: str):
+    """``config`` put in plan mode ``mode`` (a key of :data:`PLAN_MODES` or any registered training mode)."""
+    from revtal.engine.modes import mode_names
+
+    mode = MODE_ALIASES.get(mode, mode)
+    if mode in PLAN_MODES:
+        values = PLAN_MODES[mode]
+    elif mode in mode_names():
+        values = {"backbone.mode": mode}
+    else:
+        raise ValueError(f"unknown plan mode {mode!r}; modes: {', '.join(dict.fromkeys([*PLAN_MODES, *mode_names()]))}")
+    return config.with_values(values, source=f"plan mode {mode}")
+
+
+def _materialize(model: nn.Module, device: str = "cpu") -> None:
+    """Replace every meta parameter and buffer of ``model`` by an empty tensor of the same shape, dtype and strides
+    on ``device``, created under the caller's mode (a FakeTensorMode: fake tensors). Tied parameters stay tied."""
+    made: dict[int, Tensor] = {}
+    for module in model.modules():
+        for table in (module._parameters, module._buffers):
+            for name, t in list(table.items()):
+                if t is None or not t.is_meta:
+                    continue
+                if id(t) not in made:
+                    new = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=device)
+                    if isinstance(t, nn.Parameter):
+                        new = nn.Parameter(new, requires_grad=t.requires_grad)
+                    made[id(t)] = new
+                table[name] = made[id(t)]
+
+
+def build_recipe_model(config, classes: int, fake_mode=None) -> nn.Module:
+    """The recipe's TAL model (backbone in its mode, localizer). With ``fake_mode`` it is built on the meta device
+    (no weight file is read: ``backbone.pretrained`` is ignored) and its tensors become fake CPU tensors of that
+    mode; without, it is built for real with random weights (the CPU reference of the validation tests)."""
+    from revtal.engine.model import build_model
+
+    config = config.with_values({"backbone.pretrained": ""}, source="plan (no weight files)")
+    if fake_mode is None:
+        return build_model(config, classes)
+    with torch.device("meta"):
+        model = build_model(config, classes)
+    with fake_mode:
+        _materialize(model)
+    return model
+
+
+def recipe_inputs(config) -> tuple[Tensor, Tensor]:
+    """A training batch of ``config``'s shape: the video (B, 3, T, H, W) float32 and its frame mask (B, T)."""
+    data = config.data
+    video = torch.zeros(data.batch_size, 3, data.num_frames, data.img_size, data.img_size)
+    return video, torch.ones(data.batch_size, data.num_frames, dtype=torch.bool)
+
+
+def dense_loss(localizer, output) -> Tensor:
+    """The localizer's losses (sigmoid focal + DIoU) on every position of the pyramid.
+
+    The training loss selects positive positions by value (``assign_labels``), which tensors without values cannot
+    do; on every position the same functions run on a superset of them, so its tensors are at least as large
+    (they are (B, P, classes) and (B, P, 2): kilobytes to a few MiB beside a backbone's gigabytes)."""
+    from revtal.localizers.losses import diou_loss_1d, sigmoid_focal_loss
+
+    cfg = localizer.config
+    logits = torch.cat(output.cls_logits, dim=1)
+    offsets = torch.cat(output.offsets, dim=1)
+    cls_loss = sigmoid_focal_loss(logits, torch.zeros_like(logits), cfg.focal_alpha, cfg.focal_gamma, reduction="sum")
+    reg_loss = diou_loss_1d(offsets.reshape(-1, 2).float(), torch.ones_like(offsets).reshape(-1, 2).float(),
+                            reduction="sum")
+    return (cls_loss + reg_loss) / localizer.loss_normalizer
+
+
+def plan_recipe(config, mode: str, steps: int = 2, classes: int = DEFAULT_CLASSES, fake: bool = True,
+                rules: str = "cuda", progress: Callable[[], None] | None = None) -> StepPlan:
+    """The peak of live tensor bytes of ``steps`` training steps of ``config`` in plan mode ``mode``.
+
+    The step is the trainer's: the mode's hooks before the forward (coefficient schedule, first-step verification
+    of exact stages, the float-reconstruction monitor) and after the backward, the forward and loss under the
+    recipe's autocast, backward, gradient clipping, AdamW over the backbone and head groups, ``zero_grad``.
+    ``fake=False`` runs the same on real CPU tensors (random weights): the reference a simulation must equal.
+
+    ``rules="cuda"`` (fake tensors only) runs the step as a GPU would (:mod:`revtal.bench.cuda_emulation`: CUDA's
+    autocast lists and attention kernels); ``rules="cpu"`` runs it as the CPU does (the validation against real CPU
+    steps). Either way AdamW and gradient clipping run in their multi-tensor ``foreach`` form, torch's default for
+    CUDA tensors.
+    """
+    import contextlib
+
+    from revtal.bench.cuda_emulation import CudaAutocast
+
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from revtal.engine.modes import get_mode
+    from revtal.engine.optim import build_optimizer
+
+    if rules not in ("cuda", "cpu"):
+        raise ValueError(f"rules must be 'cuda' or 'cpu', got {rules!r}")
+    if rules == "cuda" and not fake:
+        raise ValueError("rules='cuda' simulates a GPU step and needs fake tensors (fake=True)")
+    cuda = rules == "cuda"
+    config = mode_config(config, mode)
+    fake_mode = FakeTensorMode() if fake else None
+    torch.manual_seed(config.train.seed)
+    model = build_recipe_model(config, classes, fake_mode)
+    training_mode = get_mode(config.backbone.mode)
+    hooks = training_mode.hooks(model, config.backbone, iters_per_epoch=1)
+    ocfg = config.optim
+    scope = fake_mode if fake_mode is not None else torch.enable_grad()
+    with scope, (CudaAutocast() if cuda else contextlib.nullcontext()):
+        model.train()
+        # the multi-tensor (foreach) AdamW and clipping: torch's default for CUDA tensors, on both sides
+        optimizer = build_optimizer(model.trainable_backbone(), model.localizer, ocfg.backbone_lr, ocfg.head_lr,
+                                    ocfg.weight_decay, foreach=True)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+
+        def step_loss() -> Tensor:
+            video, mask = recipe_inputs(config)
+            with _autocast(ocfg.amp):
+                output = model(video, mask)
+                return dense_loss(model.localizer, output)
+
+        def optimizer_step() -> None:
+            if ocfg.clip_grad > 0:
+                torch.nn.utils.clip_grad_norm_(trainable, ocfg.clip_grad, foreach=True)
+            optimizer.step()
+
+        return simulate_steps(
+            model, optimizer, step_loss, steps=steps,
+            before_step=lambda step: hooks.before_step(0, step - 1, step - 1),
+            after_backward=hooks.after_backward, optimizer_step=optimizer_step, progress=progress)
+
+
+def _autocast(amp: str):
+    if amp == "none":
+        return torch.autocast("cpu", enabled=False)
+    return torch.autocast("cpu", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+# ------------------------------------------------------------------------------------------------- the report
+GiB = 1 << 30
+# What a GPU holds besides the tensors: the CUDA context (torch with lazy module loading: ~0.3–0.5 GiB on recent
+# drivers) and the libraries' workspaces (cuBLAS: 4 MiB × 8 per handle with CUBLAS_WORKSPACE_CONFIG=:4096:8, cuDNN
+# convolution workspaces chosen per call). A stated allowance, not a measurement.
+CONTEXT_BYTES = GiB // 2
+WORKSPACE_BYTES = GiB // 4
+DEFAULT_GPUS = (11.0, 24.0, 40.0, 80.0)
+
+
+def fits(reserved_bytes: int, gpu_gib: float) -> bool:
+    """Whether a step whose modelled reserved peak is ``reserved_bytes`` fits a GPU of ``gpu_gib`` GiB with the
+    stated margin (context + workspaces). The caching allocator frees its cache and retries before failing, so a
+    step whose *allocated* peak fits may still run when its reserved one does not; this is the safe side."""
+    return reserved_bytes + CONTEXT_BYTES + WORKSPACE_BYTES <= gpu_gib * GiB
+
+
+def _gpu_key(gib: float) -> str:
+    return f"{gib:g}"
+
+
+def check_plan_arguments(steps: int, gpus: Iterable[float]) -> None:
+    if not 1 <= steps <= 10:
+        raise ValueError(f"--steps must be in [1, 10], got {steps}")
+    for gib in gpus:
+        if not 0 < gib <= 4096:
+            raise ValueError(f"--gpu-gib sizes must be in (0, 4096] GiB, got {gib:g}")
+
+
+def plan(config, modes: Iterable[str] = tuple(PLAN_MODES), steps: int = 2, gpus: Iterable[float] = DEFAULT_GPUS,
+         classes: int = DEFAULT_CLASSES, progress: bool = False) -> dict:
+    """``revtal plan``: each mode's simulated GPU step of ``config`` as a record (see :class:`StepPlan`), with the
+    GPU sizes it fits. Raises ValueError naming the mode for a mode or model that cannot be planned."""
+    from tqdm import tqdm
+
+    from revtal.bench.runner import machine_info
+
+    modes, gpus = list(modes), [float(g) for g in gpus]
+    check_plan_arguments(steps, gpus)
+    for mode in modes:
+        mode_config(config, mode)  # unknown modes and invalid combinations fail before any work
+    records = []
+    with tqdm(total=len(modes) * steps, desc="revtal plan", unit="step", disable=not progress, leave=False) as bar:
+        for mode in modes:
+            bar.set_postfix_str(mode)
+            try:
+                result = plan_recipe(config, mode, steps=steps, classes=classes, progress=bar.update)
+            except (RuntimeError, TypeError, AssertionError, NotImplementedError) as err:
+                message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise ValueError(f"mode {mode}: the model cannot be simulated: {message}") from err
+            record = {"mode": MODE_ALIASES.get(mode, mode), **result.to_dict()}
+            record["fits"] = {_gpu_key(g): fits(result.reserved_bytes, g) for g in gpus}
+            records.append(record)
+    return {
+        "records": records,
+        "margin_bytes": {"cuda_context": CONTEXT_BYTES, "workspaces": WORKSPACE_BYTES},
+        "rules": "cuda",
+        "classes": classes,
+        "machine": machine_info("cpu (fake tensors; the figures are a GPU's)"),
+        "config": config.to_dict(),
+    }
+
+
+def plan_table(result: dict) -> str:
+    """The records as a text table (GiB, or MiB when every peak is below 1 GiB)."""
+    gpus = list(result["records"][0]["fits"]) if result["records"] else []
+    small = all(r["peak_bytes"] < GiB for r in result["records"])
+    unit, scale = ("MiB", 1 << 20) if small else ("GiB", GiB)
+    head = ["mode", "peak", "params", "grads", "optim", "activ.", "phase", "reserved", *[f"{g} GiB" for g in gpus]]
+    rows = [head]
+    for r in result["records"]:
+        rows.append([r["mode"], *(f"{r[k] / scale:.2f}" for k in ("peak_bytes", "params_bytes", "grads_bytes",
+                                                                "optimizer_bytes", "activation_bytes")),
+                     r["phase"], f"{r['reserved_bytes'] / scale:.2f}",
+                     *("fits" if r["fits"][g] else "-" for g in gpus)])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+             for row in rows]
+    margin = result["margin_bytes"]
+    lines.append(f"{unit}; peak = allocated tensors at the step's peak (params + grads + optimizer state + activations "
+                 f"and temporaries); reserved = modelled CUDA caching allocator; fits = reserved + "
+                 f"{(margin['cuda_context'] + margin['workspaces']) / GiB:.2f} GiB (CUDA context, workspaces) <= GPU")
+    return "\n".join(lines)
