@@ -117,3 +117,24 @@ def test_slowfast_regions_update_batchnorm_statistics_once_and_keep_gradients():
     assert counts_rev == counts_van == [1] * len(counts_van)
     assert max((a - b).abs().max().item() for a, b in zip(stats_rev, stats_van)) < 1e-12
     assert max(((a - b).norm() / b.norm().clamp_min(1e-30)).item() for a, b in zip(g_rev, g_van)) < 1e-9
+
+
+def test_reconstruction_check_holds_no_float64_copy_of_the_activation(monkeypatch):
+    # the first-step check compares a stage input with its reconstruction; at paper scale three float64 copies of a
+    # stream were the step's peak (SlowFast-101, 512×224²): the errors are accumulated one piece at a time
+    from revtal.bench.plan import LiveBytes
+    from revtal.reversible import coupling
+
+    monkeypatch.setattr(coupling, "_ERROR_CHUNK", 1 << 12, raising=False)
+    truth = torch.randn(1 << 18)
+    estimate = truth + 1e-3 * torch.randn(1 << 18)
+    meter = LiveBytes()
+    meter.track(truth), meter.track(estimate)
+    inputs = meter.current
+    with meter:
+        relative, gap = coupling.error_summary(estimate, truth)
+    assert meter.peak - inputs < 0.25 * truth.numel() * truth.element_size()  # was 6×: three float64 copies
+    d = estimate.double() - truth.double()
+    assert abs(relative - (d.norm() / truth.double().norm()).item()) < 1e-12 * relative
+    assert gap == d.abs().max().item()
+    assert coupling.relative_error(torch.tensor([float("nan")]), torch.ones(1)) == float("inf")

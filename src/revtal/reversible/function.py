@@ -27,7 +27,7 @@ import torch
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from revtal.reversible.coupling import Coupling, StreamArithmetic, relative_error
+from revtal.reversible.coupling import Coupling, StreamArithmetic, error_summary
 from revtal.reversible.replay import (
     AutocastState,
     FunctionModes,
@@ -265,12 +265,11 @@ def run_memory_free(run: StageRun, x0: Tensor) -> tuple[Tensor, Tensor]:
 
 def _compare(reconstructed: Any, truth: Any, arith: StreamArithmetic, like: Tensor, tape: Any) -> ReconstructionCheck:
     a, b = arith.view(reconstructed, like, tape), arith.view(truth, like, tape)
-    error = relative_error(a, b)
-    gap = (a.double() - b.double()).abs().max() if a.numel() else None
+    error, gap = error_summary(a, b)
     if simulating(a):  # the same tensors, no values to read
         return ReconstructionCheck(math.nan, math.nan, bitwise=False, simulated=True)
     return ReconstructionCheck(
         relative_error=error,
-        max_abs_error=float(gap) if gap is not None else 0.0,
+        max_abs_error=gap,
         bitwise=bool(torch.equal(reconstructed, truth)),
     )
