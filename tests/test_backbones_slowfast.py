@@ -69,7 +69,7 @@ def test_converted_slowfast_is_the_original_at_alpha1_beta0_in_train_mode():
 
 
 def test_trainer_runs_a_reversible_slowfast(tmp_path):
-    from revtal.engine.data import resolve_dataset
+    from revtal.engine.datasets import resolve_dataset
     from revtal.engine.trainer import Trainer
     from tests.test_engine_trainer import tiny_config
 

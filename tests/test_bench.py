@@ -34,8 +34,26 @@ def test_config_validation_names_the_field_and_round_trips_json():
         BenchConfig(**TINY, mode="re2", warmup=0)
     with pytest.raises(ValueError, match="unknown benchmark mode 'fast'"):
         BenchConfig(**TINY, mode="fast")
-    config = BenchConfig(**TINY, mode="dr2net_exact", exact_coefficients=(1.0, 0.25))
+    config = BenchConfig(**TINY, mode="dr2net", backprop="exact", exact_coefficients=(1.0, 0.25))
     assert BenchConfig.from_json(config.to_json()) == config
+    assert config.label == "dr2net:exact" and config.coefficients == (1.0, 0.25)
+    assert BenchConfig(**TINY, mode="dr2net") == config.__class__(**TINY, mode="dr2net", backprop="exact",
+                                                                   exact_coefficients=(1.0, 0.1))  # the default
+    with pytest.raises(ValueError, match="unknown benchmark mode 're2:exact'"):
+        BenchConfig(**TINY, mode="re2", backprop="exact")  # re2's backprop is not a choice
+
+
+def test_mode_labels_name_the_training_mode_and_read_earlier_records():
+    from revtal.bench.configs import canonical_label, record_label
+
+    assert canonical_label("dr2net") == "dr2net:exact" and canonical_label("re2") == "re2"
+    assert canonical_label("dr2net_float") == "dr2net:reversible"  # an earlier command line
+    assert record_label({"mode": "dr2net_exact"}) == "dr2net:exact"  # an earlier JSON record
+    assert record_label({"mode": "dr2net", "backprop": "reversible", "label": "dr2net:reversible"}) == \
+        "dr2net:reversible"
+    configs, _ = Grid(models=["vit_tiny_video"], modes=["dr2net:reversible"], depths=[2], frames=[8],
+                      img_sizes=[32], batches=[1]).configs()
+    assert [(c.mode, c.backprop, c.coefficients) for c in configs] == [("dr2net", "reversible", (0.5, 0.5))]
 
 
 def test_ratios_pair_records_of_the_same_shape_only():
@@ -175,7 +193,7 @@ def test_memory_runs_return_freed_memory_and_speed_runs_keep_the_default_allocat
     import subprocess
 
     from revtal.bench import runner
-    from revtal.bench.cli import add_arguments, build_grid
+    from revtal.commands.bench import add_arguments, build_grid
 
     def grid_allocators(kind):
         parser = argparse.ArgumentParser()

@@ -81,10 +81,148 @@ TINY = {
 }
 
 
-@pytest.mark.parametrize("mode", ["conventional", "dr2net_exact"])
-def test_plan_of_a_recipe_on_fake_tensors_equals_the_real_cpu_step(mode):
+def test_two_simulated_steps_of_exact_mode_equal_the_real_cpu_steps_given_the_measured_stream_widths():
     config = config_from_dict(TINY)
-    real = plan_recipe(config, mode, classes=3, fake=False)
-    simulated = plan_recipe(config, mode, classes=3, fake=True)
-    assert simulated == real
-    assert real.split["grads"] > 0 and real.split["activations"] > 0
+    real = plan_recipe(config, "dr2net:exact", classes=3, fake=False, rules="cpu")
+    simulated = plan_recipe(config, "dr2net:exact", classes=3, fake=True, rules="cpu",
+                            exact_stream_bits=real.exact_stream_bits)
+    assert real.exact_stream_bits and simulated == real
+    assert real.split["grads"] > 0 and real.split["optimizer"] > 0 and real.split["activations"] > 0
+
+
+def test_exact_mode_simulated_with_the_stated_worst_case_magnitudes_bounds_the_real_step():
+    config = config_from_dict(TINY)
+    real = plan_recipe(config, "dr2net:exact", steps=1, classes=3, fake=False, rules="cpu")
+    worst = plan_recipe(config, "dr2net:exact", steps=1, classes=3, fake=True, rules="cpu")
+    assert all(w[0] >= r[0] and w[1] >= r[1] for w, r in zip(worst.exact_stream_bits, real.exact_stream_bits))
+    assert worst.peak_bytes >= real.peak_bytes
+
+
+def test_a_converted_model_on_the_meta_device_runs_forward_and_backward():
+    import revtal
+    from revtal.backbones import build
+
+    for method, backprop, coefficients in [("dr2net", "exact", {"alpha": 1.0, "beta": 0.125}),
+                                           ("re2", "reversible", {}), ("original", "checkpoint", {})]:
+        with torch.device("meta"):
+            model = build("vit_tiny_video", num_frames=8, img_size=32, patch_size=16, tubelet_size=2)
+            revtal.convert(model, method, backprop=backprop, **coefficients)
+            model.train()
+            out = model(torch.zeros(1, 3, 8, 32, 32))
+            out.sum().backward()
+        assert out.is_meta and out.shape == (1, 64, 4)
+        assert all(p.grad is not None and p.grad.is_meta for p in model.parameters())
+
+
+# ------------------------------------------------------------------------------------------ CUDA rules
+def _torch_autocast_test_lists() -> dict[str, set[str]]:
+    import ast
+    import os
+
+    path = os.path.join(os.path.dirname(torch.__file__), "testing", "_internal", "autocast_test_lists.py")
+    if not os.path.exists(path):
+        pytest.skip("this torch build ships no autocast test lists")
+    lists: dict[str, set[str]] = {}
+    for cls in (n for n in ast.parse(open(path).read()).body if isinstance(n, ast.ClassDef)):
+        for node in ast.walk(cls):
+            if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Attribute) \
+                    and isinstance(node.value, ast.List):
+                names = {e.elts[0].value for e in node.value.elts
+                         if isinstance(e, ast.Tuple) and isinstance(e.elts[0], ast.Constant)}
+                lists[f"{cls.name}.{node.targets[0].attr}"] = {n.strip("_") if n.startswith("__") else n for n in names}
+    return lists
+
+
+def test_the_emulated_autocast_lists_are_the_installed_torchs():
+    from revtal.bench import cuda_emulation as ce
+
+    lists = _torch_autocast_test_lists()
+    cuda = "AutocastTestLists."
+    cuda_lower = set().union(*(lists[cuda + k] for k in ("torch_fp16", "nn_fp16", "linalg_fp16", "methods_fp16")))
+    cuda_fp32 = set().union(*(lists[cuda + k] for k in ("torch_fp32", "nn_fp32", "methods_fp32")))
+    assert cuda_lower == ce.CUDA_LOWER_PRECISION - {"scaled_dot_product_attention"}
+    assert cuda_fp32 == ce.CUDA_FLOAT32
+    assert lists[cuda + "torch_need_autocast_promote"] == ce.CUDA_PROMOTE
+    cpu = "AutocastCPUTestLists."
+    assert lists[cpu + "torch_16"] | lists[cpu + "nn_16"] == ce.CPU_LOWER_PRECISION - {"scaled_dot_product_attention"}
+    assert lists[cpu + "torch_fp32"] | lists[cpu + "nn_fp32"] == ce.CPU_FLOAT32
+
+
+def test_cuda_autocast_runs_norms_and_softmax_in_float32_and_leaves_pooling_in_bf16():
+    import torch.nn.functional as F
+
+    from revtal.bench.cuda_emulation import CudaAutocast
+
+    with FakeTensorMode(), CudaAutocast(), torch.autocast("cpu", dtype=torch.bfloat16):
+        x = torch.randn(2, 8, 16)
+        w = torch.randn(16, 16)
+        h = F.linear(x, w)
+        assert h.dtype == torch.bfloat16
+        assert F.layer_norm(h, (16,)).dtype == torch.float32
+        assert h.softmax(-1).dtype == torch.float32 and h.sum().dtype == torch.float32
+        assert F.avg_pool3d(torch.randn(1, 2, 4, 4, 4).bfloat16(), 2).dtype == torch.bfloat16
+    with FakeTensorMode(), torch.autocast("cpu", dtype=torch.bfloat16):  # CPU autocast's own rules differ
+        assert F.layer_norm(torch.randn(2, 16).bfloat16(), (16,)).dtype == torch.bfloat16
+
+
+def test_cuda_attention_saves_the_logsumexp_not_the_attention_matrix():
+    import torch.nn.functional as F
+
+    from revtal.bench.cuda_emulation import CudaAutocast
+
+    b, h, n, d = 1, 2, 1000, 64
+    with FakeTensorMode():
+        q, k, v = (torch.randn(b, h, n, d, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+        with LiveBytes() as meter, CudaAutocast():
+            out = F.scaled_dot_product_attention(q, k, v)
+        assert meter.current == b * h * n * d * 2 + b * h * n * 4  # the output and the float32 log-sum-exp
+        saved = out.grad_fn.saved_tensors
+        assert sorted(t.numel() for t in saved) == sorted([q.numel()] * 4 + [b * h * n])
+        with LiveBytes() as meter, CudaAutocast():
+            q2 = torch.randn(b, h, n, d, dtype=torch.bfloat16, requires_grad=True)
+            explicit = (q2 @ k.transpose(-2, -1)).softmax(-1) @ v
+        assert meter.peak >= b * h * n * n * 4  # explicit attention: the N×N matrix, in float32 under CUDA rules
+        del explicit
+
+
+def test_plan_gpu_check_writes_no_cuda_without_a_gpu(tmp_path):
+    import json
+
+    from revtal.commands.plan_gpu_check import main
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: scripts/gpu_check.sh runs the real check")
+    assert main(["--out", str(tmp_path / "check.json")]) == 0
+    assert json.loads((tmp_path / "check.json").read_text()) == {"status": "no_cuda"}
+
+
+def test_plan_command_reports_bad_input_in_one_line(capsys):
+    from revtal.cli import main
+
+    assert main(["plan", "configs/tiny_cpu_dr2net.yaml", "--modes", "nope"]) == 2
+    assert "unknown plan mode 'nope'" in capsys.readouterr().err
+    assert main(["plan", "configs/tiny_cpu_dr2net.yaml", "--gpu-gib", "0"]) == 2
+    assert "--gpu-gib" in capsys.readouterr().err
+    assert main(["plan", "configs/tiny_cpu_dr2net.yaml", "--steps", "0"]) == 2
+    assert main(["plan", "configs/tiny_cpu_dr2net.yaml", "--set", "data.img_size=33", "--modes", "conventional",
+                 "--jobs", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "img_size=33" in err and err.startswith("revtal plan: error:")
+
+
+def test_plan_command_prints_the_table_and_writes_json(tmp_path, capsys):
+    import json
+
+    from revtal.cli import main
+
+    out = tmp_path / "plan.json"
+    assert main(["plan", "configs/tiny_cpu_dr2net.yaml", "--set", "data.num_frames=8", "--modes", "frozen",
+                 "--steps", "1", "--jobs", "1", "--gpu-gib", "11", "24", "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].split()[:3] == ["mode", "peak", "params"] and "frozen" in table
+    result = json.loads(out.read_text())
+    record = result["records"][0]
+    assert record["mode"] == "frozen" and record["fits"] == {"11": True, "24": True}
+    assert record["peak_bytes"] == record["params_bytes"] + record["grads_bytes"] + record["optimizer_bytes"] \
+        + record["activation_bytes"]
+    assert {"machine", "config"} <= set(result)

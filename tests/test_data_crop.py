@@ -108,7 +108,7 @@ def test_window_pads_every_training_item_and_evaluation_is_never_cropped(tmp_pat
 
 def test_feature_training_uses_the_thumos_crop_by_default(tmp_path):
     from revtal.engine.config import ConfigError, load_config
-    from revtal.engine.data import build_datasets
+    from revtal.engine.datasets import build_datasets
 
     ann = _feature_set(tmp_path)
     features = [f"data.features_dir={tmp_path}", "backbone.mode=frozen", "data.train_subset=training",

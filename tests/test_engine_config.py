@@ -142,3 +142,22 @@ def test_bad_yaml_is_one_line_with_its_position(tmp_path):
     with pytest.raises(ConfigError) as error:
         load_config(f)
     assert "\n" not in str(error.value) and str(error.value).startswith(f"{f}: not valid YAML (line ")
+
+
+def test_localizer_name_selects_the_options_section_and_rejects_options_it_does_not_take():
+    from revtal.engine.config import ConfigError, config_from_dict, load_config
+    from revtal.localizers.vsgn import VSGNConfig
+
+    config = load_config(None, ["localizer.name=vsgn", "localizer.options.hidden_dim=32",
+                                "localizer.options.anchor_scales=[1, 2]"])
+    settings = config.localizer.options.build()
+    assert isinstance(settings, VSGNConfig) and settings.hidden_dim == 32 and settings.anchor_scales == (1.0, 2.0)
+    assert config_from_dict(config.to_dict()) == config  # the saved config.yaml reads back the same
+    assert load_config(None, ["localizer.name=vsgn"]).localizer.options.build() == VSGNConfig()
+    assert load_config(None, []).localizer.name == "actionformer"
+    with pytest.raises(ConfigError, match="unknown key 'localizer.options.embed_dim': localizer 'vsgn' takes no option 'embed_dim'"):
+        load_config(None, ["localizer.name=vsgn", "localizer.options.embed_dim=64"])
+    with pytest.raises(ConfigError, match=r"localizer.name must be one of \['actionformer', 'vsgn'\], got 'bmn'"):
+        load_config(None, ["localizer.name=bmn"])
+    with pytest.raises(ConfigError, match="localizer.options: VSGNConfig.short_ratio"):
+        load_config(None, ["localizer.name=vsgn", "localizer.options.short_ratio=0.7"])

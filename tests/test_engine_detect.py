@@ -1,6 +1,6 @@
 """revtal detect's outputs: timeline titles that say what is drawn."""
 
-from revtal.engine.visualize import plot_timeline, shown_detections, timeline_title
+from revtal.evaluation.plots import plot_timeline, shown_detections, timeline_title
 
 
 def _detections(*scores):

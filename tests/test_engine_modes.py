@@ -4,9 +4,10 @@ import pytest
 import torch
 
 import revtal
-from revtal.bench.configs import PEER_MODES, BenchConfig
-from revtal.bench.modes import build_target
+from revtal.bench.configs import PEER_MODES, BenchConfig, parse_label
+from revtal.bench.targets import build_target
 from revtal.engine.config import config_from_dict
+from revtal.engine.datasets import resolve_dataset
 from revtal.engine.modes import get_mode, mode_names
 from revtal.engine.trainer import Trainer
 
@@ -16,8 +17,8 @@ TRAINED_AS = {
     "frozen": {"mode": "frozen"},
     "checkpoint": {"mode": "checkpoint"},
     "re2": {"mode": "re2"},
-    "dr2net_float": {"mode": "hard", "alpha": 0.5, "beta": 0.5, "backprop": "reversible"},
-    "dr2net_exact": {"mode": "dr2net", "backprop": "exact", "schedule": {"alpha0": 1.0, "beta0": 0.1}},
+    "dr2net:reversible": {"mode": "dr2net", "backprop": "reversible", "schedule": {"alpha0": 0.5, "beta0": 0.5}},
+    "dr2net:exact": {"mode": "dr2net", "backprop": "exact", "schedule": {"alpha0": 1.0, "beta0": 0.1}},
     "losa": {"mode": "losa", "losa": {"clip_frames": 4}},
 }
 
@@ -34,7 +35,9 @@ def _structure(module: torch.nn.Module) -> list[tuple[str, str, bool]]:
 @pytest.mark.parametrize("bench_mode", sorted(TRAINED_AS))
 def test_bench_module_is_the_trainers_module(bench_mode, data_root):
     assert set(TRAINED_AS) | set(PEER_MODES) == set(__import__("revtal.bench.configs").bench.configs.MODES)
-    bench = build_target(BenchConfig("vit_tiny_video", bench_mode, depth=2, frames=4, img_size=16, batch=1)).target
+    mode, backprop = parse_label(bench_mode)
+    bench = build_target(BenchConfig("vit_tiny_video", mode, depth=2, frames=4, img_size=16, batch=1,
+                                     backprop=backprop)).target
     config = config_from_dict({
         "data": {"num_frames": 4, "img_size": 16,
                  "synthetic": {"videos": 4, "classes": 2, "size": 16, "fps": 1.0, "min_duration": 4.0,
@@ -42,9 +45,9 @@ def test_bench_module_is_the_trainers_module(bench_mode, data_root):
         "backbone": {"name": "vit_tiny_video", "options": {"depth": 2}, **TRAINED_AS[bench_mode]},
         "localizer": {"options": {"embed_dim": 16, "head_dim": 16, "num_heads": 2, "window_size": 3,
                                   "num_branch_blocks": 1, "regression_ranges": [[0, 2], [2, 10000]]}},
-        "train": {"out_dir": str(data_root / bench_mode), "seed": 0},
+        "train": {"out_dir": str(data_root / bench_mode.replace(":", "_")), "seed": 0},
     })
-    trainer = Trainer(config, progress=False)
+    trainer = Trainer(resolve_dataset(config, config.train.out_dir), progress=False)
     trained, benched = trainer.model.extractor, bench.features
     trainer.model.train()
     bench.train()
@@ -86,7 +89,7 @@ def test_each_mode_owns_its_hooks(mode, schedule, monitor, exact_checked):
 
 
 def test_checkpoint_layout_reads_ema_weights_and_trained_coefficients(tmp_path):
-    from revtal.engine.checkpoint import TrainingCheckpoint
+    from revtal.engine.run_state import TrainingCheckpoint
     from revtal.engine.config import load_config
 
     config = load_config(None)

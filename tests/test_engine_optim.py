@@ -47,3 +47,35 @@ def test_backbone_embeddings_and_norms_are_not_decayed_and_groups_carry_the_rate
     groups = {g["name"]: (g["lr"], g["weight_decay"], len(g["params"])) for g in optimizer.param_groups}
     assert groups == {"backbone": (1e-5, 0.05, 1), "backbone_no_decay": (1e-5, 0.0, 7),
                       "head": (1e-4, 0.05, 1), "head_no_decay": (1e-4, 0.0, 1)}
+
+
+def test_layer_decay_scales_each_block_by_its_depth():
+    from revtal.backbones import build
+    from revtal.engine.optim import build_optimizer, layer_ids
+
+    backbone = build("vit_tiny_video", num_frames=4, img_size=32, depth=3)
+    depth, blocks = layer_ids(backbone)
+    named = dict(backbone.named_parameters())
+    assert blocks == 3 and depth[id(named["net.patch_embed.proj.weight"])] == 0
+    assert depth[id(named["net.blocks.1.mlp.fc1.weight"])] == 2 and depth[id(named["net.fc_norm.weight"])] == 4
+    head = torch.nn.Linear(4, 2)
+    optimizer = build_optimizer(backbone, head, 1.0, 5.0, 0.05, layer_decay=0.5)
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    assert lr_of[id(named["net.patch_embed.proj.weight"])] == 0.5 ** 4
+    assert lr_of[id(named["net.blocks.0.attn.qkv.weight"])] == 0.5 ** 3
+    assert lr_of[id(named["net.blocks.2.norm1.weight"])] == 0.5
+    assert lr_of[id(named["net.fc_norm.weight"])] == 1.0 and lr_of[id(head.weight)] == 5.0
+    wd_of = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    assert wd_of[id(named["net.blocks.0.attn.qkv.weight"])] == 0.05 and wd_of[id(named["net.blocks.0.norm1.weight"])] == 0.0
+
+
+def test_layer_decay_puts_swin_patch_merging_with_the_block_before():
+    from revtal.backbones import build
+    from revtal.engine.optim import layer_ids
+
+    backbone = build("swin3d_t", num_frames=4, img_size=64)
+    depth, blocks = layer_ids(backbone)
+    named = dict(backbone.named_parameters())
+    assert blocks == 12
+    assert depth[id(named["net.features.1.reduction.weight"])] == depth[id(named["net.features.0.1.mlp.0.weight"])] == 2
+    assert depth[id(named["net.norm.weight"])] == 13

@@ -13,7 +13,7 @@ import revtal
 
 from revtal.cli import main as cli_main
 from revtal.engine.config import config_from_dict
-from revtal.engine.data import resolve_dataset
+from revtal.engine.datasets import resolve_dataset
 from revtal.engine.modes import mode_names
 from revtal.engine.trainer import Trainer
 
@@ -109,7 +109,7 @@ def test_two_runs_with_two_threads_give_identical_metrics(tmp_path, mode):
             config = tiny_config(tmp_path / name, backbone__mode=mode).with_values({
                 "data.synthetic.size": 32, "data.synthetic.fps": 4.0, "data.synthetic.min_duration": 16.0,
                 "data.synthetic.max_duration": 32.0})
-            trainer = Trainer(config, progress=False)
+            trainer = Trainer(resolve_dataset(config, tmp_path / name), progress=False)
             trainer.fit()
             runs.append(trainer)
     finally:
@@ -199,7 +199,7 @@ def test_eval_and_extract_commands(dataset_root, tmp_path, capsys):
 
     from revtal.data.annotations import load_annotations
     from revtal.engine.config import dump_config
-    from revtal.engine.data import video_dataset
+    from revtal.engine.datasets import video_dataset
 
     config = _config(dataset_root, tmp_path / "run", backbone__mode="conventional", optim__ema=True,
                      optim__ema_decay=0.5)
@@ -249,7 +249,7 @@ def test_frozen_training_on_extracted_features(dataset_root, tmp_path):
     from revtal.backbones import build
     from revtal.data.annotations import load_annotations
     from revtal.engine.config import dump_config
-    from revtal.engine.data import video_dataset
+    from revtal.engine.datasets import video_dataset
 
     torch.manual_seed(0)
     backbone = build("vit_tiny_video", num_frames=8, img_size=16, patch_size=8, tubelet_size=2, depth=2, embed_dim=32)
@@ -287,10 +287,17 @@ def test_frozen_training_on_extracted_features(dataset_root, tmp_path):
         del bad
 
 
+def test_trainer_writes_no_dataset_and_refuses_a_config_without_one(tmp_path):
+    with pytest.raises(ValueError, match="data.annotations is empty.*resolve_dataset"):
+        Trainer(tiny_config(tmp_path / "run"), progress=False)
+    assert not (tmp_path / "run").exists()  # nothing written: no dataset, no config.yaml
+
+
 def test_saved_config_is_the_whole_job(tmp_path):
     from revtal.engine.config import load_config
 
-    config = tiny_config(tmp_path / "run")  # no dataset configured: the synthetic one is generated and named
+    # no dataset configured: the synthetic one is generated and named before the trainer sees the config
+    config = resolve_dataset(tiny_config(tmp_path / "run"), tmp_path / "run")
     trainer = Trainer(config, progress=False)
     saved = load_config(tmp_path / "run" / "config.yaml")
     assert saved == trainer.config
@@ -397,7 +404,7 @@ def test_train_refuses_an_existing_run_and_eval_writes_its_own_directory(dataset
 
 
 def test_resume_restores_the_run_config_and_refuses_silent_changes(dataset_root, tmp_path, capsys, monkeypatch):
-    from revtal.engine.checkpoint import TrainingCheckpoint
+    from revtal.engine.run_state import TrainingCheckpoint
 
     monkeypatch.delenv("REVTAL_DEBUG", raising=False)
     recipe, run = _recipe(dataset_root, tmp_path), tmp_path / "run"
@@ -410,7 +417,7 @@ def test_resume_restores_the_run_config_and_refuses_silent_changes(dataset_root,
     line = _one_error_line(capsys, "train")
     assert "data.batch_size: 4 -> 2" in line and "optim.epochs: 2 -> 1" in line and "--allow-config-change" in line
     # no config given: the checkpoint's own (2 epochs done of 2: nothing left to train); the file is read once
-    import revtal.engine.checkpoint as checkpoint_module
+    import revtal.engine.run_state as checkpoint_module
 
     reads = []
     load = checkpoint_module.load_checkpoint

@@ -226,7 +226,7 @@ def test_bench_records_the_storage_exact_mode_paid():
     from revtal.bench.worker import measure
 
     record = measure(BenchConfig(model="vit_tiny_video", depth=2, frames=8, img_size=96, batch=1,
-                                 mode="dr2net_exact", exact_coefficients=(1.0, 0.125)))
+                                 mode="dr2net", backprop="exact", exact_coefficients=(1.0, 0.125)))
     assert record["exact_bits_per_branch"] == 3.0
     (stored,), (buffer,) = record["exact_stored_bits_per_element"], record["exact_buffer_bits_per_element"]
     assert stored == 32 + buffer and buffer >= 4 * 3  # four branches of 3 bits at the least, and the streams
@@ -234,7 +234,7 @@ def test_bench_records_the_storage_exact_mode_paid():
 
 
 def test_errmap_points_carry_the_storage_of_their_beta():
-    from revtal.tools.errmap import CSV_FIELDS, gradient_error_map
+    from revtal.bench.errmap import CSV_FIELDS, gradient_error_map
 
     x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(8))
     exact, = gradient_error_map(tiny_vit(depth=2), x, [1.0], [0.1], backprop="exact", progress=False)

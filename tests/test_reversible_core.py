@@ -78,7 +78,7 @@ def test_re2_published_convention_duplicate_input_mean_output():
 
 def test_float32_reversible_at_re2_point_within_documented_tolerance():
     ref = tiny_vit(depth=4)
-    # documented in README: float32 reversible backprop at (0, 1) matches vanilla to ~1e-5 relative
+    # documented in docs/REVERSIBLE.md: float32 reversible backprop at (0, 1) matches vanilla to ~1e-5 relative
     assert_reversible_matches_vanilla(ref, torch.randn(2, 3, 16, 16), 1e-4, method="dr2net", alpha=0.0, beta=1.0)
 
 

@@ -13,6 +13,7 @@ import json
 import sys
 from collections import defaultdict
 
+from revtal.bench.configs import record_label
 from revtal.bench.report import MIB, _mode_label, _mode_rank
 
 
@@ -35,7 +36,7 @@ def tables(records: list[dict]) -> str:
         out += [f"{title} (G = {_mib(grads)} MiB)", "",
                 "| mode | saved MiB | ×conv | ×ckpt | peak MiB | ×conv | ×ckpt | kept MiB | transient MiB | step s (1 step) |",
                 "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for r in sorted(rows, key=lambda r: _mode_rank(r["mode"])):
+        for r in sorted(rows, key=lambda r: _mode_rank(record_label(r))):
             kept = r.get("after_forward_bytes")
             backward = r.get("backward_peak_bytes")
             transient = (None if kept is None or backward is None or r["mode"] == "conventional"

@@ -4,7 +4,7 @@ section "Dr²Net vs conventional on the demo recipe".
     PYTHONPATH=src python docs/experiments/dr2net_gap.py OUT --seeds 0,1,2 [--runs conventional,dr2net,...]
     PYTHONPATH=src python docs/experiments/dr2net_gap.py OUT --parity      # exact vs autograd gradients
 
-Every run is the demo's recipe (``revtal.engine.demo.demo_config``) at one intra-op thread on the demo's dataset,
+Every run is the demo's recipe (``revtal.experiments.demo.demo_config``) at one intra-op thread on the demo's dataset,
 with a backbone pretrained for 600 steps per seed (pretraining seed = training seed); only the named overrides
 differ. ``dr2net_autograd`` trains the same coupling and schedule with ordinary autograd instead of exact
 reversible backprop. Results: OUT/seed<k>_<run>.json.
@@ -31,8 +31,8 @@ RUNS = {
 
 
 def base_config(out: Path, seed: int):
-    from revtal.engine.data import resolve_dataset
-    from revtal.engine.demo import demo_config, pretrain_backbone
+    from revtal.engine.datasets import resolve_dataset
+    from revtal.experiments.demo import demo_config, pretrain_backbone
 
     base = resolve_dataset(demo_config(out), out)
     checkpoint = out / f"seed{seed}" / "pretrain" / "backbone.pt"
@@ -60,7 +60,8 @@ def parity(out: Path) -> None:
     localizer runs in eval mode: ActionFormer's loss normaliser is a running average updated by every training-mode
     loss, so two training-mode losses of the same batch differ by design."""
     import revtal
-    from revtal.engine.trainer import Trainer, model_inputs
+    from revtal.engine.runtime import model_inputs
+    from revtal.engine.trainer import Trainer
 
     trainer = Trainer(base_config(out, 0).with_values({"train.out_dir": str(out / "parity")}), progress=False)
     model = trainer.model.train()

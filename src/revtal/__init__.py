@@ -12,6 +12,7 @@ __all__ = [*_REVERSIBLE_API, "__version__"]
 
 def __getattr__(name: str):
     if name in _REVERSIBLE_API:
+        # imported on first use, so that `import revtal` (the CLI's start) does not load torch
         import revtal.reversible as reversible
 
         return getattr(reversible, name)

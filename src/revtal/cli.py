@@ -1,8 +1,8 @@
 """The `revtal` command line.
 
-Each sub-command lives in the module that owns the feature; this file only maps names to modules, so importing
-the CLI stays cheap (torch is imported only by the command that runs). A command module (or the object named
-after ``module:``) defines ``add_arguments(parser)`` and ``run(args) -> int``.
+Each sub-command ``revtal X`` is the module :mod:`revtal.commands.X`, which defines ``add_arguments(parser)`` and
+``run(args) -> int``; this file only maps names to those modules and imports the one that runs, so ``revtal
+--help`` stays cheap (torch is imported only by the command that runs).
 
 A user error raised by a command (see :mod:`revtal.errors`) is printed as one line, ``revtal <command>: error:
 ...``, with exit code 2; ``--debug`` (before or after the command) or ``REVTAL_DEBUG=1`` adds the traceback.
@@ -16,27 +16,28 @@ import os
 import sys
 import traceback
 
-from revtal.errors import USER_ERRORS, debug_requested
+from revtal.errors import USER_ERRORS, debug_requested, one_line
 
-COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("revtal.engine.demo", "the main job: synthetic data -> pretrain -> Dr2Net finetune for TAL -> evaluate"),
-    "train": ("revtal.engine.commands:train", "train a localizer (and backbone) from a YAML config"),
-    "eval": ("revtal.engine.commands:evaluate", "evaluate a checkpoint on the validation subset"),
-    "extract": ("revtal.engine.commands:extract", "extract backbone features for frozen mode"),
-    "detect": ("revtal.engine.commands:detect", "detect actions in videos with a trained checkpoint"),
-    "synth": ("revtal.data.synthetic", "write a synthetic untrimmed-video dataset (mp4 + ActivityNet JSON)"),
-    "evaluate": ("revtal.evaluation.cli", "score predictions against ground truth (ActivityNet detection mAP)"),
-    "errmap": ("revtal.tools.errmap", "map the gradient error of memory-free backprop over (alpha, beta)"),
-    "selfcheck": ("revtal.tools.selfcheck", "verify the reversible engine on a tiny model and print what was checked"),
-    "bench": ("revtal.bench.cli", "memory and speed benchmarks"),
-    "study": ("revtal.bench.study", "the papers' tables in miniature on the synthetic dataset"),
-    "plan": ("revtal.commands.plan", "will this recipe fit my GPU, and in which mode? (simulated on fake tensors)"),
+# command: what it does; its module is revtal.commands.<command>
+COMMANDS: dict[str, str] = {
+    "demo": "the main job: synthetic data -> pretrain -> Dr2Net finetune for TAL -> evaluate",
+    "train": "train a localizer (and backbone) from a YAML config",
+    "eval": "evaluate a checkpoint on the validation subset",
+    "extract": "extract backbone features for frozen mode",
+    "detect": "detect actions in videos with a trained checkpoint",
+    "synth": "write a synthetic untrimmed-video dataset (mp4 + ActivityNet JSON)",
+    "evaluate": "score predictions against ground truth (ActivityNet detection mAP)",
+    "errmap": "map the gradient error of memory-free backprop over (alpha, beta)",
+    "selfcheck": "verify the reversible engine on a tiny model and print what was checked",
+    "bench": "memory and speed benchmarks",
+    "study": "the papers' tables in miniature on the synthetic dataset",
+    "plan": "will this recipe fit my GPU, and in which mode? (simulated on fake tensors, no GPU needed)",
 }
 
 
 # OpenMP threads that finish a parallel region spin for a while waiting for the next one. On a machine whose cores
 # are busy with other processes that spinning starves the thread everyone waits for: the demo's conventional
-# training at 2 threads took ~30x longer per step than at 1 (README, "Threads on a busy machine"). Sleeping waiters
+# training at 2 threads took ~30x longer per step than at 1 (docs/THREADS.md). Sleeping waiters
 # (PASSIVE) cost nothing measurable there and keep 2 threads as fast as 1 when the cores are busy. OpenMP reads the
 # policy once, when torch loads it, so it is set before any command module (and torch) is imported; a value the
 # user set wins.
@@ -51,15 +52,13 @@ def set_thread_environment(environ=os.environ) -> dict[str, str]:
 
 
 def _load(name: str):
-    target, _ = COMMANDS[name]
-    module_name, _, attribute = target.partition(":")
+    module_name = f"revtal.commands.{name}"
     try:
-        module = importlib.import_module(module_name)
+        return importlib.import_module(module_name)
     except ModuleNotFoundError as err:
         if err.name and module_name.startswith(err.name):
             raise SystemExit(f"revtal {name}: this command is not available in this build ({module_name} missing)")
         raise
-    return getattr(module, attribute) if attribute else module
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
@@ -67,7 +66,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the traceback of errors (also REVTAL_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = next((a for a in argv if not a.startswith("-")), None)
-    for name, (_, help_text) in COMMANDS.items():
+    for name, help_text in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show the traceback of errors (also REVTAL_DEBUG=1)")
@@ -96,14 +95,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"revtal {args.command}: interrupted", file=sys.stderr)
         return 130
-
-
-def one_line(err: BaseException, debug: bool = False) -> str:
-    """The first line of an error message; a longer message says where the rest is."""
-    lines = str(err).strip().splitlines() or [type(err).__name__]
-    if len(lines) > 1 and not debug:
-        return f"{lines[0]} (details: rerun with --debug)"
-    return lines[0]
 
 
 if __name__ == "__main__":

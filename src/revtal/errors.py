@@ -19,3 +19,11 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 
 def debug_requested() -> bool:
     return os.environ.get("REVTAL_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def one_line(err: BaseException, debug: bool = False) -> str:
+    """The first line of an error message; a longer message says where the rest is."""
+    lines = str(err).strip().splitlines() or [type(err).__name__]
+    if len(lines) > 1 and not debug:
+        return f"{lines[0]} (details: rerun with --debug)"
+    return lines[0]

@@ -25,6 +25,7 @@ from torchvision.ops import StochasticDepth
 from revtal.backbones.backbone import ResNet3dBackbone, Swin3dBackbone, VideoBackbone, VideoViTBackbone
 from revtal.backbones.weights import StateDict, load_checked, read_state_dict, unwrap_state_dict
 from revtal.backbones.inflate import inflate_state_dict
+from revtal.backbones.slowfast import SlowFastBackbone, slowfast
 from revtal.backbones.video_vit import infer_layout, video_vit
 
 BackboneFactory = Callable[..., VideoBackbone]
@@ -189,8 +190,6 @@ def r2plus1d_18(**opts) -> VideoBackbone:
 
 # --------------------------------------------------------------------------------------- pytorchvideo SlowFast
 def _slowfast(depth: int, opts: dict) -> VideoBackbone:
-    from revtal.backbones.slowfast import SlowFastBackbone, slowfast
-
     for key in ("num_frames", "img_size", "checkpoint", "strict"):
         opts.pop(key, None)
     alpha = opts.pop("alpha", 4)

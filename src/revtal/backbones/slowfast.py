@@ -142,6 +142,6 @@ def _after_entry(res_stage: nn.Module, x: Tensor) -> Tensor:
 
 def slowfast(depth: int, **opts) -> nn.Module:
     """``pytorchvideo.models.slowfast.create_slowfast(model_depth=depth, **opts)`` (pytorchvideo imported here)."""
-    from pytorchvideo.models.slowfast import create_slowfast
+    from pytorchvideo.models.slowfast import create_slowfast  # optional (and heavy): only SlowFast needs it
 
     return create_slowfast(model_depth=depth, **opts)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -157,6 +158,14 @@ def _short_list(items: list[str]) -> str:
     return shown + (f", ... and {len(items) - _LIST_LIMIT} more" if len(items) > _LIST_LIMIT else "")
 
 
+def _numpy_array_globals() -> list:
+    multiarray = getattr(np, "_core", None) or np.core  # numpy 2 renamed numpy.core
+    return [multiarray.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+_NUMPY_ARRAY_GLOBALS = _numpy_array_globals()
+
+
 def read_state_dict(path: str | Path) -> StateDict:
     """Read a local checkpoint file and unwrap it to a flat ``{key: tensor}`` dict."""
     path = Path(path)
@@ -165,7 +174,10 @@ def read_state_dict(path: str | Path) -> StateDict:
             f"checkpoint file {path} does not exist (revtal never downloads weights: pass a local file)"
         )
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        # a revtal training checkpoint (a classification run's best.pt as a TAL backbone) also holds numpy's random
+        # state: plain arrays, which the weights-only unpickler may rebuild
+        with torch.serialization.safe_globals(_NUMPY_ARRAY_GLOBALS):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001  re-raised with the file name
         raise ValueError(f"cannot read checkpoint {path}: {error}") from error
     return unwrap_state_dict(obj, source=str(path))

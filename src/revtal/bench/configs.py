@@ -11,19 +11,25 @@ import itertools
 import json
 from dataclasses import asdict, dataclass, field, fields
 
-# name: what the mode trains and how it backpropagates
+# A benchmarked configuration is a training mode (revtal.engine.modes; or a peer library wrapping the conventional
+# backbone's blocks) and, for Dr²Net, its memory-free backprop: its label is "mode" or "mode:backprop".
+# label: what the mode trains and how it backpropagates
 MODE_DESCRIPTIONS: dict[str, str] = {
     "conventional": "unconverted backbone, plain autograd (stores every activation)",
     "frozen": "backbone under no_grad, only the head trains",
     "checkpoint": "original network, each block under torch.utils.checkpoint",
     "re2": "Re²TAL rewiring (α=0, β=1), memory-free float backprop",
-    "dr2net_float": "Dr²Net at a mid-schedule point, memory-free float backprop",
-    "dr2net_exact": "Dr²Net at its start point, memory-free exact (fixed-point) backprop",
+    "dr2net:reversible": "Dr²Net at a mid-schedule point, memory-free float backprop",
+    "dr2net:exact": "Dr²Net at its start point, memory-free exact (fixed-point) backprop",
     "losa": "LoSA adapters on a frozen backbone",
     "revlib": "RevLib ReversibleSequential over the same ViT branches (peer)",
     "memcnn": "MemCNN InvertibleModuleWrapper(AdditiveCoupling) over the same ViT branches (peer)",
 }
 MODES = tuple(MODE_DESCRIPTIONS)
+# the modes measured with a choice of memory-free backprop, and that choice's default (the training config's)
+BACKPROP_CHOICES: dict[str, tuple[str, ...]] = {"dr2net": ("exact", "reversible")}
+# labels of records written before the benchmark used the training modes' names (old JSON files, old command lines)
+EARLIER_LABELS = {"dr2net_float": "dr2net:reversible", "dr2net_exact": "dr2net:exact"}
 # a worker's last stdout line: this prefix, then its record as JSON
 RESULT_PREFIX = "REVTAL-BENCH-RESULT "
 PEER_MODES = ("revlib", "memcnn")
@@ -35,13 +41,41 @@ DR2NET_FLOAT_COEFFICIENTS = (0.5, 0.5)
 DR2NET_EXACT_COEFFICIENTS = (1.0, 0.1)
 
 
+def parse_label(label: str) -> tuple[str, str | None]:
+    """``"dr2net:exact"`` → ``("dr2net", "exact")``, ``"re2"`` → ``("re2", None)``; a mode with a backprop choice
+    gets its default; earlier labels (``dr2net_float``) are read as the ones they became."""
+    label = EARLIER_LABELS.get(label, label)
+    mode, _, backprop = label.partition(":")
+    if not backprop and mode in BACKPROP_CHOICES:
+        backprop = BACKPROP_CHOICES[mode][0]
+    return mode, backprop or None
+
+
+def make_label(mode: str, backprop: str | None) -> str:
+    return f"{mode}:{backprop}" if backprop else mode
+
+
+def record_label(record: dict) -> str:
+    """The label of a benchmark record (records written before labels existed: their ``mode``, read as it became)."""
+    if record.get("label"):
+        return record["label"]
+    if record["mode"] in EARLIER_LABELS:
+        return EARLIER_LABELS[record["mode"]]
+    return make_label(*parse_label(record["mode"])) if record["mode"] in BACKPROP_CHOICES else record["mode"]
+
+
+def canonical_label(text: str) -> str:
+    """A label as given on the command line (``dr2net``, ``dr2net:exact``, or an earlier label) in its full form."""
+    return make_label(*parse_label(text))
+
+
 ALLOCATORS = ("mmap", "default")
 
 
 @dataclass(frozen=True)
 class BenchConfig:
     model: str
-    mode: str
+    mode: str  # a training mode, or a peer (PEER_MODES)
     depth: int | None  # transformer blocks of a ViT; None keeps a model's own depth (non-ViT models)
     frames: int
     img_size: int
@@ -59,10 +93,14 @@ class BenchConfig:
     # runs); "default": the C library's own allocator, as a user's process runs (speed runs: every mmap'd allocation
     # costs page faults, which slowed allocation-heavy modes such as exact arithmetic by up to 1.3x)
     allocator: str = "mmap"
+    backprop: str | None = None  # modes of BACKPROP_CHOICES: which memory-free backprop (None: the mode's default)
 
     def __post_init__(self) -> None:
-        if self.mode not in MODE_DESCRIPTIONS:
-            raise ValueError(f"unknown benchmark mode {self.mode!r}; modes: {', '.join(MODES)}")
+        choices = BACKPROP_CHOICES.get(self.mode, ())
+        if choices and self.backprop is None:
+            object.__setattr__(self, "backprop", choices[0])
+        if self.label not in MODE_DESCRIPTIONS:
+            raise ValueError(f"unknown benchmark mode {self.label!r}; modes: {', '.join(MODES)}")
         for name in ("frames", "img_size", "batch", "clips", "clip_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"benchmark config field {name!r} must be ≥ 1, got {getattr(self, name)}")
@@ -75,6 +113,16 @@ class BenchConfig:
             raise ValueError(f"benchmark config field 'warmup' must be ≥ 1, got {self.warmup}")
         if self.repeats < 1:
             raise ValueError(f"benchmark config field 'repeats' must be ≥ 1, got {self.repeats}")
+
+    @property
+    def label(self) -> str:
+        """``mode`` or ``mode:backprop``: how records and tables name this configuration's mode."""
+        return make_label(self.mode, self.backprop)
+
+    @property
+    def coefficients(self) -> tuple[float, float]:
+        """The (α, β) a Dr²Net configuration is measured at: float backprop's point or exact backprop's."""
+        return self.exact_coefficients if self.backprop == "exact" else self.float_coefficients
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -100,7 +148,7 @@ def is_vit(model: str) -> bool:
 @dataclass
 class Grid:
     models: list[str]
-    modes: list[str]
+    modes: list[str]  # labels (MODES)
     depths: list[int]
     frames: list[int]
     img_sizes: list[int]
@@ -122,8 +170,10 @@ class Grid:
                 if note not in notes:
                     notes.append(note)
                 continue
+            name, backprop = parse_label(mode)
             config = BenchConfig(
-                model, mode, depth if is_vit(model) else None, frames, img, batch, clips=clips, **self.options
+                model, name, depth if is_vit(model) else None, frames, img, batch, clips=clips, backprop=backprop,
+                **self.options
             )
             if config not in seen:
                 seen.add(config)

@@ -1,4 +1,4 @@
-"""``python -m revtal.bench.gpu_check --out OUT.json``: exact backprop on CUDA, and each mode's CUDA peak.
+"""``python -m revtal.commands.gpu_check --out OUT.json`` (:func:`gpu_check`): exact backprop on CUDA, and each mode's CUDA peak.
 
 Exact mode is bitwise only if every branch recomputes bitwise identically in backward; on CUDA that needs
 deterministic algorithms (``torch.use_deterministic_algorithms(True)``, ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` set
@@ -18,7 +18,6 @@ Without CUDA it writes ``no_cuda`` and exits 0, so it can run anywhere; the chec
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
@@ -28,9 +27,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
+from revtal.backbones import build
+from revtal.bench.runner import machine_info
+from revtal.reversible.convert import convert
+from revtal.reversible.diagnostics import gradient_errors
+from revtal.reversible.stage import reversible_stages
+
 POINTS = ((1.0, 13 / 128), (0.3, 179 / 256), (0.0, 1.0))
 MODELS = ("vit_s_video", "swin3d_t")
-MEMORY_MODES = ("conventional", "checkpoint", "re2", "dr2net_float", "dr2net_exact", "revlib", "memcnn")
+MEMORY_MODES = ("conventional", "checkpoint", "re2", "dr2net:reversible", "dr2net:exact", "revlib", "memcnn")
 
 
 def reconstruction_checks(
@@ -38,13 +45,6 @@ def reconstruction_checks(
 ) -> list[dict]:
     """One record per (model, α, β, precision): every stage's reconstruction check, and at the first point in
     float32 the gradient error against vanilla backprop of the same coupled network."""
-    import torch
-
-    import revtal
-    from revtal.backbones import build
-    from revtal.reversible.diagnostics import gradient_errors
-    from revtal.reversible.stage import reversible_stages
-
     records = []
     for name in models:
         torch.manual_seed(0)
@@ -53,7 +53,7 @@ def reconstruction_checks(
         for index, (alpha, beta) in enumerate(points):
             for precision in ("float32", "bf16"):
                 start = time.perf_counter()
-                model = revtal.convert(copy.deepcopy(reference), "dr2net", alpha=alpha, beta=beta, backprop="exact")
+                model = convert(copy.deepcopy(reference), "dr2net", alpha=alpha, beta=beta, backprop="exact")
                 stages = reversible_stages(model)
                 grads = _backward(model, video, stages, precision, verify=True)
                 record = {
@@ -68,7 +68,7 @@ def reconstruction_checks(
                     "stored_bits_per_element": [s.exact_arithmetic.last_storage.bits_per_element for s in stages],
                 }
                 if index == 0 and precision == "float32":
-                    vanilla = revtal.convert(copy.deepcopy(reference), "dr2net", alpha=alpha, beta=beta,
+                    vanilla = convert(copy.deepcopy(reference), "dr2net", alpha=alpha, beta=beta,
                                              backprop="vanilla")
                     errors = gradient_errors(grads, _backward(vanilla, video, [], precision, verify=False))
                     record["max_rel_err_vs_vanilla"] = errors.max_rel_err
@@ -86,8 +86,6 @@ def reconstruction_checks(
 
 
 def _backward(model, video, stages, precision: str, verify: bool):
-    import torch
-
     for stage in stages:
         if verify:
             stage.verify_next_backward()
@@ -101,8 +99,6 @@ def _backward(model, video, stages, precision: str, verify: bool):
 
 
 def _bitwise_nondeterministic(model, video, stages, precision: str) -> bool:
-    import torch
-
     torch.use_deterministic_algorithms(False)
     try:
         _backward(model, video, stages, precision, verify=True)
@@ -123,43 +119,29 @@ def memory_records(frames: int, img_size: int, models=MODELS, modes=MEMORY_MODES
         return json.loads(out.read_text())
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m revtal.bench.gpu_check", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True, help="JSON file to write")
-    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (the checks only, for testing)")
-    parser.add_argument("--models", nargs="+", default=list(MODELS))
-    parser.add_argument("--frames", type=int, default=16)
-    parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument("--skip-memory", action="store_true", help="reconstruction checks only")
-    args = parser.parse_args(argv)
-
-    import torch
-
-    from revtal.bench.runner import machine_info
-
-    out = Path(args.out)
+def gpu_check(out: str | Path, device: str = "cuda", models=MODELS, frames: int = 16, img_size: int = 224,
+              skip_memory: bool = False) -> int:
+    """Run the checks on ``device`` and write their JSON to ``out``; returns 1 if a deterministic exact check was not
+    bitwise (0 without CUDA, status ``no_cuda``)."""
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    result: dict = {"machine": machine_info(args.device)}
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
+    result: dict = {"machine": machine_info(device)}
+    if device.startswith("cuda") and not torch.cuda.is_available():
         result.update(status="no_cuda", reason="torch.cuda.is_available() is False: nothing was checked")
         out.write_text(json.dumps(result, indent=2))
         print(f"no CUDA device: wrote {out} (status no_cuda)")
         return 0
-    if args.device.startswith("cuda"):
+    if device.startswith("cuda"):
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # effective only if CUDA has not started yet
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
     start = time.perf_counter()
-    result["reconstruction"] = reconstruction_checks(args.device, args.models, args.frames, args.img_size)
+    result["reconstruction"] = reconstruction_checks(device, models, frames, img_size)
     deterministic_ok = all(r["bitwise"] for r in result["reconstruction"])
-    if not args.skip_memory and args.device.startswith("cuda"):
-        result["memory"] = memory_records(args.frames, args.img_size, args.models)
+    if not skip_memory and device.startswith("cuda"):
+        result["memory"] = memory_records(frames, img_size, models)
     result["status"] = "ok" if deterministic_ok else "failed"
     result["seconds"] = round(time.perf_counter() - start, 1)
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}: status {result['status']} in {result['seconds']} s")
     return 0 if deterministic_ok else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -31,6 +31,8 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from revtal.reversible import reversible_stages
+
 CATEGORIES = ("params", "grads", "optimizer", "activations")
 PHASES = ("setup", "forward", "backward", "optimizer")
 
@@ -246,6 +248,9 @@ class StepPlan:
     cuda_allocated_bytes: int = 0  # the peak with CUDA's 512-byte rounding of every block
     reserved_bytes: int = 0  # modelled CUDA reserved peak (caching allocator)
     steps: int = 1
+    # per exact stage, the widths of x_n's low bits and y_n its last forward stored (ExactStorage.stream_bits):
+    # measured on real tensors, the stated worst case on fake ones
+    exact_stream_bits: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
@@ -253,7 +258,7 @@ class StepPlan:
             "params_bytes": self.split.get("params", 0), "grads_bytes": self.split.get("grads", 0),
             "optimizer_bytes": self.split.get("optimizer", 0), "activation_bytes": self.split.get("activations", 0),
             "cuda_allocated_bytes": self.cuda_allocated_bytes, "reserved_bytes": self.reserved_bytes,
-            "steps": self.steps,
+            "steps": self.steps, "exact_stream_bits": [list(b) for b in self.exact_stream_bits],
         }
 
 
@@ -399,13 +404,19 @@ def dense_loss(localizer, output) -> Tensor:
 
 
 def plan_recipe(config, mode: str, steps: int = 2, classes: int = DEFAULT_CLASSES, fake: bool = True,
-                rules: str = "cuda", progress: Callable[[], None] | None = None) -> StepPlan:
+                rules: str = "cuda", progress: Callable[[], None] | None = None,
+                exact_stream_bits: list | None = None, device: str = "cpu") -> StepPlan:
     """The peak of live tensor bytes of ``steps`` training steps of ``config`` in plan mode ``mode``.
 
     The step is the trainer's: the mode's hooks before the forward (coefficient schedule, first-step verification
     of exact stages, the float-reconstruction monitor) and after the backward, the forward and loss under the
     recipe's autocast, backward, gradient clipping, AdamW over the backbone and head groups, ``zero_grad``.
-    ``fake=False`` runs the same on real CPU tensors (random weights): the reference a simulation must equal.
+    ``fake=False`` runs the same on real tensors of ``device`` (random weights): on the CPU, the reference a
+    simulation must equal; on CUDA (``scripts/gpu_check.sh``), the step whose ``torch.cuda.max_memory_allocated``
+    the CUDA-rules simulation predicts.
+
+    ``exact_stream_bits``: the widths each exact stage of a simulation stores for its output streams (as a real
+    run reported them in :attr:`StepPlan.exact_stream_bits`) instead of the stated worst case.
 
     ``rules="cuda"`` (fake tensors only) runs the step as a GPU would (:mod:`revtal.bench.cuda_emulation`: CUDA's
     autocast lists and attention kernels); ``rules="cpu"`` runs it as the CPU does (the validation against real CPU
@@ -414,27 +425,31 @@ def plan_recipe(config, mode: str, steps: int = 2, classes: int = DEFAULT_CLASSE
     """
     import contextlib
 
-    from revtal.bench.cuda_emulation import CudaAutocast
-
     from torch._subclasses.fake_tensor import FakeTensorMode
 
+    from revtal.bench.cuda_emulation import CudaAutocast
     from revtal.engine.modes import get_mode
     from revtal.engine.optim import build_optimizer
 
     if rules not in ("cuda", "cpu"):
         raise ValueError(f"rules must be 'cuda' or 'cpu', got {rules!r}")
-    if rules == "cuda" and not fake:
-        raise ValueError("rules='cuda' simulates a GPU step and needs fake tensors (fake=True)")
-    cuda = rules == "cuda"
+    if fake and device != "cpu":
+        raise ValueError("a simulation runs on fake CPU tensors: device must be 'cpu'")
+    emulate_cuda = fake and rules == "cuda"
     config = mode_config(config, mode)
     fake_mode = FakeTensorMode() if fake else None
     torch.manual_seed(config.train.seed)
     model = build_recipe_model(config, classes, fake_mode)
+    if not fake:
+        model.to(device)
+    exact_stages = [s for s in reversible_stages(model) if s.backprop == "exact"]
+    for stage, bits in zip(exact_stages, exact_stream_bits or []):
+        stage.exact_arithmetic.simulated_low_bits = tuple(bits)
     training_mode = get_mode(config.backbone.mode)
     hooks = training_mode.hooks(model, config.backbone, iters_per_epoch=1)
     ocfg = config.optim
     scope = fake_mode if fake_mode is not None else torch.enable_grad()
-    with scope, (CudaAutocast() if cuda else contextlib.nullcontext()):
+    with scope, (CudaAutocast() if emulate_cuda else contextlib.nullcontext()):
         model.train()
         # the multi-tensor (foreach) AdamW and clipping: torch's default for CUDA tensors, on both sides
         optimizer = build_optimizer(model.trainable_backbone(), model.localizer, ocfg.backbone_lr, ocfg.head_lr,
@@ -442,8 +457,8 @@ def plan_recipe(config, mode: str, steps: int = 2, classes: int = DEFAULT_CLASSE
         trainable = [p for p in model.parameters() if p.requires_grad]
 
         def step_loss() -> Tensor:
-            video, mask = recipe_inputs(config)
-            with _autocast(ocfg.amp):
+            video, mask = (t.to(device) for t in recipe_inputs(config))
+            with _autocast(ocfg.amp, torch.device(device).type):
                 output = model(video, mask)
                 return dense_loss(model.localizer, output)
 
@@ -452,16 +467,60 @@ def plan_recipe(config, mode: str, steps: int = 2, classes: int = DEFAULT_CLASSE
                 torch.nn.utils.clip_grad_norm_(trainable, ocfg.clip_grad, foreach=True)
             optimizer.step()
 
-        return simulate_steps(
+        result = simulate_steps(
             model, optimizer, step_loss, steps=steps,
             before_step=lambda step: hooks.before_step(0, step - 1, step - 1),
             after_backward=hooks.after_backward, optimizer_step=optimizer_step, progress=progress)
+    stored = [s.exact_arithmetic.last_storage for s in exact_stages]
+    result.exact_stream_bits = [tuple(s.stream_bits) for s in stored if s is not None]
+    return result
 
 
-def _autocast(amp: str):
+def _autocast(amp: str, device_type: str = "cpu"):
     if amp == "none":
-        return torch.autocast("cpu", enabled=False)
-    return torch.autocast("cpu", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+        return torch.autocast(device_type, enabled=False)
+    return torch.autocast(device_type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+# the GPU check: recipes scaled to fit one GPU, and the modes each is checked in
+GPU_CHECK_RECIPES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
+    "tiny_cpu_dr2net": ("configs/tiny_cpu_dr2net.yaml", (), ("conventional", "dr2net:exact")),
+    "anet_swin3d_t_64f": ("configs/anet_swin3d_t_dr2net.yaml", ("data.batch_size=1", "data.num_frames=64"),
+                          ("conventional", "checkpoint", "re2", "dr2net:exact")),
+    "thumos_losa_64f": ("configs/thumos_losa.yaml", ("data.batch_size=1", "data.num_frames=64"),
+                        ("frozen", "conventional", "losa")),
+}
+
+
+def cuda_check(recipes: Iterable[str] = tuple(GPU_CHECK_RECIPES), steps: int = 2, classes: int = DEFAULT_CLASSES,
+               root: str = ".") -> list[dict]:
+    """For each recipe and mode: the plan (fake tensors, CUDA rules) beside ``torch.cuda.max_memory_allocated``
+    and ``max_memory_reserved`` of the same steps run on the GPU (needs CUDA)."""
+    from pathlib import Path
+
+    from revtal.engine.config import load_config
+
+    records = []
+    for name in recipes:
+        path, overrides, modes = GPU_CHECK_RECIPES[name]
+        config = load_config(Path(root) / path, list(overrides))
+        for mode in modes:
+            planned = plan_recipe(config, mode, steps=steps, classes=classes)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            measured = plan_recipe(config, mode, steps=steps, classes=classes, fake=False, device="cuda")
+            allocated = torch.cuda.max_memory_allocated() - base
+            reserved = torch.cuda.max_memory_reserved()
+            records.append({
+                "recipe": name, "mode": mode, "plan_peak_bytes": planned.peak_bytes,
+                "plan_cuda_allocated_bytes": planned.cuda_allocated_bytes, "plan_reserved_bytes": planned.reserved_bytes,
+                "cuda_max_allocated_bytes": allocated, "cuda_max_reserved_bytes": reserved,
+                "meter_peak_bytes_on_cuda": measured.peak_bytes,
+                "allocated_ratio": planned.cuda_allocated_bytes / allocated if allocated else None,
+                "reserved_ratio": planned.reserved_bytes / reserved if reserved else None,
+            })
+    return records
 
 
 # ------------------------------------------------------------------------------------------------- the report
@@ -493,32 +552,58 @@ def check_plan_arguments(steps: int, gpus: Iterable[float]) -> None:
             raise ValueError(f"--gpu-gib sizes must be in (0, 4096] GiB, got {gib:g}")
 
 
+def _plan_mode(config_dict: dict, mode: str, steps: int, classes: int) -> dict:
+    """One mode's record (run in a worker process by :func:`plan`)."""
+    from revtal.engine.config import config_from_dict
+
+    torch.set_num_threads(1)  # fake tensors compute nothing: one thread per worker
+    config = config_from_dict(config_dict, source="revtal plan")
+    try:
+        result = plan_recipe(config, mode, steps=steps, classes=classes)
+    except (RuntimeError, TypeError, AssertionError, NotImplementedError) as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"mode {mode}: the model cannot be simulated: {type(err).__name__}: {message}") from None
+    return {"mode": MODE_ALIASES.get(mode, mode), **result.to_dict()}
+
+
 def plan(config, modes: Iterable[str] = tuple(PLAN_MODES), steps: int = 2, gpus: Iterable[float] = DEFAULT_GPUS,
-         classes: int = DEFAULT_CLASSES, progress: bool = False) -> dict:
+         classes: int = DEFAULT_CLASSES, jobs: int = 1, progress: bool = False) -> dict:
     """``revtal plan``: each mode's simulated GPU step of ``config`` as a record (see :class:`StepPlan`), with the
-    GPU sizes it fits. Raises ValueError naming the mode for a mode or model that cannot be planned."""
+    GPU sizes it fits; ``jobs`` modes at a time in worker processes. Raises ValueError naming the mode for a mode
+    or model that cannot be planned."""
+    import concurrent.futures
+    import multiprocessing
+
     from tqdm import tqdm
 
     from revtal.bench.runner import machine_info
 
     modes, gpus = list(modes), [float(g) for g in gpus]
     check_plan_arguments(steps, gpus)
+    if jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {jobs}")
     for mode in modes:
         mode_config(config, mode)  # unknown modes and invalid combinations fail before any work
-    records = []
-    with tqdm(total=len(modes) * steps, desc="revtal plan", unit="step", disable=not progress, leave=False) as bar:
-        for mode in modes:
-            bar.set_postfix_str(mode)
-            try:
-                result = plan_recipe(config, mode, steps=steps, classes=classes, progress=bar.update)
-            except (RuntimeError, TypeError, AssertionError, NotImplementedError) as err:
-                message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                raise ValueError(f"mode {mode}: the model cannot be simulated: {message}") from err
-            record = {"mode": MODE_ALIASES.get(mode, mode), **result.to_dict()}
-            record["fits"] = {_gpu_key(g): fits(result.reserved_bytes, g) for g in gpus}
-            records.append(record)
+    args = [(config.to_dict(), mode, steps, classes) for mode in modes]
+    with tqdm(total=len(modes), desc="revtal plan", unit="mode", disable=not progress, leave=False) as bar:
+        if jobs == 1:
+            records = []
+            for a in args:
+                bar.set_postfix_str(a[1])
+                records.append(_plan_mode(*a))
+                bar.update()
+        else:
+            context = multiprocessing.get_context("spawn")  # no forked torch state in the workers
+            with concurrent.futures.ProcessPoolExecutor(min(jobs, len(modes)), mp_context=context) as pool:
+                futures = [pool.submit(_plan_mode, *a) for a in args]
+                for _ in concurrent.futures.as_completed(futures):
+                    bar.update()
+                records = [f.result() for f in futures]
+    for record in records:
+        record["fits"] = {_gpu_key(g): fits(record["reserved_bytes"], g) for g in gpus}
     return {
         "records": records,
+        "steps": steps,
         "margin_bytes": {"cuda_context": CONTEXT_BYTES, "workspaces": WORKSPACE_BYTES},
         "rules": "cuda",
         "classes": classes,

@@ -6,14 +6,13 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+from revtal.bench.configs import MODES, record_label
+
 MIB = 2**20
-MODE_ORDER = (
-    "conventional", "frozen", "checkpoint", "re2", "dr2net_float", "dr2net_exact", "losa", "revlib", "memcnn",
-)
 
 
-def _mode_rank(mode: str) -> int:
-    return MODE_ORDER.index(mode) if mode in MODE_ORDER else len(MODE_ORDER)
+def _mode_rank(label: str) -> int:
+    return MODES.index(label) if label in MODES else len(MODES)
 
 
 def _clips(record: dict) -> int:
@@ -23,7 +22,7 @@ def _clips(record: dict) -> int:
 def _sort_key(record: dict) -> tuple:
     return (
         record["model"], record["frames"], record["img_size"], record["batch"], _clips(record), record["depth"] or 0,
-        _mode_rank(record["mode"]),
+        _mode_rank(record_label(record)),
     )
 
 
@@ -36,13 +35,13 @@ def _ratio(value) -> str:
 
 
 def _mode_label(record: dict) -> str:
-    if "alpha" in record and record["mode"].startswith("dr2net"):
-        label = f"{record['mode']} ({record['alpha']:g}, {record['beta']:g})"
+    label = record_label(record)
+    if "alpha" in record and label.startswith("dr2net"):
+        label = f"{label} ({record['alpha']:g}, {record['beta']:g})"
         stored = record.get("exact_stored_bits_per_element")
         if stored:  # what exact mode kept per element: float output + information buffer, and log2(1/β) per branch
             label += f" {max(stored)} b/el, {record['exact_bits_per_branch']:.2f} b/branch"
-        return label
-    return record["mode"]
+    return label
 
 
 def markdown_table(records: list[dict]) -> str:
@@ -93,10 +92,11 @@ def _panels(records: list[dict]) -> list[tuple[str, str, float]]:
 
 def _plot(records: list[dict], x_field: str, fixed: tuple[str, ...], x_label: str, path: Path) -> Path | None:
     """One row of panels per (model, fixed values) series group, one line per mode."""
+    # matplotlib loads when a plot is drawn, not with the module (a second of import); Agg set before pyplot
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after the backend is chosen
 
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
@@ -121,7 +121,7 @@ def _plot(records: list[dict], x_field: str, fixed: tuple[str, ...], x_label: st
         fixed_text = ", ".join(f"{f}={v}" for f, v in zip(fixed, key[1:]))
         for col, (quantity, label, unit) in enumerate(panels):
             ax = axes[row][col]
-            for mode, series in sorted(by_mode.items(), key=lambda item: _mode_rank(item[1][0]["mode"])):
+            for mode, series in sorted(by_mode.items(), key=lambda item: _mode_rank(record_label(item[1][0]))):
                 series = sorted((r for r in series if r.get(quantity) is not None), key=lambda r: _field(r, x_field))
                 if series:
                     ax.plot([_field(r, x_field) for r in series], [r[quantity] / unit for r in series], marker="o", label=mode)

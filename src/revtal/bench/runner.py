@@ -17,9 +17,14 @@ import statistics
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Callable, Iterable
 
-from revtal.bench.configs import PEER_MODES, RESULT_PREFIX, BenchConfig
+import torch
+from tqdm import tqdm
+
+from revtal.bench.configs import PEER_MODES, RESULT_PREFIX, BenchConfig, record_label
+from revtal.bench.peers import INSTALL_HINT
 
 MMAP_THRESHOLD = "65536"
 # measured quantities that get ratios, and the prefix of their ratio fields
@@ -40,7 +45,7 @@ def run_in_subprocess(config: BenchConfig, timeout_s: float | None = None) -> di
     if config.allocator == "mmap":
         env["MALLOC_MMAP_THRESHOLD_"] = MMAP_THRESHOLD
     command = [sys.executable, "-m", "revtal.bench.worker", config.to_json()]
-    entry = json.loads(config.to_json())
+    entry = {**json.loads(config.to_json()), "label": config.label}
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -57,8 +62,6 @@ def run_in_subprocess(config: BenchConfig, timeout_s: float | None = None) -> di
 def known_unavailable(config: BenchConfig) -> str | None:
     """Why ``config`` cannot run, when that is known without starting a worker (a peer library not installed)."""
     if config.mode in PEER_MODES and importlib.util.find_spec(config.mode) is None:
-        from revtal.bench.peers import INSTALL_HINT
-
         return f"{config.mode} is not installed ({INSTALL_HINT})"
     return None
 
@@ -78,8 +81,6 @@ def run_configs(
     so far after every measurement (a long run can be written out as it goes)."""
     if rounds < 1:
         raise ValueError(f"rounds must be ≥ 1, got {rounds}")
-    from tqdm import tqdm
-
     plan = [c for r in range(rounds) for c in (configs if r % 2 == 0 else configs[::-1])]
     measured: dict[BenchConfig, dict] = {}
     failed: dict[BenchConfig, dict] = {}
@@ -88,10 +89,10 @@ def run_configs(
         if config in failed:
             continue
         bar.set_postfix_str(
-            f"{config.model} {config.mode} d={config.depth} {config.clips}x{config.frames}x{config.img_size}²"
+            f"{config.model} {config.label} d={config.depth} {config.clips}x{config.frames}x{config.img_size}²"
         )
         reason = known_unavailable(config)
-        entry = json.loads(config.to_json())
+        entry = {**json.loads(config.to_json()), "label": config.label}
         if reason is not None:
             record = {**entry, "status": "unavailable", "reason": reason}
         else:
@@ -99,7 +100,7 @@ def run_configs(
         if record.get("status") != "ok":
             failed[config] = record
             measured.pop(config, None)
-            bar.write(f"  {config.mode} ({config.model}, depth {config.depth}): {record['status']}: {record['reason']}")
+            bar.write(f"  {config.label} ({config.model}, depth {config.depth}): {record['status']}: {record['reason']}")
         elif config not in measured:
             measured[config] = {**record, "rounds": 1, "peak_bytes_rounds": [record["peak_bytes"]]}
         else:
@@ -137,7 +138,7 @@ def add_ratios(records: Iterable[dict]) -> None:
     of the reference mode at the same model, depth, clip size, batch, clips and device; ``None`` where there is none (or the
     reference value is zero or missing)."""
     records = list(records)
-    by_key = {(_shape_key(r), r["mode"]): r for r in records}
+    by_key = {(_shape_key(r), record_label(r)): r for r in records}
     for record in records:
         for reference in REFERENCE_MODES:
             ref = by_key.get((_shape_key(record), reference))
@@ -149,8 +150,6 @@ def add_ratios(records: Iterable[dict]) -> None:
 
 def machine_info(device: str) -> dict:
     """What the numbers were measured on."""
-    import torch
-
     info = {
         "cpu_model": _cpu_model(),
         "cpu_cores": os.cpu_count(),
@@ -194,8 +193,6 @@ def _total_memory() -> int | None:
 
 
 def _version(package: str) -> str | None:
-    from importlib import metadata
-
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
@@ -222,7 +219,7 @@ def merge_json(paths: list[str]) -> tuple[dict, RunResult]:
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
             raise ValueError(f"{path}: not a revtal bench JSON file ({type(err).__name__}: {err})") from err
         for record in records:
-            merged[(_shape_key(record), record["mode"])] = record
+            merged[(_shape_key(record), record_label(record))] = record
         skipped.extend(data.get("skipped", []))
     result = RunResult(records=list(merged.values()), skipped=skipped)
     add_ratios(result.records)

@@ -45,7 +45,7 @@ import torch
 
 from revtal.bench.clips import ClipChunks
 from revtal.bench.configs import RESULT_PREFIX, BenchConfig
-from revtal.bench.modes import ModeUnavailable, build_target, exact_storage
+from revtal.bench.targets import ModeUnavailable, build_target, exact_storage
 from revtal.bench.peers import PeerUnavailable
 from revtal.utils.memory import SavedTensorMeter
 

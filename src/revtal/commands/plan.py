@@ -8,6 +8,7 @@ peak, a modelled CUDA reserved figure and the GPU sizes it fits (:mod:`revtal.be
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 
@@ -25,6 +26,9 @@ def add_arguments(parser) -> None:
                         "state exists from the second on)")
     parser.add_argument("--classes", type=int, default=DEFAULT_CLASSES,
                         help=f"action classes of the localizer head (not read from data; default {DEFAULT_CLASSES})")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="modes simulated at a time, each in its own process (default: the available cores, "
+                             "at most 4)")
     parser.add_argument("--json", default=None, metavar="OUT", help="also write the records as JSON")
 
 
@@ -35,7 +39,10 @@ def run(args) -> int:
     if args.classes < 1:
         raise ValueError(f"--classes must be at least 1, got {args.classes}")
     config = load_config(args.config, args.overrides)
-    result = plan(config, args.modes, steps=args.steps, gpus=args.gpu_gib, classes=args.classes, progress=True)
+    jobs = args.jobs if args.jobs is not None else min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                                      else (os.cpu_count() or 1))
+    result = plan(config, args.modes, steps=args.steps, gpus=args.gpu_gib, classes=args.classes, jobs=jobs,
+                  progress=True)
     result["command"] = {"config": args.config, "overrides": list(args.overrides), "modes": list(args.modes),
                          "steps": args.steps, "gpu_gib": list(args.gpu_gib), "classes": args.classes}
     print(plan_table(result))

@@ -39,6 +39,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import random
 from collections.abc import Iterable, Sequence
 from functools import partial
 from pathlib import Path
@@ -46,6 +47,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.utils.data
 
 from revtal.data.annotations import AnnotationSet, VideoAnnotation, load_annotations
@@ -488,8 +490,6 @@ class EpochSampler(torch.utils.data.DistributedSampler):
 
 
 def _seed_worker(worker_id: int) -> None:
-    import random
-
     # torch seeds each worker from the loader's generator; derive numpy's and random's from it
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
@@ -515,8 +515,6 @@ def build_loader(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if distributed:
-        import torch.distributed as dist
-
         if not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError("build_loader(distributed=True) needs an initialised torch.distributed process group")
         sampler = EpochSampler(dataset, shuffle, seed, dist.get_world_size(), dist.get_rank(), drop_last)

@@ -1,4 +1,4 @@
-"""Synthetic untrimmed videos: revtal's embedded default dataset (and the ``revtal synth`` command).
+"""Synthetic videos: revtal's embedded default dataset (untrimmed, and trimmed clips of the same classes) and ``revtal synth``.
 
 Every video shows a slowly scrolling grey texture with a little per-frame noise, and 1..k non-overlapping action
 instances. An instance is a saturated coloured square doing one *pattern* for its whole duration:
@@ -33,14 +33,17 @@ first ones unchanged.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
+import torch
+import torch.utils.data
+from tqdm import tqdm
 
 from revtal.data.annotations import AnnotationSet, VideoAnnotation, save_annotations
 
@@ -267,8 +270,6 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: in
 
 
 def _fps_fraction(fps: float):
-    from fractions import Fraction
-
     if not fps > 0:
         raise ValueError(f"fps must be > 0, got {fps}")
     return Fraction(fps).limit_denominator(1001)
@@ -301,8 +302,6 @@ def generate_dataset(
 ) -> Path:
     """Write ``out_dir/videos/*.mp4`` and ``out_dir/annotations.json`` (ActivityNet layout, "training" and
     "validation" subsets, a top-level ``classes`` list); returns ``out_dir``."""
-    from tqdm import tqdm
-
     names = class_names(num_classes)
     if num_videos < 1:
         raise ValueError(f"num_videos must be >= 1, got {num_videos}")
@@ -336,16 +335,51 @@ def generate_dataset(
     return out
 
 
+def generate_clip_dataset(
+    out_dir: str | os.PathLike,
+    num_classes: int = 4,
+    train_per_class: int = 24,
+    val_per_class: int = 8,
+    seed: int = 0,
+    size: int = 32,
+    fps: float = 4.0,
+    duration_range: tuple[float, float] = (4.0, 8.0),
+    *,
+    progress: bool = True,
+) -> Path:
+    """Trimmed clips of the same classes as :func:`generate_dataset` (one action from the first frame to the last):
+    ``out_dir/clips/{train,val}_NNNNN.mp4``, the lists ``train.csv`` and ``val.csv`` in VideoMAE's format (``path
+    label`` per line, paths relative to ``out_dir``) and ``classes.txt`` (one name per line, index order).
+    Clip ``i`` of a split depends only on ``(seed, split, i)``; labels cycle through the classes."""
+    names = class_names(num_classes)
+    low, high = duration_range
+    if not 0 < low <= high:
+        raise ValueError(f"duration_range must satisfy 0 < min <= max, got {duration_range}")
+    if train_per_class < 1 or val_per_class < 1:
+        raise ValueError(f"need at least one clip per class and split, got {train_per_class}, {val_per_class}")
+    out = Path(out_dir)
+    (out / "clips").mkdir(parents=True, exist_ok=True)
+    jobs = [(split, code, i) for split, code, per_class in (("train", 1, train_per_class), ("val", 2, val_per_class))
+            for i in range(per_class * num_classes)]
+    lines: dict[str, list[str]] = {"train": [], "val": []}
+    for split, code, i in tqdm(jobs, desc="synth clips", disable=not progress):
+        rng = np.random.default_rng([seed, code, i])
+        label = i % num_classes
+        num_frames = max(2, int(round(rng.uniform(low, high) * fps)))
+        frames = render_action_clip(label, num_frames, size, rng, fps=fps)
+        name = f"clips/{split}_{i:05d}.mp4"
+        write_video(out / name, frames, fps)
+        lines[split].append(f"{name} {label}")
+    for split, entries in lines.items():
+        (out / f"{split}.csv").write_text("\n".join(entries) + "\n", encoding="utf-8")
+    (out / "classes.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- clip dataset
 
 
-def _torch_dataset_base():
-    import torch.utils.data
-
-    return torch.utils.data.Dataset
-
-
-class SyntheticClipDataset(_torch_dataset_base()):
+class SyntheticClipDataset(torch.utils.data.Dataset):
     """Trimmed clips for pretraining a backbone on clip classification, rendered on the fly (nothing stored).
 
     Item ``i`` is ``(clip, label)``: ``clip`` float32 (C, T, H, W) in [0, 1] (or whatever ``transform`` makes of
@@ -381,8 +415,6 @@ class SyntheticClipDataset(_torch_dataset_base()):
         return self.length
 
     def __getitem__(self, index: int):
-        import torch
-
         if not 0 <= index < self.length:
             raise IndexError(index)
         label = index % self.num_labels
@@ -393,42 +425,3 @@ class SyntheticClipDataset(_torch_dataset_base()):
         if self.transform is not None:
             clip = self.transform(clip)
         return clip, label
-
-
-# ------------------------------------------------------------------------------------------------------- CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, help="output folder (videos/ and annotations.json)")
-    parser.add_argument("--videos", type=int, default=64, help="number of videos")
-    parser.add_argument("--classes", type=int, default=6, help=f"number of action classes (1..{MAX_CLASSES})")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--size", type=int, default=64, help="frame side in pixels (even)")
-    parser.add_argument("--fps", type=float, default=8.0)
-    parser.add_argument("--min-duration", type=float, default=20.0, help="shortest video, seconds")
-    parser.add_argument("--max-duration", type=float, default=60.0, help="longest video, seconds")
-    parser.add_argument("--max-instances", type=int, default=4, help="most action instances per video")
-    parser.add_argument("--val-fraction", type=float, default=0.25, help="share of videos in the validation subset")
-
-
-def run(args: argparse.Namespace) -> int:
-    from revtal.data.annotations import load_annotations
-
-    out = generate_dataset(
-        args.out,
-        num_videos=args.videos,
-        num_classes=args.classes,
-        seed=args.seed,
-        size=args.size,
-        fps=args.fps,
-        duration_range=(args.min_duration, args.max_duration),
-        max_instances=args.max_instances,
-        val_fraction=args.val_fraction,
-    )
-    ann = load_annotations(out / "annotations.json")
-    instances = sum(len(v.labels) for v in ann.videos.values())
-    hours = sum(v.duration for v in ann.videos.values()) / 3600
-    per_subset = {s: len(ann.subset(s)) for s in ann.subsets}
-    print(f"wrote {len(ann)} videos ({hours * 60:.1f} min, {instances} action instances, {per_subset}) to {out}")
-    print(f"classes: {', '.join(ann.classes)}")
-    return 0

@@ -285,3 +285,22 @@ def build_transforms(
         steps = [Resize(img_size), CenterCrop(img_size)]
     steps.append(Normalize(mean, std))
     return Compose(steps)
+
+
+def spatial_crops(video: Tensor, size: int, num_crops: int) -> list[Tensor]:
+    """``num_crops`` square ``size`` crops of (C, T, H, W) frames whose shorter side is ``size``: 1 is the centre,
+    3 are spread along the longer side (start, centre, end), as VideoMAE and SlowFast test."""
+    _check_video(video)
+    height, width = video.shape[-2:]
+    if min(height, width) < size:
+        raise ValueError(f"spatial_crops({size}) needs frames of at least {size} px, got ({height}, {width})")
+    if num_crops == 1:
+        return [CenterCrop(size)(video)]
+    if num_crops != 3:
+        raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
+    centre_top, centre_left = (height - size) // 2, (width - size) // 2
+    if width >= height:
+        boxes = [(centre_top, left) for left in (0, centre_left, width - size)]
+    else:
+        boxes = [(top, centre_left) for top in (0, centre_top, height - size)]
+    return [video[..., top : top + size, left : left + size] for top, left in boxes]

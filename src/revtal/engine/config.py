@@ -8,145 +8,74 @@ optim.head_lr=3e-4``, ``--set backbone.mode=re2``).
 A loaded :class:`Config` is frozen: nothing changes it while a job runs, so the ``config.yaml`` a run saves is the
 whole job (:meth:`Config.with_values` derives a changed copy, validated like a loaded one). Sections that configure
 another component's settings class are derived from that class rather than copying its fields
-(:func:`settings_section`): ``localizer.options`` is :class:`~revtal.localizers.actionformer.ActionFormerConfig`,
+(:func:`~revtal.engine.typed_config.settings_section`): ``localizer.options`` is the settings class of the localizer
+``localizer.name`` names (:class:`~revtal.localizers.actionformer.ActionFormerConfig`,
+:class:`~revtal.localizers.vsgn.VSGNConfig`; :mod:`revtal.localizers.registry`),
 ``localizer.postprocess`` :class:`~revtal.localizers.postprocess.PostprocessConfig`, ``backbone.losa``
 :class:`~revtal.adapters.losa.LoSAConfig`, and ``backbone.schedule`` every argument of
 :class:`~revtal.reversible.schedule.CoefficientSchedule` (plus those of its ``calibrate``, prefixed ``calibrate_``,
-used by ``end: auto``).
+used by ``end: auto``). What a training mode requires of the rest of the config is checked by the mode
+(:meth:`revtal.engine.modes.TrainingMode.validate`). The generic machinery (type checks, ranges, YAML, ``--set``) is
+:mod:`revtal.engine.typed_config`; this module is revtal's schema.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import types
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import yaml
 
 from revtal.adapters.losa import LoSAConfig
-from revtal.localizers.actionformer import ActionFormerConfig
+from revtal.engine.modes import get_mode, mode_names
+from revtal.engine.typed_config import (ConfigError, FrozenDict, apply_override, build_section, dataclass_section,
+                                        fields_of_signature, read_recipe, recipe_source, set_dotted,
+                                        settings_section, thaw)
 from revtal.localizers.postprocess import PostprocessConfig
+from revtal.localizers.registry import get_localizer, localizer_names
 from revtal.reversible.schedule import CoefficientSchedule
 
-
-class ConfigError(ValueError):
-    pass
-
-
-class FrozenDict(dict):
-    """A read-only ``dict`` (free-form option mappings of an immutable config); picklable, YAML-dumpable via
-    :meth:`Config.to_dict`."""
-
-    def _readonly(self, *args, **kwargs):
-        raise TypeError("the config is immutable after loading: derive a changed copy with Config.with_values")
-
-    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _readonly
-
-    def __reduce__(self):
-        return (FrozenDict, (dict(self),))
-
-    def __deepcopy__(self, memo):
-        return self  # immutable all the way down
-
-
-def _freeze(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return FrozenDict({k: _freeze(v) for k, v in value.items()})
-    if isinstance(value, (list, tuple)):
-        return tuple(_freeze(v) for v in value)
-    return value
-
-
-def _thaw(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _thaw(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {k: _thaw(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_thaw(v) for v in value]
-    return value
+__all__ = ["Config", "ConfigError", "config_from_dict", "dump_config", "load_config", "read_recipe", "recipe_source"]
 
 
 # ------------------------------------------------------------------------------------- sections from other classes
 
-def settings_section(
-    name: str,
-    target: Callable,
-    fields: list[tuple[str, Any, Any]],
-    doc: str,
-    build: Callable[[Any], Any],
-) -> type:
-    """A frozen config section with ``fields`` ((name, type, default) each), whose ``build()`` returns ``target``'s
-    object. Loading validates the section by building it once, so a value ``target`` rejects fails at load."""
-    section = dataclasses.make_dataclass(
-        name,
-        [(n, t, field(default=_freeze(d))) for n, t, d in fields],
-        frozen=True,
-        namespace={"build": build, "__doc__": doc, "settings_class": target},
-    )
-    section.__module__ = __name__
-    return section
-
-
-def _fields_of_dataclass(cls: type) -> list[tuple[str, Any, Any]]:
-    hints = typing.get_type_hints(cls)
-    out = []
-    for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        out.append((f.name, hints[f.name], default))
-    return out
-
-
-def _fields_of_signature(fn: Callable, exclude: set[str], prefix: str = "",
-                         defaults: Mapping[str, Any] | None = None) -> list[tuple[str, Any, Any]]:
-    hints = typing.get_type_hints(fn)
-    out = []
-    for p in inspect.signature(fn).parameters.values():
-        if p.name in exclude or p.name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            continue
-        default = (defaults or {}).get(p.name, p.default)
-        out.append((prefix + p.name, hints[p.name], default))
-    return out
-
-
-def _dataclass_section(name: str, cls: type, doc: str) -> type:
-    names = [f.name for f in dataclasses.fields(cls)]
-
-    def build(self):
-        return cls(**{n: getattr(self, n) for n in names})
-
-    return settings_section(name, cls, _fields_of_dataclass(cls), doc, build)
-
-
-LocalizerOptions = _dataclass_section("LocalizerOptions", ActionFormerConfig, "ActionFormerConfig fields.")
-PostprocessOptions = _dataclass_section("PostprocessOptions", PostprocessConfig, "PostprocessConfig fields.")
-LoSAOptions = _dataclass_section("LoSAOptions", LoSAConfig, "LoSAConfig fields (``backbone.mode: losa``).")
+# one options section per registered localizer: ``localizer.options`` takes the fields of the named one's settings
+LOCALIZER_OPTIONS: dict[str, type] = {
+    name: dataclass_section("LocalizerOptions" if name == "actionformer"
+                            else f"{get_localizer(name).settings.__name__.removesuffix('Config')}Options",
+                            get_localizer(name).settings,
+                            f"{get_localizer(name).settings.__name__} fields (``localizer.name: {name}``).", __name__)
+    for name in localizer_names()
+}
+LocalizerOptions = LOCALIZER_OPTIONS["actionformer"]  # the default localizer's section
+PostprocessOptions = dataclass_section("PostprocessOptions", PostprocessConfig, "PostprocessConfig fields.", __name__)
+LoSAOptions = dataclass_section("LoSAOptions", LoSAConfig, "LoSAConfig fields (``backbone.mode: losa``).", __name__)
 
 # the schedule's iteration count comes from the data loader, its calibration's model and input from the run
 _SCHEDULE_RUNTIME = {"iters_per_epoch"}
 _CALIBRATE_RUNTIME = {"model", "example_input", "loss_fn", "autocast_dtype"}
-_SCHEDULE_FIELDS = _fields_of_signature(CoefficientSchedule.__init__, _SCHEDULE_RUNTIME, defaults={"end_epoch": 5.0})
-_CALIBRATE_FIELDS = _fields_of_signature(CoefficientSchedule.calibrate, _CALIBRATE_RUNTIME, prefix="calibrate_")
+_SCHEDULE_FIELDS = fields_of_signature(CoefficientSchedule.__init__, _SCHEDULE_RUNTIME, defaults={"end_epoch": 5.0})
+_CALIBRATE_FIELDS = fields_of_signature(CoefficientSchedule.calibrate, _CALIBRATE_RUNTIME, prefix="calibrate_")
 
 
 def _build_schedule(self, iters_per_epoch: int = 1) -> CoefficientSchedule:
     return CoefficientSchedule(**{n: getattr(self, n) for n, _, _ in _SCHEDULE_FIELDS}, iters_per_epoch=iters_per_epoch)
 
 
+def _calibrate_options(self) -> dict[str, Any]:
+    """The ``calibrate_*`` fields as keyword arguments of ``CoefficientSchedule.calibrate`` (``end: auto``)."""
+    return {n[len("calibrate_"):]: getattr(self, n) for n, _, _ in _CALIBRATE_FIELDS}
+
+
 ScheduleConfig = settings_section(
     "ScheduleConfig", CoefficientSchedule, _SCHEDULE_FIELDS + _CALIBRATE_FIELDS,
     "Dr²Net coefficient schedule: every CoefficientSchedule argument (see revtal.reversible.schedule), and the "
-    "calibrate_* arguments of the end: auto search.", _build_schedule,
+    "calibrate_* arguments of the end: auto search (``calibrate_options()``).", _build_schedule, __name__,
+    methods={"calibrate_options": _calibrate_options},
 )
-
-
-def calibrate_options(schedule: Any) -> dict[str, Any]:
-    """The ``calibrate_*`` fields of a schedule section as keyword arguments of ``CoefficientSchedule.calibrate``."""
-    return {n[len("calibrate_"):]: getattr(schedule, n) for n, _, _ in _CALIBRATE_FIELDS}
 
 
 # ----------------------------------------------------------------------------------------------- own sections
@@ -190,6 +119,47 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class SyntheticClipsConfig:
+    """The embedded trimmed-clip dataset (``task: classification`` without ``classification.train_list``): clips of
+    the synthetic actions, written under ``<out>/data`` on first use (:func:`revtal.data.synthetic.
+    generate_clip_dataset`)."""
+
+    classes: int = 4
+    train_per_class: int = 24
+    val_per_class: int = 8
+    seed: int = 0
+    size: int = 32
+    fps: float = 4.0
+    min_duration: float = 4.0
+    max_duration: float = 8.0
+
+
+@dataclass(frozen=True)
+class ClassificationConfig:
+    """``task: classification``: trimmed clips (revtal.data.cliplists / revtal.data.clips) and the parts of
+    VideoMAE's finetuning recipe that the optimiser lacks. ``data.num_frames`` frames of ``data.img_size``² make a
+    clip; ``data.batch_size``, ``num_workers``, ``skip_bad_videos``, ``cache_mb``, ``mean`` and ``std`` apply."""
+
+    train_list: str = ""  # clip list, SSv2 JSON or class folder; empty: the synthetic clips
+    val_list: str = ""
+    root: str = ""  # prefix of relative paths in the lists (default: each list's folder)
+    classes: str = ""  # class names: a file (one per line, name,id, id name, or JSON), default: from the lists
+    format: str = "auto"  # auto | list | csv | ssv2 | folders
+    sampling: str = "uniform"  # uniform (TSN segments, SSv2) | dense (frame_interval apart, Kinetics)
+    frame_interval: int = 4
+    test_clips: int = 1  # evaluation views: clips x crops per video (VideoMAE: 2 x 3 on SSv2, 5 x 3 on Kinetics)
+    test_crops: int = 1
+    train_scale: tuple[float, float] = (0.25, 1.0)  # random resized crop: area fraction kept
+    mixup_alpha: float = 0.0  # VideoMAE: 0.8
+    cutmix_alpha: float = 0.0  # VideoMAE: 1.0
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    label_smoothing: float = 0.0  # VideoMAE: 0.1
+    head_dropout: float = 0.0
+    synthetic: SyntheticClipsConfig = field(default_factory=SyntheticClipsConfig)
+
+
+@dataclass(frozen=True)
 class BackboneConfig:
     name: str = "vit_tiny_video"
     pretrained: str = ""  # local checkpoint path of the backbone network
@@ -211,8 +181,31 @@ class BackboneConfig:
 
 @dataclass(frozen=True)
 class LocalizerConfig:
-    options: LocalizerOptions = field(default_factory=LocalizerOptions)  # type: ignore[valid-type]
+    name: str = "actionformer"  # a registered localizer (revtal.localizers.registry): actionformer | vsgn
+    # the named localizer's settings: read as a mapping, typed against that localizer's section by Config.validate
+    options: Any = field(default_factory=LocalizerOptions)
     postprocess: PostprocessOptions = field(default_factory=PostprocessOptions)  # type: ignore[valid-type]
+
+    def resolved(self, source: str) -> "LocalizerConfig":
+        """This section with ``options`` typed for ``name``; an option the localizer does not take is an error
+        naming it. Options left at another localizer's defaults (no ``options`` given) become ``name``'s defaults."""
+        if self.name not in LOCALIZER_OPTIONS:
+            raise ConfigError(f"{source}: localizer.name must be one of {localizer_names()}, got {self.name!r}")
+        section = LOCALIZER_OPTIONS[self.name]
+        options = self.options
+        if isinstance(options, section):
+            return self
+        if isinstance(options, Mapping):
+            known = [f.name for f in dataclasses.fields(section)]
+            for key in options:
+                if key not in known:
+                    raise ConfigError(f"{source}: unknown key 'localizer.options.{key}': localizer {self.name!r} takes "
+                                      f"no option {key!r} (its options: {', '.join(known)})")
+            return replace(self, options=build_section(section, options, "localizer.options", source, RANGES))
+        if dataclasses.is_dataclass(options) and options == type(options)():
+            return replace(self, options=section())
+        raise ConfigError(f"{source}: localizer.options were set for another localizer than localizer.name="
+                          f"{self.name!r}; give that localizer's options as a mapping")
 
 
 @dataclass(frozen=True)
@@ -225,6 +218,9 @@ class OptimConfig:
     min_lr_ratio: float = 0.0
     clip_grad: float = 1.0
     accumulate: int = 1
+    # layer-wise learning-rate decay of the backbone (VideoMAE: 0.75): block i of n trains at backbone_lr x
+    # layer_decay^(n + 1 - i), the embeddings at layer_decay^(n + 1); 1 turns it off
+    layer_decay: float = 1.0
     ema: bool = False
     ema_decay: float = 0.999
     amp: str = "none"  # none | bf16 | fp16 (fp16 on CUDA only)
@@ -247,30 +243,33 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Config:
+    task: str = "tal"  # tal | classification
     data: DataConfig = field(default_factory=DataConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     localizer: LocalizerConfig = field(default_factory=LocalizerConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    classification: ClassificationConfig = field(default_factory=ClassificationConfig)
 
     def validate(self, source: str = "<config>") -> "Config":
-        from revtal.engine.modes import mode_names
-
+        """Checks across sections; returns the config with ``localizer.options`` typed for ``localizer.name``."""
+        localizer = self.localizer.resolved(source)
+        if localizer is not self.localizer:
+            return replace(self, localizer=localizer).validate(source)
         def bad(key: str, value: Any, allowed) -> ConfigError:
             return ConfigError(f"{source}: {key} must be one of {list(allowed)}, got {value!r}")
 
+        if self.task not in TASKS:
+            raise bad("task", self.task, TASKS)
         if self.backbone.mode not in mode_names():
             raise bad("backbone.mode", self.backbone.mode, mode_names())
+        self._check_task_keys(source)
         if self.backbone.backprop not in ("exact", "reversible", "vanilla"):
             raise bad("backbone.backprop", self.backbone.backprop, ("exact", "reversible", "vanilla"))
         if self.backbone.monitor_fallback not in ("exact", "vanilla"):
             raise bad("backbone.monitor_fallback", self.backbone.monitor_fallback, ("exact", "vanilla"))
-        if self.data.features_dir and self.backbone.mode != "frozen":
-            raise ConfigError(
-                f"{source}: data.features_dir trains on precomputed features, which needs backbone.mode: frozen "
-                f"(got {self.backbone.mode!r})"
-            )
+        get_mode(self.backbone.mode).validate(self, source)  # what the training mode itself requires
         if self.data.mode not in ("frames", "snippets"):
             raise bad("data.mode", self.data.mode, ("frames", "snippets"))
         ratio = self.data.crop_ratio
@@ -285,15 +284,6 @@ class Config:
         if synthetic.max_duration < synthetic.min_duration:
             raise ConfigError(f"{source}: data.synthetic.max_duration ({synthetic.max_duration:g}) is below "
                               f"data.synthetic.min_duration ({synthetic.min_duration:g})")
-        if self.backbone.backprop == "exact":  # exact arithmetic rounds β to p/2^k, k <= beta_bits
-            smallest = 2.0 ** -(self.backbone.beta_bits + 1)  # and below this, to 0
-            betas = {"hard": [("backbone.beta", self.backbone.beta)],
-                     "dr2net": [("backbone.schedule.beta0", self.backbone.schedule.beta0),
-                                ("backbone.schedule.beta_end", self.backbone.schedule.beta_end)]}
-            for key, beta in betas.get(self.backbone.mode, []):
-                if beta <= smallest:
-                    raise ConfigError(f"{source}: {key}={beta:g} rounds to 0 with backbone.beta_bits="
-                                      f"{self.backbone.beta_bits} (exact backprop); raise backbone.beta_bits")
         if self.optim.amp not in ("none", "bf16", "fp16"):
             raise bad("optim.amp", self.optim.amp, ("none", "bf16", "fp16"))
         for key in ("data.num_frames", "data.img_size", "data.batch_size", "optim.epochs", "optim.accumulate"):
@@ -302,78 +292,74 @@ class Config:
                 raise ConfigError(f"{source}: {key} must be positive, got {getattr(getattr(self, section), name)!r}")
         return self
 
+    def _check_task_keys(self, source: str) -> None:
+        """An option the task does not take is an error (it would be silently ignored otherwise)."""
+        defaults = Config()
+        if self.task == "tal":
+            if self.classification != defaults.classification:
+                changed = _changed_keys(self.classification, defaults.classification, "classification")
+                raise ConfigError(f"{source}: {changed[0]} is a classification option, but task is 'tal' "
+                                  "(set task: classification)")
+            return
+        changed = [key for key in _changed_keys(self.data, defaults.data, "data")
+                   if ".".join(key.split(".")[:2]) in TAL_ONLY_KEYS]
+        changed += _changed_keys(self.localizer, defaults.localizer, "localizer")
+        changed += [key for key in _changed_keys(self.eval, defaults.eval, "eval") if key == "eval.tiou"]
+        if changed:
+            raise ConfigError(f"{source}: {changed[0]} is a TAL option, which task: classification does not take "
+                              "(its data are under classification.*)")
+        c = self.classification
+        if c.sampling not in ("uniform", "dense"):
+            raise ConfigError(f"{source}: classification.sampling must be one of ['uniform', 'dense'], got {c.sampling!r}")
+        if c.format not in ("auto", "list", "csv", "ssv2", "folders"):
+            raise ConfigError(f"{source}: classification.format must be one of ['auto', 'list', 'csv', 'ssv2', "
+                              f"'folders'], got {c.format!r}")
+        if c.test_crops not in (1, 3):
+            raise ConfigError(f"{source}: classification.test_crops must be 1 or 3, got {c.test_crops!r}")
+        if bool(c.train_list) != bool(c.val_list):
+            raise ConfigError(f"{source}: set both classification.train_list and classification.val_list "
+                              "(or neither, for the synthetic clips)")
+
     def to_dict(self) -> dict:
         """Plain dicts, lists and scalars (YAML, checkpoints); :func:`config_from_dict` reads it back equal."""
-        return _thaw(self)
+        return thaw(self)
 
     def with_values(self, values: Mapping[str, Any], source: str = "<derived config>") -> "Config":
         """A copy with dotted keys set (``{"data.annotations": path}``), validated like a loaded config."""
         data = self.to_dict()
         for key, value in values.items():
-            _set_dotted(data, key, _thaw(value), source)
+            set_dotted(data, key, thaw(value), source)
         return config_from_dict(data, source)
 
     def with_overrides(self, assignments: list[str] | tuple[str, ...], source: str = "--set") -> "Config":
         """A copy with ``--set``-style ``key=value`` assignments applied (values parsed as YAML), validated."""
         data = self.to_dict()
         for assignment in assignments:
-            _apply_override(data, assignment)
+            apply_override(data, assignment)
         return config_from_dict(data, source)
 
 
+TASKS = ("tal", "classification")
+# data fields that only TAL reads (classification reads its clips from the classification section)
+TAL_ONLY_KEYS = {f"data.{name}" for name in ("annotations", "video_dir", "features_dir", "train_subset", "val_subset",
+                                             "mode", "crop_ratio", "max_seq_len", "trunc_thresh", "synthetic")}
+
+
+def _changed_keys(section: Any, default: Any, prefix: str) -> list[str]:
+    """Dotted keys of ``section`` that differ from ``default`` (recursing into sub-sections)."""
+    keys = []
+    for f in dataclasses.fields(section):
+        value, base = getattr(section, f.name), getattr(default, f.name)
+        if value == base:
+            continue
+        if dataclasses.is_dataclass(value):
+            keys += _changed_keys(value, base, f"{prefix}.{f.name}") or [f"{prefix}.{f.name}"]
+        else:
+            keys.append(f"{prefix}.{f.name}")
+    return keys
+
+
 # ------------------------------------------------------------------------------------------------------ loading
-
-def _check_type(value: Any, annotation: Any, key: str, source: str) -> Any:
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        errors = []
-        for option in typing.get_args(annotation):
-            try:
-                return _check_type(value, option, key, source)
-            except ConfigError as err:
-                errors.append(err)
-        raise errors[-1]
-    if annotation is type(None):
-        if value is None:
-            return None
-        raise ConfigError(f"{source}: {key} must be null, got {value!r}")
-    if dataclasses.is_dataclass(annotation):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{source}: {key} must be a mapping, got {type(value).__name__} {value!r}")
-        return _build(annotation, value, key, source)
-    if annotation is float:
-        if isinstance(value, str):
-            # YAML 1.1 reads "3e-4" (no dot) as a string; accept any literal Python reads as a float
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{source}: {key} must be a number, got {type(value).__name__} {value!r}")
-        return float(value)
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{source}: {key} must be an integer, got {type(value).__name__} {value!r}")
-        return value
-    if origin in (tuple, list) or annotation in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{source}: {key} must be a list, got {type(value).__name__} {value!r}")
-        args = typing.get_args(annotation)
-        if not args:
-            return _freeze(value)
-        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):  # fixed length: tuple[float, float]
-            if len(value) != len(args):
-                raise ConfigError(f"{source}: {key} must have {len(args)} entries, got {len(value)}: {value!r}")
-            return tuple(_check_type(v, a, f"{key}[{i}]", source) for i, (v, a) in enumerate(zip(value, args)))
-        return tuple(_check_type(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value))
-    if annotation is dict or origin is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{source}: {key} must be a mapping, got {type(value).__name__} {value!r}")
-        return _freeze(value)
-    if annotation in (bool, str) and not isinstance(value, annotation):
-        raise ConfigError(f"{source}: {key} must be a {annotation.__name__}, got {type(value).__name__} {value!r}")
-    return value
-
 
 # Ranges of every numeric field with a meaning, checked at load (before a settings class sees the value, so the
 # error names the dotted key and the file): "[a, b]" closed, "(a, b)" open, "inf" unbounded. Lists: each entry.
@@ -392,116 +378,27 @@ RANGES: dict[str, str] = {
     "optim.epochs": "[1, inf)", "optim.backbone_lr": "[0, inf)", "optim.head_lr": "[0, inf)",
     "optim.weight_decay": "[0, inf)", "optim.warmup_epochs": "[0, inf)", "optim.min_lr_ratio": "[0, 1]",
     "optim.clip_grad": "[0, inf)", "optim.accumulate": "[1, inf)", "optim.ema_decay": "[0, 1)",
-    "eval.tiou": "(0, 1]", "eval.every": "[1, inf)",
+    "eval.tiou": "(0, 1]", "eval.every": "[1, inf)", "optim.layer_decay": "(0, 1]",
+    "classification.frame_interval": "[1, inf)", "classification.test_clips": "[1, inf)",
+    "classification.train_scale": "(0, 1]", "classification.mixup_alpha": "[0, inf)",
+    "classification.cutmix_alpha": "[0, inf)", "classification.mixup_prob": "[0, 1]",
+    "classification.mixup_switch_prob": "[0, 1]", "classification.label_smoothing": "[0, 1)",
+    "classification.head_dropout": "[0, 1)", "classification.synthetic.classes": "[1, 20]",
+    "classification.synthetic.train_per_class": "[1, inf)", "classification.synthetic.val_per_class": "[1, inf)",
+    "classification.synthetic.size": "[2, inf)", "classification.synthetic.fps": "(0, inf)",
+    "classification.synthetic.min_duration": "(0, inf)", "classification.synthetic.max_duration": "(0, inf)",
     "train.seed": "[0, 4294967295]", "train.log_every": "[1, inf)",
 }
-
-
-def _parse_interval(text: str) -> tuple[float, float, bool, bool]:
-    low, high = (float(part) for part in text[1:-1].split(","))
-    return low, high, text[0] == "[", text[-1] == "]"
-
-
-def _describe_interval(text: str) -> str:
-    low, high, closed_low, _ = _parse_interval(text)
-    if high == float("inf"):
-        return f"{'>=' if closed_low else '>'} {low:g}"
-    return f"in {text}"
-
-
-def _in_interval(value: float, text: str) -> bool:
-    low, high, closed_low, closed_high = _parse_interval(text)
-    above = value >= low if closed_low else value > low
-    below = value <= high if closed_high else value < high
-    return above and below  # false for nan
-
-
-def _check_ranges(section: Any, prefix: str, source: str) -> None:
-    for f in dataclasses.fields(section):
-        key = f"{prefix}.{f.name}" if prefix else f.name
-        interval = RANGES.get(key)
-        if interval is None:
-            continue
-        value = getattr(section, f.name)
-        values = list(enumerate(value)) if isinstance(value, (list, tuple)) else [(None, value)]
-        for index, v in values:
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and not _in_interval(v, interval):
-                where = key if index is None else f"{key}[{index}]"
-                raise ConfigError(f"{source}: {where} must be {_describe_interval(interval)}, got {v!r}")
-
-
-def _build(cls: type, data: Mapping, prefix: str, source: str):
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in known:
-            where = f"{prefix}.{key}" if prefix else key
-            raise ConfigError(f"{source}: unknown key {where!r} (known keys here: {', '.join(sorted(known))})")
-    kwargs = {
-        name: _check_type(value, hints[name], f"{prefix}.{name}" if prefix else name, source)
-        for name, value in data.items()
-    }
-    section = cls(**kwargs)
-    _check_ranges(section, prefix, source)
-    if hasattr(section, "settings_class"):
-        try:
-            section.build()  # the settings class validates its values: fail now, naming the section
-        except (ValueError, TypeError) as err:
-            raise ConfigError(f"{source}: {prefix}: {err}") from None
-    return section
-
-
-def _set_dotted(data: dict, key: str, value: Any, source: str) -> None:
-    parts = key.strip().split(".")
-    node = data
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"{source}: {key}: {part!r} is not a section")
-    node[parts[-1]] = value
-
-
-def _apply_override(data: dict, assignment: str) -> None:
-    if "=" not in assignment:
-        raise ConfigError(f"--set expects key=value, got {assignment!r}")
-    key, raw = assignment.split("=", 1)
-    _set_dotted(data, key, yaml.safe_load(raw), f"--set {key}")
-
-
-def read_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
-    """The raw values a recipe file and ``--set`` overrides set (nothing filled in, not validated): what
-    :func:`load_config` builds a config from, and what a resumed run applies over its own config."""
-    data: dict = {}
-    if path:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                data = yaml.safe_load(fh) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-            reason = getattr(err, "problem", None) or str(err).splitlines()[0]
-            raise ConfigError(f"{path}: not valid YAML{where}: {reason}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    for assignment in overrides:
-        _apply_override(data, assignment)
-    return data
-
-
-def recipe_source(path: str | Path | None, overrides=()) -> str:
-    return (str(path) if path else "<defaults>") + (" (with --set overrides)" if overrides else "")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """A recipe from YAML (or the defaults when ``path`` is None) with ``--set`` overrides, validated."""
     source = str(path) if path else "<defaults>"
-    return _build(Config, read_recipe(path, overrides), "", recipe_source(path, overrides)).validate(source)
+    return build_section(Config, read_recipe(path, overrides), "", recipe_source(path, overrides), RANGES).validate(source)
 
 
 def config_from_dict(data: Mapping, source: str = "<dict>") -> Config:
-    return _build(Config, data, "", source).validate(source)
+    return build_section(Config, data, "", source, RANGES).validate(source)
 
 
 def dump_config(config: Config, path: str | Path) -> None:

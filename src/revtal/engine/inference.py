@@ -18,38 +18,19 @@ import torch
 from tqdm import tqdm
 
 from revtal.data.annotations import AnnotationSet, write_predictions
+from revtal.data.dataset import collate_tal
 from revtal.data.decoding import decode_frames, probe_video, sample_timestamps_evenly
 from revtal.data.timeline import grid_for_frames
 from revtal.data.transforms import build_transforms, to_float_video
 from revtal.engine import distributed as dist_utils
-from revtal.engine.checkpoint import TrainingCheckpoint
 from revtal.engine.config import Config
+from revtal.engine.datasets import make_loader
 from revtal.engine.model import TALModel, build_model
-from revtal.engine.visualize import plot_timeline
+from revtal.engine.run_state import TrainingCheckpoint
+from revtal.engine.runtime import autocast, model_inputs
+from revtal.evaluation.detection import evaluate_detection
+from revtal.evaluation.plots import plot_timeline
 from revtal.localizers.postprocess import detections_to_seconds
-
-
-def model_inputs(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(video, frame mask) of a video batch, or (features, mask) of a precomputed-feature batch."""
-    if "video" in batch:
-        return batch["video"].to(device, non_blocking=True), batch["frame_mask"].to(device)
-    return batch["features"].to(device, non_blocking=True), batch["mask"].to(device)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``train.device``: auto | cpu | cuda."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device is 'cuda' but no CUDA device is available: set train.device: cpu (or auto)")
-    return torch.device(name)
-
-
-def autocast(device: torch.device, amp: str):
-    """The autocast context of ``optim.amp`` (none | bf16 | fp16) on ``device``."""
-    if amp == "none":
-        return torch.autocast(device.type, enabled=False)
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 class Predictor:
@@ -86,8 +67,6 @@ class Predictor:
     @torch.no_grad()
     def predict(self, dataset, rank: int = 0, world: int = 1) -> dict[str, list[dict]]:
         """ActivityNet results for ``dataset`` (this rank's share, gathered from every rank under DDP)."""
-        from revtal.engine.data import make_loader
-
         self.model.eval()
         results: dict[str, list[dict]] = {}
         indices = list(range(rank, len(dataset), world))
@@ -108,8 +87,6 @@ class Predictor:
                  world: int = 1) -> dict:
         """Detection mAP on ``dataset`` (``data.val_subset`` of ``annotations``, ``eval.tiou``); with ``out_dir``,
         writes ``predictions.json`` and ``eval.json`` there."""
-        from revtal.evaluation.detection import evaluate_detection
-
         if list(annotations.classes) != self.classes:
             raise ValueError(f"the model was trained on classes {self.classes}, the annotations have "
                              f"{list(annotations.classes)}: evaluate on annotations of the same classes")
@@ -131,8 +108,6 @@ class Predictor:
 
     def extract(self, dataset, out_dir: str | Path) -> int:
         """``<video_id>.npy`` (C', T') features of every item of ``dataset``; returns how many were written."""
-        from revtal.data.dataset import collate_tal
-
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         loader = torch.utils.data.DataLoader(dataset, batch_size=1, collate_fn=collate_tal)

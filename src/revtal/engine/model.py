@@ -1,4 +1,4 @@
-"""The TAL model: video → feature extractor (a backbone prepared by its training mode) → ActionFormer.
+"""The TAL model: video → feature extractor (a backbone prepared by its training mode) → the localizer ``localizer.name``.
 
 What each training mode builds and trains is :mod:`revtal.engine.modes`; this module only assembles the extractor
 a mode returns with the localizer.
@@ -8,17 +8,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from revtal.engine.config import Config
 from revtal.engine.modes import TrainingMode, get_mode
-from revtal.localizers.actionformer import ActionFormer
+from revtal.localizers.registry import build_localizer
 from revtal.utils.memory import SavedTensorMeter
 
 
 class TALModel(nn.Module):
-    def __init__(self, extractor: nn.Module, localizer: ActionFormer, mode: TrainingMode):
+    def __init__(self, extractor: nn.Module, localizer: nn.Module, mode: TrainingMode):
         super().__init__()
         self.extractor = extractor
         self.localizer = localizer
@@ -94,8 +95,6 @@ class PrecomputedFeatures(nn.Module):
 
 
 def feature_channels(features_dir: str) -> int:
-    import numpy as np
-
     files = sorted(Path(features_dir).glob("*.npy"))
     if not files:
         raise FileNotFoundError(f"data.features_dir {features_dir!r} holds no .npy feature files (run revtal extract)")
@@ -113,5 +112,5 @@ def build_extractor(config: Config, backbone_weights: dict | None = None) -> nn.
 
 def build_model(config: Config, num_classes: int, backbone_weights: dict | None = None) -> TALModel:
     extractor = build_extractor(config, backbone_weights)
-    localizer = ActionFormer(extractor.out_channels, num_classes, config.localizer.options.build())
+    localizer = build_localizer(config.localizer.name, extractor.out_channels, num_classes, config.localizer.options.build())
     return TALModel(extractor, localizer, get_mode(config.backbone.mode))

@@ -32,10 +32,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from revtal.engine.config import BackboneConfig
-    from revtal.reversible.safety import ReconstructionEvent
-    from revtal.reversible.schedule import CoefficientSchedule
+from revtal.adapters.losa import LoSA
+from revtal.backbones import build
+from revtal.engine.typed_config import ConfigError
+from revtal.reversible.convert import convert
+from revtal.reversible.safety import ReconstructionEvent, ReconstructionMonitor
+from revtal.reversible.schedule import CoefficientSchedule
+from revtal.reversible.stage import reversible_stages
+
+if TYPE_CHECKING:  # the config imports the modes (to validate with them); a mode only reads its sections
+    from revtal.engine.config import BackboneConfig, Config
 
 
 class TrainingMode:
@@ -45,6 +51,27 @@ class TrainingMode:
     description = "full end-to-end finetuning with plain autograd"
     backbone_grad = True  # gradients flow through the backbone (False: it runs under no_grad, in eval mode)
     loads_pretrained = True
+
+    def validate(self, config: "Config", source: str) -> None:
+        """Raise a :class:`~revtal.engine.typed_config.ConfigError` for what this mode cannot train with: by
+        default, precomputed features (only a frozen backbone's features can stand in for the videos); a mode with
+        coefficients, a β that exact backprop would round to 0."""
+        if config.data.features_dir:
+            raise ConfigError(
+                f"{source}: data.features_dir trains on precomputed features, which needs backbone.mode: frozen "
+                f"(got {config.backbone.mode!r})"
+            )
+        settings = config.backbone
+        if settings.backprop == "exact":  # exact arithmetic rounds β to p/2^k, k <= beta_bits
+            smallest = 2.0 ** -(settings.beta_bits + 1)  # and below this, to 0
+            for key, beta in self.exact_betas(settings):
+                if beta <= smallest:
+                    raise ConfigError(f"{source}: {key}={beta:g} rounds to 0 with backbone.beta_bits="
+                                      f"{settings.beta_bits} (exact backprop); raise backbone.beta_bits")
+
+    def exact_betas(self, settings: "BackboneConfig") -> list[tuple[str, float]]:
+        """The (dotted key, β) pairs this mode converts with from the config (none: the mode sets no β)."""
+        return []
 
     def backbone_frames(self, settings: "BackboneConfig", video_frames: int) -> int:
         """Frames of one backbone input: the whole sampled video, except for modes that run it over clips."""
@@ -56,8 +83,6 @@ class TrainingMode:
         :func:`revtal.backbones.build`, which infers the checkpoint's layout), converted, wrapped and frozen.
         ``weights``: a trained extractor's state dict to build from instead (rebuilding a trained model: the layout
         is inferred from it the same way, whatever the mode)."""
-        from revtal.backbones import build
-
         pretrained = settings.pretrained if (settings.pretrained and self.loads_pretrained) else None
         if weights is not None:
             pretrained = weights
@@ -84,22 +109,18 @@ class TrainingMode:
     def wrap(self, backbone: nn.Module, settings: "BackboneConfig") -> nn.Module:
         return backbone
 
-    def schedule(self, settings: "BackboneConfig", iters_per_epoch: int) -> "CoefficientSchedule | None":
+    def schedule(self, settings: "BackboneConfig", iters_per_epoch: int) -> CoefficientSchedule | None:
         """The coefficient schedule the mode follows while training (default: none, the coefficients stay)."""
         return None
 
     def hooks(self, model: nn.Module, settings: "BackboneConfig", iters_per_epoch: int) -> "ModeHooks":
         """The per-step hooks of one training run of ``model`` (built by :meth:`build_extractor`)."""
-        from revtal.engine.config import calibrate_options
-        from revtal.reversible import reversible_stages
-        from revtal.reversible.safety import ReconstructionMonitor
-
         monitor = None
         if settings.monitor_every > 0 and any(s.backprop == "reversible" for s in reversible_stages(model)):
             monitor = ReconstructionMonitor(model, every=settings.monitor_every, tolerance=settings.monitor_tolerance,
                                             fallback=settings.monitor_fallback)
         return ModeHooks(model, self.schedule(settings, iters_per_epoch), monitor,
-                         calibration=calibrate_options(settings.schedule))
+                         calibration=settings.schedule.calibrate_options())
 
     def __repr__(self) -> str:
         return f"TrainingMode({self.name!r})"
@@ -109,6 +130,9 @@ class FrozenMode(TrainingMode):
     name = "frozen"
     description = "backbone under no_grad in eval mode; only the localizer trains (head-only baseline)"
     backbone_grad = False
+
+    def validate(self, config: "Config", source: str) -> None:
+        """Anything goes: precomputed features are what a frozen backbone gives."""
 
     def wrap(self, backbone: nn.Module, settings: "BackboneConfig") -> nn.Module:
         backbone.requires_grad_(False)
@@ -120,9 +144,7 @@ class CheckpointMode(TrainingMode):
     description = "end to end, each block under torch.utils.checkpoint (non-reentrant)"
 
     def convert(self, backbone: nn.Module, settings: "BackboneConfig") -> None:
-        import revtal
-
-        revtal.convert(backbone, "original", backprop="checkpoint")
+        convert(backbone, "original", backprop="checkpoint")
 
 
 class Re2Mode(TrainingMode):
@@ -130,9 +152,7 @@ class Re2Mode(TrainingMode):
     description = "Re²TAL: rewired to alpha=0, beta=1 from the pretrained weights, float reversible backprop"
 
     def convert(self, backbone: nn.Module, settings: "BackboneConfig") -> None:
-        import revtal
-
-        revtal.convert(backbone, "re2", backprop="reversible")
+        convert(backbone, "re2", backprop="reversible")
 
 
 class FixedCoefficientMode(TrainingMode):
@@ -144,11 +164,12 @@ class FixedCoefficientMode(TrainingMode):
     def coefficients(self, settings: "BackboneConfig") -> tuple[float, float]:
         return settings.alpha, settings.beta
 
-    def convert(self, backbone: nn.Module, settings: "BackboneConfig") -> None:
-        import revtal
+    def exact_betas(self, settings: "BackboneConfig") -> list[tuple[str, float]]:
+        return [("backbone.beta", settings.beta)]
 
+    def convert(self, backbone: nn.Module, settings: "BackboneConfig") -> None:
         alpha, beta = self.coefficients(settings)
-        revtal.convert(backbone, "dr2net", alpha=alpha, beta=beta, backprop=settings.backprop,
+        convert(backbone, "dr2net", alpha=alpha, beta=beta, backprop=settings.backprop,
                        beta_bits=settings.beta_bits)
 
 
@@ -160,6 +181,9 @@ class ScratchMode(FixedCoefficientMode):
     def coefficients(self, settings: "BackboneConfig") -> tuple[float, float]:
         return settings.schedule.alpha_end, settings.schedule.beta_end
 
+    def exact_betas(self, settings: "BackboneConfig") -> list[tuple[str, float]]:
+        return [("backbone.schedule.beta_end", settings.schedule.beta_end)]
+
 
 class Dr2NetMode(FixedCoefficientMode):
     name = "dr2net"
@@ -168,7 +192,11 @@ class Dr2NetMode(FixedCoefficientMode):
     def coefficients(self, settings: "BackboneConfig") -> tuple[float, float]:
         return settings.schedule.alpha0, settings.schedule.beta0
 
-    def schedule(self, settings: "BackboneConfig", iters_per_epoch: int) -> "CoefficientSchedule":
+    def exact_betas(self, settings: "BackboneConfig") -> list[tuple[str, float]]:
+        return [("backbone.schedule.beta0", settings.schedule.beta0),
+                ("backbone.schedule.beta_end", settings.schedule.beta_end)]
+
+    def schedule(self, settings: "BackboneConfig", iters_per_epoch: int) -> CoefficientSchedule:
         return settings.schedule.build(iters_per_epoch)
 
 
@@ -176,12 +204,18 @@ class LoSAMode(TrainingMode):
     name = "losa"
     description = "frozen backbone + LoSA adapters (no gradient through the backbone)"
 
+    def validate(self, config: "Config", source: str) -> None:
+        super().validate(config, source)
+        # a trimmed clip (task: classification) is one backbone input cut into LoSA's clips
+        if config.task == "classification" and config.data.num_frames % config.backbone.losa.clip_frames:
+            raise ConfigError(f"{source}: backbone.mode losa runs the backbone over clips of backbone.losa.clip_frames="
+                              f"{config.backbone.losa.clip_frames} frames; data.num_frames={config.data.num_frames} "
+                              "must be a multiple of it")
+
     def backbone_frames(self, settings: "BackboneConfig", video_frames: int) -> int:
         return settings.losa.clip_frames  # LoSA runs the backbone over clips of clip_frames
 
     def wrap(self, backbone: nn.Module, settings: "BackboneConfig") -> nn.Module:
-        from revtal.adapters.losa import LoSA
-
         return LoSA(backbone, settings.losa.build())
 
 
@@ -217,10 +251,8 @@ class ModeHooks:
     step that every exact stage reconstructs its input bitwise (a non-deterministic recompute would silently corrupt
     gradients otherwise)."""
 
-    def __init__(self, model: nn.Module, schedule: "CoefficientSchedule | None" = None, monitor=None,
+    def __init__(self, model: nn.Module, schedule: CoefficientSchedule | None = None, monitor=None,
                  calibration: dict[str, Any] | None = None):
-        from revtal.reversible import reversible_stages
-
         self.model = model
         self.schedule = schedule
         self.monitor = monitor
@@ -245,7 +277,7 @@ class ModeHooks:
             stage.verify_next_backward()
         return coefficients
 
-    def after_backward(self) -> "list[ReconstructionEvent]":
+    def after_backward(self) -> list[ReconstructionEvent]:
         """Call after the backward; raises if an exact stage did not reconstruct bitwise, returns monitor events."""
         for stage in self._verifying:
             check = stage.last_check

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 from torch import nn
@@ -37,17 +38,53 @@ def decay_groups(module: nn.Module) -> tuple[list[nn.Parameter], list[nn.Paramet
     return decayed, kept
 
 
+# a residual block's parameters are named <...>.blocks.<i>. (ViTs, Re²/Dr²Net stages keep the names), features.<s>.<i>.
+# (torchvision's Swin), layer<s>.<i>. (ResNets) or s<k>.pathway<p>_res<i>. (SlowFast)
+_BLOCK_NAME = re.compile(r"^(.*?(?:blocks\.\d+|features\.\d+\.\d+|layer\d+\.\d+|s\d+\.pathway\d+_res\d+))\.")
+
+
+def layer_ids(module: nn.Module) -> tuple[dict[int, int], int]:
+    """Depth of every parameter for layer-wise learning-rate decay: 0 for what comes before the first residual block
+    (embeddings), ``i`` for the parameters of the ``i``-th block in registration order (and for parts between block
+    ``i`` and the next), ``n + 1`` after the last (final norm). Returns ({id(parameter): depth}, n)."""
+    blocks: dict[str, int] = {}
+    named = list(module.named_parameters())
+    for name, _ in named:
+        match = _BLOCK_NAME.match(name)
+        if match and match.group(1) not in blocks:
+            blocks[match.group(1)] = len(blocks) + 1
+    last_block = max((i for i, (name, _) in enumerate(named) if _BLOCK_NAME.match(name)), default=-1)
+    depth, current = {}, 0
+    for i, (name, parameter) in enumerate(named):
+        match = _BLOCK_NAME.match(name)
+        if match:
+            current = blocks[match.group(1)]
+        # between blocks (Swin's patch merging, a ResNet's downsampling) a part shares the depth of the block before
+        depth[id(parameter)] = current if match or i < last_block else len(blocks) + 1
+    return depth, len(blocks)
+
+
 def build_optimizer(
     backbone: nn.Module | None, head: nn.Module, backbone_lr: float, head_lr: float, weight_decay: float,
-    foreach: bool | None = None,
+    layer_decay: float = 1.0, foreach: bool | None = None,
 ) -> torch.optim.AdamW:
-    """AdamW over the backbone's and the head's decayed and not-decayed parameters. ``foreach``: torch's choice by
+    """AdamW over the trainable parameters: backbone and head at their learning rates, weight decay as
+    :func:`decays` says; with ``layer_decay < 1`` (VideoMAE, BEiT) the backbone parameters at depth ``d`` of ``n``
+    blocks (:func:`layer_ids`) train at ``backbone_lr * layer_decay ** (n + 1 - d)``. ``foreach``: torch's choice by
     default (the multi-tensor implementation on CUDA); ``revtal plan`` sets it to simulate a GPU's step on CPU."""
     groups = []
     for module, lr, tag in ((backbone, backbone_lr, "backbone"), (head, head_lr, "head")):
         if module is None:
             continue
         decay, no_decay = decay_groups(module)
+        if tag == "backbone" and layer_decay != 1.0:
+            depth, blocks = layer_ids(module)
+            for params, wd, suffix in ((decay, weight_decay, ""), (no_decay, 0.0, "_no_decay")):
+                for d in sorted({depth[id(p)] for p in params}):
+                    chosen = [p for p in params if depth[id(p)] == d]
+                    groups.append({"params": chosen, "lr": lr * layer_decay ** (blocks + 1 - d), "weight_decay": wd,
+                                   "name": f"{tag}{suffix}_layer{d}"})
+            continue
         if decay:
             groups.append({"params": decay, "lr": lr, "weight_decay": weight_decay, "name": f"{tag}"})
         if no_decay:

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from revtal.engine.config import Config, config_from_dict, read_recipe, recipe_source
+from revtal.engine.run_state import TrainingCheckpoint
 from revtal.errors import UserError
 
 # keys that say where a run is, not what it computes
@@ -67,14 +69,19 @@ def check_resume_changes(checkpoint: str, changes: list[tuple[str, Any, Any]], a
     return [f"config change on resume: {key}: {old!r} -> {new!r}" for key, old, new in changes]
 
 
+def checkpoint_config(checkpoint: "TrainingCheckpoint", recipe: str | Path | None = None, overrides=()) -> "Config":
+    """The config of a checkpoint's run, with a recipe file's and overrides' values applied over it (when neither is
+    given, the run's own): what ``revtal eval`` runs a trained model with (e.g. ``--set data.val_subset=testing``)."""
+    changes = read_recipe(recipe, overrides)
+    return config_from_dict(merge(checkpoint.state["config"], changes),
+                            f"{checkpoint.path} (its config with {recipe_source(recipe, overrides)})")
+
+
 def resumed_config(checkpoint: "str | Path | TrainingCheckpoint", recipe: str | Path | None = None, overrides=(), allow_change: bool = False,
                    out_dir: str | Path | None = None):
     """The config a ``--resume checkpoint`` run continues with: the checkpoint's own, with the recipe file's and the
     overrides' values applied over it (refused if that changes anything, unless ``allow_change``), in the
     checkpoint's directory (or ``out_dir``). Returns ``(config, lines describing the changes)``."""
-    from revtal.engine.checkpoint import TrainingCheckpoint
-    from revtal.engine.config import config_from_dict, read_recipe, recipe_source
-
     loaded = checkpoint if isinstance(checkpoint, TrainingCheckpoint) else TrainingCheckpoint(checkpoint)
     checkpoint = loaded.path
     stored = loaded.state["config"]

@@ -9,6 +9,7 @@ step), and evaluation predictions are gathered from all ranks.
 
 from __future__ import annotations
 
+import copy
 import csv
 import math
 import os
@@ -24,11 +25,12 @@ from tqdm import tqdm
 
 from revtal.data.annotations import AnnotationSet
 from revtal.engine import distributed as dist_utils
-from revtal.engine.checkpoint import TrainingCheckpoint, atomic_save, training_state
+from revtal.engine.run_state import TrainingCheckpoint, atomic_save, training_state
 from revtal.engine.config import Config, dump_config
-from revtal.engine.data import build_datasets, load_dataset_annotations, make_loader, resolve_dataset
+from revtal.engine.datasets import TrainingData, check_located
 from revtal.engine.model import TALModel, build_model
-from revtal.engine.inference import Predictor, autocast, model_inputs, resolve_device
+from revtal.engine.inference import Predictor
+from revtal.engine.runtime import autocast, model_inputs, resolve_device
 from revtal.engine.optim import ModelEMA, build_optimizer, warmup_cosine
 from revtal.engine.resume import check_resume_changes, config_changes
 from revtal.engine.rundir import claim_run_dir
@@ -61,7 +63,7 @@ class MetricLog:
         self.path = out_dir / "metrics.csv"
         self.writer = None
         if enabled:
-            try:
+            try:  # tensorboard is an optional extra (and heavy): imported only by a run that logs
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.writer = SummaryWriter(str(out_dir / "tensorboard"))
@@ -103,7 +105,9 @@ class Trainer:
                  allow_config_change: bool = False, progress: bool = True):
         """``config.train.out_dir`` must not hold a run already unless ``resume`` continues it or ``overwrite``
         replaces it (:mod:`revtal.engine.rundir`); a resumed run's config must equal the checkpoint's (but for
-        ``train.out_dir``) unless ``allow_config_change``, and then the changes are printed."""
+        ``train.out_dir``) unless ``allow_config_change``, and then the changes are printed. The config names its
+        data: the synthetic dataset is written beforehand (:func:`revtal.engine.datasets.resolve_dataset`)."""
+        check_located(config)
         self.device = resolve_device(config.train.device)
         self.rank, self.world = dist_utils.init_from_env(self.device.type)
         if self.device.type == "cuda":
@@ -117,7 +121,6 @@ class Trainer:
         in_place = resume_path is not None and Path(resume_path).resolve().parent == self.out_dir.resolve()
         claim_run_dir(self.out_dir, resume=in_place, overwrite=overwrite, check_only=not self.main)
         dist_utils.barrier()
-        config = resolve_dataset(config, self.out_dir)
         self.config = config
         if self.main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -126,10 +129,10 @@ class Trainer:
         if config.train.deterministic:
             enable_deterministic_algorithms()
 
-        self.annotations: AnnotationSet = load_dataset_annotations(config)
+        data = TrainingData.from_config(config, self.rank, self.world)
+        self.annotations: AnnotationSet = data.annotations
         self.classes = self.annotations.classes
-        self.train_set, self.val_set = build_datasets(config, self.annotations)
-        self.train_loader = make_loader(self.train_set, config, train=True, rank=self.rank, world=self.world)
+        self.train_set, self.val_set, self.train_loader = data.train_set, data.val_set, data.train_loader
 
         torch.manual_seed(config.train.seed)  # model init independent of data preparation
         self.model: TALModel = build_model(config, len(self.classes)).to(self.device)
@@ -362,8 +365,6 @@ class Trainer:
     def evaluation_model(self) -> TALModel:
         if self.ema is None:
             return self.model
-        import copy
-
         model = copy.deepcopy(self.model)
         model.load_state_dict(self.ema.shadow)
         return model

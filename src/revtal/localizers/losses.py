@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from revtal.localizers.segments import pairwise_tiou
+
 # point table columns: position (grid units), regression range low, regression range high, stride
 POINT_POSITION, POINT_RANGE_LOW, POINT_RANGE_HIGH, POINT_STRIDE = 0, 1, 2, 3
 
@@ -151,3 +153,45 @@ def assign_labels(
     reg_targets = torch.stack([left[rows, chosen], right[rows, chosen]], dim=1) / stride
     reg_targets = reg_targets * positive[:, None].to(reg_targets.dtype)
     return cls_targets, reg_targets
+
+
+# ------------------------------------------------------------------------------------ anchor-based localizers (VSGN)
+
+def giou_loss_1d(pred_segments: Tensor, target_segments: Tensor, reduction: str = "sum", eps: float = 1e-7) -> Tensor:
+    """Generalised-IoU loss of 1D segments given as absolute ``(start, end)`` pairs, (N, 2) each.
+
+    ``1 - IoU + (enclosing - union) / enclosing``. A predicted segment whose ends are swapped is read as the segment
+    between them (its length stays non-negative), so an early, badly regressed box still gets a useful gradient.
+    """
+    if pred_segments.shape != target_segments.shape or pred_segments.shape[-1:] != (2,):
+        raise ValueError(f"giou_loss_1d expects matching (N, 2) segments, got {tuple(pred_segments.shape)} and {tuple(target_segments.shape)}")
+    pred_start = torch.minimum(pred_segments[..., 0], pred_segments[..., 1])
+    pred_end = torch.maximum(pred_segments[..., 0], pred_segments[..., 1])
+    target_start, target_end = target_segments[..., 0], target_segments[..., 1]
+    intersection = (torch.minimum(pred_end, target_end) - torch.maximum(pred_start, target_start)).clamp(min=0)
+    union = (pred_end - pred_start) + (target_end - target_start) - intersection
+    enclosing = torch.maximum(pred_end, target_end) - torch.minimum(pred_start, target_start)
+    iou = intersection / (union + eps)
+    loss = 1.0 - iou + (enclosing - union) / (enclosing + eps)
+    return _reduce(loss, reduction)
+
+
+def match_segments(candidates: Tensor, segments: Tensor, iou_threshold: float, best_match: bool = True) -> Tensor:
+    """Which action each candidate segment (anchor or proposal) is responsible for, by temporal IoU.
+
+    ``candidates`` (P, 2) and ``segments`` (N, 2) in the same units. A candidate is matched to the action it overlaps
+    most when that IoU reaches ``iou_threshold``; with ``best_match`` every action also claims the candidates that
+    overlap it best (ties included, IoU > 0), so an action no candidate overlaps by the threshold is still learned
+    (Faster R-CNN's low-quality matches, as VSGN's matcher). Returns (P,) indices into ``segments``, -1 unmatched.
+    """
+    if segments.numel() == 0 or candidates.numel() == 0:
+        return torch.full((candidates.shape[0],), -1, dtype=torch.long, device=candidates.device)
+    iou = pairwise_tiou(candidates.to(segments.dtype), segments)  # (P, N)
+    best_iou, matched = iou.max(dim=1)
+    result = torch.where(best_iou >= iou_threshold, matched, torch.full_like(matched, -1))
+    if best_match:
+        per_action_best = iou.max(dim=0).values  # (N,)
+        claims = (iou == per_action_best[None]) & (per_action_best[None] > 0)
+        claimed = claims.any(dim=1)
+        result = torch.where(claimed, matched, result)
+    return result

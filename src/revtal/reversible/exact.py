@@ -343,8 +343,10 @@ class ExactArithmetic:
         self.frac_bits = int(frac_bits)
         self.beta_bits = int(beta_bits)
         # without values (fake tensors, the meta device: revtal.reversible.simulation) the magnitudes of x_n and y_n
-        # that size the buffer are unknown: a simulation takes them as 2^(frac_bits + g) − 1 for these g
+        # that size the buffer are unknown: a simulation takes them as 2^(frac_bits + g) − 1 for these g, or, when
+        # simulated_low_bits is set, stores those widths (ExactStorage.stream_bits) as a real forward measured them
         self.simulated_growth_bits: tuple[int, int] = (SIMULATED_GROWTH_BITS, SIMULATED_GROWTH_BITS)
+        self.simulated_low_bits: tuple[int, int] | None = None
         self.last_storage: ExactStorage | None = None  # of the latest memory-free forward, for reports
 
     def storage_bits_per_branch(self, c: Coupling) -> float:
@@ -410,7 +412,8 @@ class ExactArithmetic:
         levels += [s.abs().amax().to(levels[0].dtype) if s.numel() else torch.zeros_like(levels[0]) for s in (x, y)]
         levels = torch.stack([v.double() for v in levels])
         tape.peak = None
-        if simulating(levels):  # no values: no range check, buffer sized for the stated worst case
+        simulated = simulating(levels)
+        if simulated:  # no values: no range check, buffer sized for the stated worst case
             peak = 0.0
             top_x, top_y = (2.0 ** (self.frac_bits + bits) - 1 for bits in self.simulated_growth_bits)
         else:
@@ -428,6 +431,8 @@ class ExactArithmetic:
         # misses; y_n, not needed downstream, goes into the buffer whole. Both offset to be non-negative.
         mantissa = 52 if tape.float_dtype == torch.float64 else 23  # stored significand bits
         tape.low_bits = (_low_bits(top_x, mantissa), math.frexp(top_y)[1] + 1)
+        if simulated and self.simulated_low_bits is not None:
+            tape.low_bits = tuple(self.simulated_low_bits)
         out_x, out_y = self.view(x, x, tape), self.view(y, y, tape)
         x_bits, y_bits = tape.low_bits
         if x_bits:

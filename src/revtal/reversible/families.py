@@ -14,16 +14,17 @@ registers them on first use. Users add their own with :func:`~revtal.reversible.
 
 from __future__ import annotations
 
-from revtal.reversible.convert import BlockRule, Family
+from revtal.reversible.rules import BlockRule, Family
 
 
 def _timm_rules() -> list[BlockRule]:
+    # each family imports its library when its rules are first needed (see the module docstring)
     from timm.models import beit, cait, convnext, eva, metaformer, mvitv2, resnet, resnetv2
     from timm.models import swin_transformer_v2 as swin_v2
     from timm.models import swin_transformer_v2_cr as swin_v2_cr
     from timm.models import vision_transformer as vit
 
-    from revtal.reversible import swin
+    from revtal.reversible import swin  # it imports timm, loaded with this family only
 
     traced = [
         vit.Block, vit.ResPostBlock, vit.ParallelScalingBlock, vit.ParallelThingsBlock,
@@ -40,6 +41,7 @@ def _timm_rules() -> list[BlockRule]:
 
 
 def _torchvision_rules() -> list[BlockRule]:
+    # each family imports its library when its rules are first needed
     from torchvision.models import convnext, mobilenetv2, regnet, resnet, swin_transformer, vision_transformer
     from torchvision.ops.misc import Conv2dNormActivation
     from torchvision.models.video import mvit
@@ -58,12 +60,14 @@ def _torchvision_rules() -> list[BlockRule]:
 
 
 def _pytorchvideo_rules() -> list[BlockRule]:
+    # each family imports its library when its rules are first needed
     from pytorchvideo.models import resnet
 
     return [BlockRule(resnet.ResBlock)]
 
 
 def _transformers_rules() -> list[BlockRule]:
+    # each family imports its library when its rules are first needed
     from transformers.models.videomae import modeling_videomae
 
     return [BlockRule(modeling_videomae.VideoMAELayer, inline=("output",))]

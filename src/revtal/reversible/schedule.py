@@ -45,7 +45,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
+
+from revtal.reversible.convert import set_coefficients
+from revtal.reversible.diagnostics import compare_gradients
+from revtal.reversible.exact import nearest_dyadic, storage_bits_per_branch
+from revtal.reversible.stage import reversible_stages
 
 POLICIES = ("linear", "exponential", "logarithmic")
 ORDERS = ("simultaneous", "alpha_first", "beta_first")
@@ -215,8 +221,6 @@ class CoefficientSchedule:
         """Set every reversible stage of ``model`` to the value at (epoch, iteration); returns (α, β in use) —
         exact stages round β to a dyadic. The values are also kept in ``last_applied`` for logging, and the storage
         that β costs exact stages in ``last_bits_per_branch`` (bits per element per branch; None in other modes)."""
-        from revtal.reversible.convert import set_coefficients
-
         alpha, beta = self.value_at(epoch, iteration)
         used = set_coefficients(model, alpha, beta)
         alpha_used, beta_used = used
@@ -227,8 +231,6 @@ class CoefficientSchedule:
     def exact_bits_per_branch(self, beta_bits: int = 8) -> dict[str, float | None]:
         """The storage exact backprop pays at the schedule's start and end β: log2(1/β) bits per element per branch
         for the dyadic β = p/2^k (k ≤ ``beta_bits``) an exact stage would use (end None while 'auto' is uncalibrated)."""
-        from revtal.reversible.exact import nearest_dyadic, storage_bits_per_branch
-
         end = self.resolved_end if self.end == "auto" else (self.alpha_end, self.beta_end)
 
         def bits(beta: float | None) -> float | None:
@@ -264,9 +266,6 @@ class CoefficientSchedule:
         the first point whose gradient error (``atol_level`` of memory-free vs vanilla backprop, on a copy of the
         converted ``model`` with ``example_input``) is ≤ ``tolerance``. ``backprop`` defaults to the model's
         memory-free mode. Under torch.distributed, rank 0's choice is broadcast so all ranks agree."""
-        from revtal.reversible.diagnostics import compare_gradients
-        from revtal.reversible.stage import reversible_stages
-
         if self.end != "auto":
             raise ValueError("calibrate() chooses the end point of a schedule built with end='auto'")
         stages = reversible_stages(model)
@@ -360,8 +359,6 @@ def _order_weights(order: str, p: float, shape: Callable[[float], float]) -> tup
 
 
 def _broadcast_from_rank0(report: AutoEndReport) -> AutoEndReport:
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         holder = [report]
         dist.broadcast_object_list(holder, src=0)

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The revtal plan runs behind docs/SCALE.md (CPU only; each writes docs/scale/<name>.json). Run from the repo root:
+#   bash docs/scale/run.sh [name ...]        (default: all, in this order)
+set -euo pipefail
+plan() { local name=$1; shift; echo "== $name"; python -m revtal plan "$@" --json "docs/scale/$name.json"; }
+ANET=configs/anet_swin3d_t_dr2net.yaml
+ALL=(anet_swin3d_t_b1 dr2net_ar_vit_s losa_slowfast_r101 losa_vit_b losa_vit_g re2tal_slowfast_r50 re2tal_slowfast_r101
+     re2tal_swin3d_s re2tal_swin3d_b recipe_tiny_cpu_dr2net recipe_anet_swin3d_t_dr2net recipe_anet_slowfast_r50_re2
+     recipe_thumos_losa recipe_thumos_re2tal)
+for name in "${@:-${ALL[@]}}"; do
+  case $name in
+    anet_swin3d_t_b1) plan $name $ANET --set data.batch_size=1 ;;
+    dr2net_ar_vit_s) plan $name configs/tiny_cpu_dr2net.yaml --set backbone.name=vit_s_video --set 'backbone.options={}' \
+        --set data.num_frames=16 --set data.img_size=224 --set data.batch_size=12 --set optim.amp=fp16 \
+        --set backbone.losa.clip_frames=16 --classes 174 --modes frozen conventional dr2net:exact ;;
+    losa_slowfast_r101) plan $name configs/thumos_losa.yaml --set data.batch_size=1 --set backbone.name=slowfast_r101 \
+        --set 'backbone.options={}' --classes 20 --modes frozen conventional losa ;;
+    losa_vit_b) plan $name configs/thumos_losa.yaml --set data.batch_size=1 --classes 20 --modes frozen conventional losa ;;
+    losa_vit_g) plan $name configs/thumos_losa.yaml --set data.batch_size=1 --set backbone.name=vit_g_video --classes 20 \
+        --modes frozen conventional losa ;;
+    re2tal_slowfast_r50) plan $name configs/anet_slowfast_r50_re2.yaml --set data.batch_size=1 --modes conventional re2 ;;
+    re2tal_slowfast_r101) plan $name configs/anet_slowfast_r50_re2.yaml --set data.batch_size=1 \
+        --set backbone.name=slowfast_r101 --modes conventional re2 ;;
+    re2tal_swin3d_s) plan $name $ANET --set data.batch_size=1 --set backbone.name=swin3d_s --modes conventional re2 ;;
+    re2tal_swin3d_b) plan $name $ANET --set data.batch_size=1 --set backbone.name=swin3d_b --modes conventional re2 ;;
+    recipe_*) plan $name configs/${name#recipe_}.yaml ;;
+    *) echo "unknown run $name" >&2; exit 2 ;;
+  esac
+done
