@@ -42,9 +42,7 @@ def _slowfast_r50() -> nn.Module:
 
 
 def _r3d_18() -> nn.Module:
-    from revtal.backbones import build
-
-    return build("r3d_18")
+    return build_backbone("r3d_18")
 
 
 def _hf_videomae_base() -> nn.Module:
