@@ -20,6 +20,7 @@ head (use :class:`~revtal.backbones.classifier.ClipClassifier` to train one on c
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from torch import Tensor, nn
@@ -29,7 +30,7 @@ from torchvision.models.video.swin_transformer import PatchMerging as PatchMergi
 from revtal.backbones.layouts import Prepared, prepare
 from revtal.backbones.weights import LoadReport, StateDict, load_checked, read_state_dict
 from revtal.backbones.video_vit import VideoViT
-from revtal.reversible.stage import between_stages
+from revtal.reversible.stage import ReversibleStage, between_stages, runs_memory_free
 
 Features = Tensor | tuple[Tensor, list[Tensor]]
 
@@ -142,6 +143,13 @@ class Swin3dBackbone(VideoBackbone):
         return (final, intermediates) if return_intermediates else final
 
 
+def run_sequence(blocks: list[nn.Module], x: Tensor) -> Tensor:
+    """``blocks`` one after the other (a region of layers handed to checkpointing as one function)."""
+    for block in blocks:
+        x = block(x)
+    return x
+
+
 class ResNet3dBackbone(VideoBackbone):
     """torchvision ``VideoResNet`` (r3d_18, mc3_18, r2plus1d_18); intermediates: outputs of layer1..layer4."""
 
@@ -155,9 +163,19 @@ class ResNet3dBackbone(VideoBackbone):
 
     def forward_features(self, video: Tensor, return_intermediates: bool = False) -> Features:
         self._check_video(video)
-        x = self.net.stem(video)
-        intermediates = []
-        for stage in self.stages:
+        first = self.net.layer1
+        if isinstance(first, ReversibleStage) and runs_memory_free(self.net):
+            # the stem and layer1's entry blocks as one checkpointed region: a step keeps the clip, not the stem's
+            # activations (the later stages' entry blocks keep only their input, the output the stage before keeps)
+            entry = first.entry_blocks()
+            x = between_stages(self.net, partial(run_sequence, [self.net.stem, *entry]), video,
+                               modules=[self.net.stem, *entry])
+            x = first.forward_after_entry(x)
+        else:
+            x = self.net.stem(video)
+            first = None
+        intermediates = [x] if first is not None and return_intermediates else []
+        for stage in self.stages[1:] if first is not None else self.stages:
             x = getattr(self.net, stage)(x)
             if return_intermediates:
                 intermediates.append(x)

@@ -11,15 +11,26 @@ T/α, H', W'); the temporal stride is α.
 block of each stage (projection shortcut) and the lateral fast→slow fusions stay ordinary, as in Re²TAL. The
 network is kept unchanged under ``.net`` except its classification head (``blocks.6``, replaced by the identity),
 so a published pytorchvideo checkpoint (``{"model_state": ...}`` with keys ``blocks.N...``) loads strictly.
+
+When the stages run memory-free, the ordinary layers between two stages' reversible runs — the lateral fusion
+after stage k and the entry blocks of stage k+1 of both pathways (for k = 0: the stems and the first fusion) — run
+as one checkpointed region whose inputs are the stage outputs the reversible runs keep anyway: a step then stores
+only the two streams of each run (and the clip), not the fusions' convolutions, the concatenated slow input or the
+entry blocks' activations (:func:`revtal.reversible.stage.between_stages`).
 """
 
 from __future__ import annotations
+
+import contextlib
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from revtal.backbones.backbone import Features, VideoBackbone
+from revtal.backbones.backbone import Features, VideoBackbone, run_sequence
+from revtal.reversible.replay import batchnorm_modules, statistics_unchanged
+from revtal.reversible.stage import ReversibleStage, between_stages, runs_memory_free
 
 Clips = Tensor | list[Tensor] | tuple[Tensor, Tensor]
 
@@ -62,6 +73,8 @@ class SlowFastBackbone(VideoBackbone):
         return torch.cat([slow, fast], dim=1)
 
     def forward_features(self, video: Clips, return_intermediates: bool = False) -> Features:
+        if not return_intermediates and runs_memory_free(self.net):
+            return self._merge(self._memory_free_features(self.pathways(video)))
         # pytorchvideo's multipathway blocks write their outputs into the list they are given: always a fresh one
         x = list(self.pathways(video))
         x = self.net.blocks[0](x)
@@ -72,6 +85,59 @@ class SlowFastBackbone(VideoBackbone):
                 intermediates.append(self._merge(x))
         final = self._merge(x)
         return (final, intermediates) if return_intermediates else final
+
+    def _memory_free_features(self, pair: list[Tensor]) -> list[Tensor]:
+        """The pathways' last feature maps, with the ordinary layers between reversible runs as checkpointed
+        regions. A region's recompute in backward is what a step holds at its peak, so each is kept small: the
+        stems with the first fusion (from the clip; their outputs, 1/16 of a stage's streams, are kept), then per
+        pathway the lateral fusion after stage k (run in each pathway's region: one small convolution of the fast
+        pathway) and that pathway's entry blocks of stage k+1, from the two stage outputs the reversible runs keep
+        anyway."""
+        net, blocks = self.net, self.net.blocks
+        pair = between_stages(net, _multipathway(blocks[0]), *pair, modules=[blocks[0]])
+        fusion = None  # the lateral fusion still to apply to `pair`
+        for k in range(1, 5):
+            stages = blocks[k].multipathway_blocks
+            entered = []
+            for p, stage in enumerate(stages):
+                entries = _entry_blocks(stage)
+                if fusion is None:
+                    x = between_stages(net, partial(run_sequence, entries), pair[p], modules=entries)
+                else:
+                    x = between_stages(net, partial(_fused_entry, fusion, p, entries), *pair,
+                                       modules=[fusion, *entries])
+                entered.append(x)
+            pair = [_after_entry(stage, x) for stage, x in zip(stages, entered)]
+            fusion = blocks[k].multipathway_fusion
+        return between_stages(net, _multipathway(fusion), *pair, modules=[fusion])
+
+
+def _multipathway(module: nn.Module):
+    """``module`` (taking and returning a list of pathways) as a function of the pathway tensors."""
+    def run(*pair: Tensor) -> list[Tensor]:
+        return list(module(list(pair)))
+    return run
+
+
+def _fused_entry(fusion: nn.Module, pathway: int, entries: list[nn.Module], *pair: Tensor) -> Tensor:
+    """One pathway after the lateral fusion, through the next stage's entry blocks. The first pathway's region
+    runs the fusion first; the others run it again, leaving its BatchNorm statistics as the first run left them."""
+    repeat = statistics_unchanged(batchnorm_modules(fusion)) if pathway else contextlib.nullcontext()
+    with repeat:
+        x = fusion(list(pair))[pathway]
+    return run_sequence(entries, x)
+
+
+def _entry_blocks(res_stage: nn.Module) -> list[nn.Module]:
+    blocks = res_stage.res_blocks
+    return blocks.entry_blocks() if isinstance(blocks, ReversibleStage) else []
+
+
+def _after_entry(res_stage: nn.Module, x: Tensor) -> Tensor:
+    blocks = res_stage.res_blocks
+    if isinstance(blocks, ReversibleStage):
+        return blocks.forward_after_entry(x)
+    return res_stage(x)
 
 
 def slowfast(depth: int, **opts) -> nn.Module:

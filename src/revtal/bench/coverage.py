@@ -41,6 +41,10 @@ def _slowfast_r50() -> nn.Module:
     return build_backbone("slowfast_r50")
 
 
+def _r3d_18() -> nn.Module:
+    return build_backbone("r3d_18")
+
+
 def _hf_videomae_base() -> nn.Module:
     import transformers  # optional (the hf extra), heavy: loaded only to measure this family
 
@@ -83,6 +87,14 @@ MODELS: dict[str, tuple[str, str, Callable[[], nn.Module], tuple[int, ...]]] = {
                                      _torchvision("torchvision.models.video", "swin3d_t"), (1, 3, 8, 224, 224)),
     "torchvision r2plus1d_18 (8x112)": ("torchvision video ResNet", "stem, first block of layers 2-4",
                                         _torchvision("torchvision.models.video", "r2plus1d_18"), (1, 3, 8, 112, 112)),
+    "revtal r3d_18 backbone (16x112)": ("torchvision video ResNet", "stem, first block of layers 2-4", _r3d_18,
+                                        (1, 3, 16, 112, 112)),
+    "torchvision regnet_y_400mf": ("torchvision RegNet", "stem, first block of each stage",
+                                   _torchvision("torchvision.models", "regnet_y_400mf"), IMAGE),
+    "torchvision mobilenet_v2": ("torchvision MobileNetV2", "conv layers, expanding/striding inverted residuals",
+                                 _torchvision("torchvision.models", "mobilenet_v2"), IMAGE),
+    "timm poolformer_s12": ("timm MetaFormer", "stem, downsampling layers", _timm("poolformer_s12"), IMAGE),
+    "timm poolformerv2_s12": ("timm MetaFormer", "stem, downsampling layers", _timm("poolformerv2_s12"), IMAGE),
     "torchvision mvit_v2_s (16x224)": ("torchvision MViT", "pooling blocks (stage entry)",
                                        _torchvision("torchvision.models.video", "mvit_v2_s"), (1, 3, 16, 224, 224)),
     "pytorchvideo slowfast_r50 (32x224)": ("pytorchvideo SlowFast", "stems, first block of each stage, laterals",

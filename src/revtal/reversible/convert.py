@@ -159,7 +159,7 @@ def _find_stages(model: nn.Module, rules: list[BlockRule], options: dict) -> lis
         for name, child in module.named_children():
             path = f"{prefix}.{name}" if prefix else name
             if isinstance(child, (nn.Sequential, nn.ModuleList)) and any(
-                _rule_for(block, rules) for block in child.children()
+                getattr(_rule_for(block, rules), "residual", False) for block in child.children()
             ):
                 spec = _stage_spec(module, name, child, path, rules, options)
                 if spec is not None:
@@ -208,6 +208,8 @@ def _stage_spec(parent: nn.Module, attr: str, container: nn.Module, path: str, r
 def _prepare(block: nn.Module, rule: BlockRule, path: str, options: dict) -> str | None:
     """Attach the rule (and traced plan, and the conversion's options for hand-written rules) to a block; returns
     why it stays ordinary, or None."""
+    if not rule.residual:
+        return "not a residual block"
     if rule.branches_of is not None:
         reason = rule.ordinary(block) if rule.ordinary else None
         plan = None
@@ -215,7 +217,7 @@ def _prepare(block: nn.Module, rule: BlockRule, path: str, options: dict) -> str
         try:
             plan = plan_block(
                 block, inline=rule.inline, fixed=dict(rule.fixed),
-                output_index=None if rule.protocol == "tensor" else 0,
+                output_index=None if rule.protocol == "tensor" else 0, shortcuts=rule.shortcuts,
             )
             reason = None
         except NotResidual as why:

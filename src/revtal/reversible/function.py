@@ -2,7 +2,9 @@
 
 :func:`run_memory_free` runs the stage under ``no_grad``, one :class:`ReversibleBranchFunction` node per residual
 branch, and saves only the final pair of streams (x_n, y_n) — with exact arithmetic, the float x_n and the information buffer
-of :mod:`revtal.reversible.exact`.
+of :mod:`revtal.reversible.exact`. With float streams and Re²TAL's output (x_n + y_n)/2 it saves that output and y_n
+instead (x_n = 2·output − y_n, to round-off): the layer after the stage usually saves its input, which is then the
+tensor already kept, not a third one.
 Backward walks the branches in reverse: each node reconstructs its branch's input from the streams above it,
 re-runs the branch with grad enabled (same RNG, autocast and BatchNorm state as the forward, see
 :mod:`revtal.reversible.replay`), takes the vector-Jacobian product, and drops everything of the branch before the
@@ -25,7 +27,7 @@ import torch
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from revtal.reversible.coupling import Coupling, StreamArithmetic, relative_error
+from revtal.reversible.coupling import Coupling, StreamArithmetic, error_summary
 from revtal.reversible.replay import (
     AutocastState,
     FunctionModes,
@@ -131,6 +133,8 @@ class StageRun:
     tape: Any = None  # the arithmetic's own state of this call (exact: row scales, information buffer)
     verified_input: Tensor | None = None
     outputs: list = field(default_factory=list)  # weak references to the tensors the top node's backward began from
+    # the top node returns (and saves) the stage output (x_n + y_n)/2 in place of x_n (float streams only)
+    combined_output: bool = False
 
     def branch_output(self, i: int, v: Tensor) -> Tensor:
         return self.branches[i].g(v, self.coupling)
@@ -167,6 +171,9 @@ class ReversibleBranchFunction(torch.autograd.Function):
             x, y = arith.advance(x, y, run.branch_output(i, branch_input), c, run.tape)
             if last:
                 out_x, out_y, stored = arith.finish(x, y, run.tape)
+                if run.combined_output:
+                    out_x = c.combine_output(out_x, out_y)
+                    stored = [out_x, out_y]
             else:
                 out_x, stored = arith.view(x, x_in, run.tape), []
                 # the y output of an inner node is only a link for its gradient: nothing reads its values
@@ -191,6 +198,13 @@ class ReversibleBranchFunction(torch.autograd.Function):
         if ctx.n_stored:  # the top node: the streams begin from what the forward stored
             run.streams = arith.resume(saved[:ctx.n_stored], tape)
             run.outputs = [weakref.ref(t) for t in saved[:ctx.n_stored]]
+            if run.combined_output:  # saved (output, y_n), output = (x_n + y_n)/2; its gradient reaches both streams
+                output, y_n = run.streams
+                run.streams = (2.0 * output - y_n, y_n)
+                del output, y_n
+                if grad_x is not None:
+                    grad_x = 0.5 * grad_x
+                    grad_y = grad_x if grad_y is None else grad_x + grad_y
             if run.verify:
                 run.verified_input = saved[ctx.n_stored]
         del saved
@@ -268,12 +282,11 @@ def run_memory_free(run: StageRun, x0: Tensor) -> tuple[Tensor, Tensor]:
 
 def _compare(reconstructed: Any, truth: Any, arith: StreamArithmetic, like: Tensor, tape: Any) -> ReconstructionCheck:
     a, b = arith.view(reconstructed, like, tape), arith.view(truth, like, tape)
-    error = relative_error(a, b)
-    gap = (a.double() - b.double()).abs().max() if a.numel() else None
+    error, gap = error_summary(a, b)
     if simulating(a):  # the same tensors, no values to read
         return ReconstructionCheck(math.nan, math.nan, bitwise=False, simulated=True)
     return ReconstructionCheck(
         relative_error=error,
-        max_abs_error=float(gap) if gap is not None else 0.0,
+        max_abs_error=gap,
         bitwise=bool(torch.equal(reconstructed, truth)),
     )

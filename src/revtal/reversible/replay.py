@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -113,11 +114,12 @@ def statistics_unchanged(norms: list[_BatchNorm]):
                 m.num_batches_tracked.copy_(count)
 
 
-def checkpoint_layer(layer: nn.Module, *args, **kwargs):
+def checkpoint_layer(layer: Callable, *args, modules: Iterable[nn.Module] | None = None, **kwargs):
     """``layer(*args, **kwargs)`` under non-reentrant ``torch.utils.checkpoint`` (it keeps only its inputs and
     recomputes in backward), also for layers holding BatchNorm: the recompute runs under
-    :func:`statistics_unchanged`, so running statistics are updated once per forward, as without checkpointing."""
-    norms = batchnorm_modules(layer)
+    :func:`statistics_unchanged`, so running statistics are updated once per forward, as without checkpointing.
+    ``modules``: the modules ``layer`` runs (default: ``layer`` itself, a module)."""
+    norms = [n for m in (modules if modules is not None else [layer]) for n in batchnorm_modules(m)]
     calls = 0
 
     def run(*a, **k):

@@ -22,7 +22,10 @@ class BlockRule:
     ``branches_of(block, context) -> [Branch, ...]`` and ``ordinary(block) -> reason | None`` instead. ``when``
     narrows the rule to some instances of the type; ``inline`` names child modules to trace into (where the
     residual sum happens inside a child); ``fixed`` traces forward arguments as constants; ``protocol`` is how the
-    model calls the blocks (:class:`~revtal.reversible.stage.CallProtocol`).
+    model calls the blocks (:class:`~revtal.reversible.stage.CallProtocol`); ``shortcuts`` are module types that may
+    sit on a block's shortcut (shape-preserving by construction; they join the branch, see
+    :mod:`revtal.reversible.trace`). ``residual=False`` declares a layer type that may sit in a stage among residual
+    blocks and always stays ordinary (torchvision MobileNetV2's convolution layers between its inverted residuals).
     """
 
     block_type: type
@@ -33,6 +36,8 @@ class BlockRule:
     fixed: tuple[tuple[str, Any], ...] = ()
     protocol: str = "tensor"
     describe: str = ""
+    shortcuts: tuple[type, ...] = ()
+    residual: bool = True
 
     @property
     def name(self) -> str:

@@ -89,6 +89,27 @@ class _RunStep:
         return f"<reversible run {self.run[0]}..{self.run[-1]} of stage {self.stage.stage_name!r}>"
 
 
+class _OrdinaryStep:
+    """One ordinary block of a stage, as the item a loop over the stage's blocks calls: it runs the way the stage's
+    own forward runs it (checkpointed in a memory-free stage), so looping over the stage stores no more than calling
+    it."""
+
+    def __init__(self, stage: "ReversibleStage", name: str):
+        self.stage, self.name = stage, name
+
+    def __call__(self, x: Tensor, *args, **kwargs):
+        return self.stage._run_ordinary(self.stage._modules[self.name], x, args, kwargs)
+
+    def __getattr__(self, attribute: str):
+        # code that inspects the block it iterates (its attributes, its submodules) sees the block
+        if attribute in ("stage", "name"):
+            raise AttributeError(attribute)
+        return getattr(self.stage._modules[self.name], attribute)
+
+    def __repr__(self) -> str:
+        return f"<ordinary block {self.name} of stage {self.stage.stage_name!r}>"
+
+
 # True while a stage's branch runs (forward or backward recompute): blocks may then be called
 _INSIDE_BRANCH: ContextVar[bool] = ContextVar("revtal_inside_branch", default=False)
 
@@ -267,13 +288,14 @@ class ReversibleStage(nn.Module):
         self._verify_next = True
 
     # Sequence access. Iterating the stage yields what a loop over the original blocks must call to run the
-    # converted network: each ordinary block, and each run of reversible blocks as one step. So a model whose
+    # converted network: each ordinary block (run as the stage runs it), and each run of reversible blocks as one
+    # step. So a model whose
     # forward walks its blocks (``for blk in self.blocks: x = blk(x, rope=rope)``) runs through the stage. Counting
     # or slicing the blocks means the caller wants them one by one (forward_intermediates, feature extractors),
     # which a reversible stage cannot offer: that raises instead of silently running the original blocks.
     def __iter__(self):
         for segment in self._segments:
-            yield _RunStep(self, segment) if isinstance(segment, list) else self._modules[segment]
+            yield _RunStep(self, segment) if isinstance(segment, list) else _OrdinaryStep(self, segment)
 
     def __len__(self) -> int:
         raise BypassError(
@@ -307,10 +329,29 @@ class ReversibleStage(nn.Module):
         return [branch for block in self.reversible_blocks() for branch in self.branches_of(block, context)]
 
     def forward(self, x: Tensor, *args, **kwargs):
+        return self._forward_segments(self._segments, x, args, kwargs)
+
+    def entry_blocks(self) -> list[nn.Module]:
+        """The ordinary blocks the stage begins with (a downsampling or projecting first block). A model that runs
+        them itself, inside one checkpointed region with the layers before the stage (:func:`between_stages`), goes
+        on with :meth:`forward_after_entry`: the region then keeps only its own input, not the entry's as well."""
+        return [self._modules[n] for n in self._segments[: self._entry_count()]]
+
+    def forward_after_entry(self, x: Tensor, *args, **kwargs):
+        """The stage's forward from the output of :meth:`entry_blocks` on."""
+        return self._forward_segments(self._segments[self._entry_count():], x, args, kwargs)
+
+    def _entry_count(self) -> int:
+        count = 0
+        while count < len(self._segments) and not isinstance(self._segments[count], list):
+            count += 1
+        return count
+
+    def _forward_segments(self, segments: list, x: Tensor, args: tuple, kwargs: dict):
         self._verifying, self._verify_next = self._verify_next, False
-        output = x
+        output = self.protocol.result(x, args)
         try:
-            for segment in self._segments:
+            for segment in segments:
                 if isinstance(segment, list):
                     x = self._run(segment, x, args, kwargs)
                     output = self.protocol.result(x, args)
@@ -341,9 +382,8 @@ class ReversibleStage(nn.Module):
             out_x, out_y = run_plain(x, branches, c, checkpoint_blocks=checkpointed)
             if out_y is None:
                 out_y = torch.zeros_like(out_x) if c.output == "mean" else out_x
-        else:
-            out_x, out_y = self._memory_free(x, branches)
-        return c.combine_output(out_x, out_y)
+            return c.combine_output(out_x, out_y)
+        return self._memory_free(x, branches)
 
     def _needs_grad(self, x: Tensor) -> bool:
         if not torch.is_grad_enabled():
@@ -351,7 +391,7 @@ class ReversibleStage(nn.Module):
         return x.requires_grad or any(p.requires_grad for p in self.parameters())
 
     @torch.compiler.disable
-    def _memory_free(self, x: Tensor, branches: list[Branch]) -> tuple[Tensor, Tensor]:
+    def _memory_free(self, x: Tensor, branches: list[Branch]) -> Tensor:
         trainable_of_owner: dict[int, list[Tensor]] = {}
         params: list[list[Tensor]] = []
         for branch in branches:
@@ -371,8 +411,10 @@ class ReversibleStage(nn.Module):
             on_verified=self._record_check,
             name=self.stage_name,
             check_finite=self.check_finite,
+            combined_output=self.coupling.output == "mean" and not self.arithmetic.exact,
         )
-        return run_memory_free(run, x)
+        out_x, out_y = run_memory_free(run, x)
+        return out_x if run.combined_output else self.coupling.combine_output(out_x, out_y)
 
     def _record_check(self, check: ReconstructionCheck) -> None:
         self.last_check = check
@@ -394,13 +436,20 @@ def reversible_stages(model: nn.Module) -> list[ReversibleStage]:
 MEMORY_FREE_MODES = ("reversible", "exact")
 
 
-def between_stages(model: nn.Module, layer: nn.Module, x: Tensor) -> Tensor:
-    """Run ``layer``, a non-reversible part of ``model`` between its stages (patch embedding, patch merging). Once
-    the stages are memory-free these parts are what a step keeps (a patch merging saves its normalisation's input
-    and its projection's input: twice the stage output the reversible stage already keeps as its two streams); so
-    in a model whose stages run memory-free they run under non-reentrant checkpointing, which keeps only their
-    input and recomputes them in backward (the same function: gradients are unchanged; BatchNorm statistics are
-    updated once, see :func:`revtal.reversible.replay.checkpoint_layer`). Under no_grad they run plainly."""
-    if not (torch.is_grad_enabled() and any(s.backprop in MEMORY_FREE_MODES for s in reversible_stages(model))):
-        return layer(x)
-    return checkpoint_layer(layer, x)
+def runs_memory_free(model: nn.Module) -> bool:
+    """Whether a forward of ``model`` now would run some reversible stage memory-free."""
+    return torch.is_grad_enabled() and any(s.backprop in MEMORY_FREE_MODES for s in reversible_stages(model))
+
+
+def between_stages(model: nn.Module, layer: Callable, *inputs: Tensor, modules: Iterable[nn.Module] | None = None):
+    """Run ``layer(*inputs)``, a non-reversible part of ``model`` between its stages (patch embedding, patch
+    merging, a stem, lateral fusions followed by the next stage's entry blocks). Once the stages are memory-free
+    these parts are what a step keeps (a patch merging saves its normalisation's input and its projection's input:
+    twice the stage output the reversible stage already keeps as its two streams); so in a model whose stages run
+    memory-free they run under non-reentrant checkpointing, which keeps only their inputs — the previous stage's
+    output, kept anyway — and recomputes them in backward (the same function: gradients are unchanged). BatchNorm
+    statistics are updated once (:func:`revtal.reversible.replay.checkpoint_layer`); ``modules`` are the modules a
+    ``layer`` that is not itself a module runs. Under no_grad it runs plainly."""
+    if not runs_memory_free(model):
+        return layer(*inputs)
+    return checkpoint_layer(layer, *inputs, modules=modules)

@@ -2,18 +2,23 @@
 
 A block qualifies when its forward is a chain of residual sums on one stream::
 
-    s_0 = x,   s_k = s_{k-1} + F_k(s_{k-1})  (either operand order),   output = tail(s_K)
+    s_0 = x,   s_k = S_k(s_{k-1}) + F_k(s_{k-1})  (either operand order),   output = tail(s_K)
 
 where every F_k reads the stream only through s_{k-1} (and may read the stream's *shape* anywhere) and the optional
 tail (a ResNet's post-sum ReLU, a Swin block's reshape back to the token grid) reads only s_K. Each residual sum
 becomes one branch G_k; the tail joins the last one. The block's own child modules are opaque (not traced into, so
 attention internals never matter); ``nn.Identity`` children are looked through, so ``shortcut = Identity()`` is an
-identity shortcut. A block whose output is not of this form (a downsampling or projecting shortcut, a pooled skip)
-is *ordinary*: :func:`plan_block` returns the reason.
+identity shortcut. The shortcut S_k is the identity, or a child module of a type the converter declares
+shape-preserving (``shortcuts``: timm MetaFormer's per-channel ``Scale``, ``res_scale``). A block whose output is not
+of this form (a downsampling or projecting shortcut, a pooled skip) is *ordinary*: :func:`plan_block` returns the
+reason.
 
 Each branch is compiled to a plain function of ``(block, x, <extra forward arguments it uses>, alpha)`` computing
 
-    G_α(x) = F(x) + α·x       (a tail applies after the sum: G_α(x) = tail(F(x) + α·x))
+    G_α(x) = F(x) + α·S(x)    (a tail applies after the sum: G_α(x) = tail(F(x) + α·S(x)))
+
+A shortcut module S is part of G, computed from the same x: the step stays invertible (the inverse only recomputes G),
+α scales the whole original skip S(x), and a learnable S gets its gradient like any branch parameter.
 
 At α=1 the residual sum is the block's own operation with its own operand order (``x + F(x)`` vs ``F(x) + x``,
 in place or not), so the result is the pretrained block bit for bit, memory layout included. The functions hold no
@@ -157,11 +162,12 @@ def plan_block(
     inline: tuple[str, ...] = (),
     fixed: dict[str, Any] | None = None,
     output_index: int | None = None,
+    shortcuts: tuple[type, ...] = (),
 ) -> BlockPlan:
     """Trace ``block`` and split it into residual branches. Raises :class:`NotResidual` (with the reason) for an
     ordinary block and :class:`UntraceableBlock` when its forward cannot be traced. ``fixed`` traces the named
     forward arguments as constants (for arguments used in control flow); ``output_index`` picks the stream out of a
-    tuple output."""
+    tuple output; ``shortcuts`` are module types that may sit on a shortcut (shape-preserving by construction)."""
     fixed = dict(fixed or {})
     signature = inspect.signature(block.forward)
     root, prefix = block, ""
@@ -183,10 +189,11 @@ def plan_block(
         raise UntraceableBlock(
             f"{_qualified(block)} cannot be traced with torch.fx ({type(error).__name__}: {error})"
         ) from error
-    return BlockPlan(_qualified(block), _split(graph, block, output_index), signature, fixed)
+    return BlockPlan(_qualified(block), _split(graph, block, output_index, shortcuts), signature, fixed)
 
 
-def _split(graph: fx.Graph, block: nn.Module, output_index: int | None) -> list[BranchCode]:
+def _split(graph: fx.Graph, block: nn.Module, output_index: int | None, shortcuts: tuple[type, ...] = ()
+           ) -> list[BranchCode]:
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     if not placeholders:
         raise NotResidual("its forward takes no input")
@@ -204,7 +211,8 @@ def _split(graph: fx.Graph, block: nn.Module, output_index: int | None) -> list[
     streams: dict[fx.Node, frozenset[int]] = {x0: frozenset({0})}
     stream_nodes: list[fx.Node] = [x0]
     sums: list[tuple[fx.Node, int]] = []  # (sum node, index of its skip argument)
-    views_of: dict[fx.Node, int] = {x0: 0}  # nodes that are the stream itself (or reshaped views of it)
+    # nodes that are the stream itself, reshaped views of it, or a declared shortcut module applied to it
+    views_of: dict[fx.Node, int] = {x0: 0}
     for node in graph.nodes:
         if node.op == "placeholder" or node.op == "output":
             streams.setdefault(node, frozenset())
@@ -236,6 +244,11 @@ def _split(graph: fx.Graph, block: nn.Module, output_index: int | None) -> list[
         if node.op == "call_method" and node.target in ("reshape", "view", "flatten", "contiguous") and (
             isinstance(node.args[0], fx.Node) and node.args[0] in views_of
             and all(streams.get(i, frozenset()) == frozenset() for i in node.all_input_nodes if i is not node.args[0])
+        ):
+            views_of[node] = views_of[node.args[0]]
+        elif (
+            shortcuts and node.op == "call_module" and len(node.args) == 1 and not node.kwargs
+            and node.args[0] in views_of and isinstance(block.get_submodule(node.target), shortcuts)
         ):
             views_of[node] = views_of[node.args[0]]
 
