@@ -28,7 +28,8 @@ def tiny_config(root, out, **values):
         "backbone": {"name": "vit_tiny_video", "options": {"patch_size": 8, "tubelet_size": 2, "depth": 2, "embed_dim": 32},
                      "mode": "conventional", "backprop": "exact",
                      "schedule": {"every": 1, "unit": "iteration", "end_epoch": 1.0},
-                     "losa": {"clip_frames": 2, "dim": 32}},
+                     "losa": {"clip_frames": 2, "dim": 32}, "unipt": {"clip_frames": 2},
+                     "st_adapter": {"clip_frames": 2}, "aim": {"clip_frames": 2}},
         "optim": {"epochs": 1, "backbone_lr": 1e-3, "head_lr": 1e-3, "warmup_epochs": 0.0},
         "train": {"out_dir": str(out), "log_every": 1},
     }, source="test")
@@ -44,12 +45,13 @@ def test_every_mode_trains_a_classifier_and_writes_eval_json(clips_root, tmp_pat
     moved = {n for n, p in trainer.model.named_parameters() if not torch.equal(before[n], p)}
     assert "head.weight" in moved
     backbone_net = {n for n in moved if n.startswith("backbone.net.") or n.startswith("backbone.backbone.net.")}
-    if mode in ("frozen", "losa"):
+    adapters = ("losa", "unipt", "st_adapter", "aim")
+    if mode in ("frozen", *adapters):
         assert not backbone_net
     else:
         assert backbone_net, f"{mode}: the backbone did not train"
-    if mode == "losa":
-        assert any(n.startswith("backbone.") for n in moved), "losa: the adapters did not train"
+    if mode in adapters:
+        assert any(n.startswith("backbone.") for n in moved), f"{mode}: the adapters did not train"
     result = json.loads((tmp_path / "eval.json").read_text())
     assert {"top1", "top5", "num_classes", "mean_class_accuracy", "per_class"} <= set(result)
     assert result["num_classes"] == 2 and result["num_videos"] == 2 and result["top5"] == 1.0

@@ -215,14 +215,15 @@ class AdapterMode(TrainingMode):
 
     def validate(self, config: "Config", source: str) -> None:
         super().validate(config, source)
+        key = f"backbone.{self.section}.clip_frames"
+        clip_frames = getattr(config.backbone, self.section).clip_frames
         if config.data.mode == "snippets":
-            raise ConfigError(f"{source}: backbone.mode: losa cuts the video into clips itself "
-                              "(backbone.losa.clip_frames); use data.mode: frames with it")
-        # a trimmed clip (task: classification) is one backbone input cut into LoSA's clips
-        if config.task == "classification" and config.data.num_frames % config.backbone.losa.clip_frames:
-            raise ConfigError(f"{source}: backbone.mode losa runs the backbone over clips of backbone.losa.clip_frames="
-                              f"{config.backbone.losa.clip_frames} frames; data.num_frames={config.data.num_frames} "
-                              "must be a multiple of it")
+            raise ConfigError(f"{source}: backbone.mode: {self.name} cuts the video into clips itself ({key}); use "
+                              "data.mode: frames with it")
+        # a trimmed clip (task: classification) is one backbone input cut into the adapter's clips
+        if config.task == "classification" and config.data.num_frames % clip_frames:
+            raise ConfigError(f"{source}: backbone.mode {self.name} runs the backbone over clips of {key}="
+                              f"{clip_frames} frames; data.num_frames={config.data.num_frames} must be a multiple of it")
 
     def backbone_frames(self, settings: "BackboneConfig", video_frames: int) -> int:
         return getattr(settings, self.section).clip_frames  # the backbone takes one clip of clip_frames
