@@ -43,7 +43,7 @@ from revtal.engine.config import Config, dump_config
 from revtal.engine.modes import TrainingMode, get_mode
 from revtal.engine.optim import ModelEMA, build_optimizer, warmup_cosine
 from revtal.engine.resume import check_resume_changes, config_changes
-from revtal.engine.run_state import TrainingCheckpoint, atomic_save, training_state
+from revtal.engine.run_state import TrainingCheckpoint, epoch_line, save_epoch_end, training_state
 from revtal.engine.rundir import claim_run_dir
 from revtal.engine.runtime import autocast, resolve_device
 from revtal.engine.trainer import MetricLog, enable_deterministic_algorithms, seed_everything
@@ -324,19 +324,10 @@ class ClassificationTrainer:
         if metric is not None:
             values.update({"eval/top1": metric, "eval/top5": stats.metrics["top5"]})
         self.log.log(self.step, values)
-        state = self.state(stats.epoch)
-        if metric is not None and metric > self.best_metric:
-            self.best_metric = metric
-            state["best_metric"] = metric
-            atomic_save(state, self.out_dir / "best.pt")
-        atomic_save(state, self.out_dir / "last.pt")
-        line = f"epoch {stats.epoch + 1}: loss {stats.loss:.4f}, step {stats.step_time_s * 1000:.0f} ms"
-        if stats.alpha is not None:
-            line += f", alpha {stats.alpha:.3f} beta {stats.beta:.4f}"
-        if metric is not None:
-            line += f", top-1 {100 * metric:.2f}%, top-5 {100 * stats.metrics['top5']:.2f}%"
+        self.best_metric = save_epoch_end(self.out_dir, self.state(stats.epoch), metric, self.best_metric)
         if self.progress:
-            tqdm.write(line)
+            tqdm.write(epoch_line(stats, None if metric is None else
+                                  f"top-1 {100 * metric:.2f}%, top-5 {100 * stats.metrics['top5']:.2f}%"))
 
     # ------------------------------------------------------------------------------------------------ evaluate
     def evaluation_model(self) -> ClassificationModel:

@@ -27,6 +27,25 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
+def save_epoch_end(out_dir: Path, state: dict, metric: float | None, best_metric: float) -> float:
+    """Write ``last.pt``, and ``best.pt`` when ``metric`` beats ``best_metric`` (each atomically: an interrupted
+    write never leaves a truncated checkpoint); returns the best metric so far."""
+    if metric is not None and metric > best_metric:
+        best_metric = metric
+        state["best_metric"] = metric
+        atomic_save(state, out_dir / "best.pt")
+    atomic_save(state, out_dir / "last.pt")
+    return best_metric
+
+
+def epoch_line(stats: Any, metric_text: str | None) -> str:
+    """The one line a trainer prints after an epoch: loss, step time, (α, β) and the metric, when there are any."""
+    line = f"epoch {stats.epoch + 1}: loss {stats.loss:.4f}, step {stats.step_time_s * 1000:.0f} ms"
+    if stats.alpha is not None:
+        line += f", alpha {stats.alpha:.3f} beta {stats.beta:.4f}"
+    return line + (f", {metric_text}" if metric_text else "")
+
+
 def rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     if torch.cuda.is_available():

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from revtal.data.annotations import AnnotationSet
 from revtal.engine import distributed as dist_utils
-from revtal.engine.run_state import TrainingCheckpoint, atomic_save, training_state
+from revtal.engine.run_state import TrainingCheckpoint, epoch_line, save_epoch_end, training_state
 from revtal.engine.config import Config, dump_config
 from revtal.engine.datasets import TrainingData, check_located
 from revtal.engine.model import TALModel, build_model
@@ -348,19 +348,9 @@ class Trainer:
         self.log.log(self.step, values)
         if self.main:
             metric = stats.metrics.get("average_mAP") if stats.metrics else None
-            state = self.state(stats.epoch)
-            if metric is not None and metric > self.best_metric:
-                self.best_metric = metric
-                state["best_metric"] = metric
-                atomic_save(state, self.out_dir / "best.pt")
-            atomic_save(state, self.out_dir / "last.pt")
-            line = f"epoch {stats.epoch + 1}: loss {stats.loss:.4f}, step {stats.step_time_s * 1000:.0f} ms"
-            if stats.alpha is not None:
-                line += f", alpha {stats.alpha:.3f} beta {stats.beta:.4f}"
-            if metric is not None:
-                line += f", average mAP {100 * metric:.2f}"
+            self.best_metric = save_epoch_end(self.out_dir, self.state(stats.epoch), metric, self.best_metric)
             if self.progress:
-                tqdm.write(line)
+                tqdm.write(epoch_line(stats, None if metric is None else f"average mAP {100 * metric:.2f}"))
         dist_utils.barrier()
 
     # ------------------------------------------------------------------------------------------------ evaluate
