@@ -41,7 +41,7 @@ from revtal.data.mixup import MixupCutmix, soft_target_cross_entropy
 from revtal.data.synthetic import generate_clip_dataset
 from revtal.engine.config import Config, dump_config
 from revtal.engine.modes import TrainingMode, get_mode
-from revtal.engine.optim import ModelEMA, build_optimizer, warmup_cosine
+from revtal.engine.optim import ModelEMA, build_optimizer, optimizer_step, warmup_cosine
 from revtal.engine.resume import check_resume_changes, config_changes
 from revtal.engine.run_state import TrainingCheckpoint, epoch_line, save_epoch_end, training_state
 from revtal.engine.rundir import claim_run_dir
@@ -288,16 +288,7 @@ class ClassificationTrainer:
         return ClassificationEpoch(epoch, float(np.mean(losses)), float(np.median(times)), int(saved), alpha, beta)
 
     def _optimizer_step(self) -> None:
-        clip = self.config.optim.clip_grad
-        if clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.lr_schedule.step()
-        if self.ema is not None:
-            self.ema.update(self.model)
+        optimizer_step(self.model, self.optimizer, self.scaler, self.lr_schedule, self.ema, self.config.optim.clip_grad)
         self.step += 1
 
     def fit(self, max_epochs: int | None = None) -> list[ClassificationEpoch]:

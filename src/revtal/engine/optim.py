@@ -99,6 +99,20 @@ def build_optimizer(
     return torch.optim.AdamW(groups, foreach=foreach)
 
 
+def optimizer_step(model: nn.Module, optimizer, scaler, lr_schedule, ema: "ModelEMA | None", clip_grad: float) -> None:
+    """One optimizer step of a trainer: unscale and clip the gradients (``clip_grad`` > 0), step through the AMP
+    scaler, clear the gradients, advance the LR schedule, update the EMA."""
+    if clip_grad > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], clip_grad)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    lr_schedule.step()
+    if ema is not None:
+        ema.update(model)
+
+
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_ratio: float = 0.0):
     """LambdaLR: linear warmup over ``warmup_steps`` from 0, then cosine to ``min_ratio`` × base LR at the end."""
     total_steps = max(total_steps, 1)

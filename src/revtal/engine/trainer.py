@@ -31,7 +31,7 @@ from revtal.engine.datasets import TrainingData, check_located
 from revtal.engine.model import TALModel, build_model
 from revtal.engine.inference import Predictor
 from revtal.engine.runtime import autocast, model_inputs, resolve_device
-from revtal.engine.optim import ModelEMA, build_optimizer, warmup_cosine
+from revtal.engine.optim import ModelEMA, build_optimizer, optimizer_step, warmup_cosine
 from revtal.engine.resume import check_resume_changes, config_changes
 from revtal.engine.rundir import claim_run_dir
 from revtal.utils.progress import progress
@@ -273,17 +273,7 @@ class Trainer:
                           skipped=sorted(skipped))
 
     def _optimizer_step(self) -> None:
-        """Clip, step (through the AMP scaler), schedule the LR, update the EMA; one optimizer step."""
-        clip = self.config.optim.clip_grad
-        if clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.lr_schedule.step()
-        if self.ema is not None:
-            self.ema.update(self.model)
+        optimizer_step(self.model, self.optimizer, self.scaler, self.lr_schedule, self.ema, self.config.optim.clip_grad)
         self.step += 1
 
     def _log_step(self, loss_dict: dict, alpha: float | None, beta: float | None) -> None:
