@@ -70,9 +70,11 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, labels: Tensor | None
     return scores.matmul(v)
 
 
-def chunked_window_attention_3d(attn: nn.Module, x: Tensor, window_chunk: int) -> Tensor:
+def chunked_window_attention_3d(attn: nn.Module, x: Tensor, window_chunk: int, recompute: bool = True) -> Tensor:
     """The forward of torchvision's ``ShiftedWindowAttention3d`` ``attn`` on ``x`` (B, T, H, W, C), its attention
-    computed ``window_chunk`` windows at a time (see the module docstring)."""
+    computed ``window_chunk`` windows at a time (see the module docstring). ``recompute=False``: chunks are never
+    checkpointed, so with gradients on every chunk's scores are kept for backward as the library keeps them (only
+    the forward's temporaries shrink to one chunk's)."""
     b, t, h, w, c = x.shape
     window, shift = _window_and_shift(attn, (t, h, w))
     bias = attn.get_relative_position_bias(window)
@@ -97,7 +99,7 @@ def chunked_window_attention_3d(attn: nn.Module, x: Tensor, window_chunk: int) -
     # attention dropout draws one mask over all windows, which chunks would draw differently: it runs unchunked
     step = x.size(0) if dropout > 0 else max(1, int(window_chunk))
     # one chunk holding every window gains nothing from checkpointing: it runs as the library's attention does
-    checkpointed = step < x.size(0) and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, bias))
+    checkpointed = recompute and step < x.size(0) and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, bias))
     outputs = []
     for start in range(0, x.size(0), step):
         stop = min(start + step, x.size(0))
@@ -121,6 +123,27 @@ def chunked_window_attention_3d(attn: nn.Module, x: Tensor, window_chunk: int) -
     if shifted:
         x = torch.roll(x, shifts=(shift[0], shift[1], shift[2]), dims=(1, 2, 3))
     return x[:, :t, :h, :w, :].contiguous()
+
+
+def chunk_window_attention(model: nn.Module, window_chunk: int | None, *, recompute: bool = False) -> int:
+    """Make every torchvision Video Swin window attention of ``model`` compute its attention ``window_chunk``
+    windows at a time, in place (the module's ``forward`` is replaced on the instance; parameters, state-dict keys
+    and outputs stay the library's); ``None`` restores the library's forward. For blocks that
+    :func:`revtal.convert` has not converted (a frozen or adapter-wrapped backbone, conventional finetuning):
+    without gradients one chunk's scores are live at a time, at no cost; with gradients and ``recompute=False``
+    nothing is recomputed and backward keeps every chunk's scores, as the library does. Returns the number of
+    attention modules changed."""
+    if window_chunk is not None and not (isinstance(window_chunk, int) and window_chunk > 0):
+        raise ValueError(f"window_chunk must be a positive number of windows or None, got {window_chunk!r}")
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, ShiftedWindowAttention3d):
+            module.__dict__.pop("forward", None)
+            if window_chunk is not None:
+                module.forward = partial(chunked_window_attention_3d, module, window_chunk=window_chunk,
+                                         recompute=recompute)
+            changed += 1
+    return changed
 
 
 def _attention_branch(block: nn.Module, window_chunk: int | None, x: Tensor) -> Tensor:
