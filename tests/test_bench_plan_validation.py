@@ -38,6 +38,13 @@ RECIPES = {
         "backbone": {"name": "swin3d_t", "schedule": SCHEDULE, **clips(4)},
         "localizer": LOCALIZER,
     },
+    # window attention and MLP by chunks (4 windows of 4×7×7 in stage 1, one per chunk; checkpointed chunks inside
+    # the recomputes), as the Swin recipes run
+    "swin_chunked": {
+        "data": {"num_frames": 8, "img_size": 32, "batch_size": 1},
+        "backbone": {"name": "swin3d_t", "window_chunk": 1, "schedule": SCHEDULE, **clips(4)},
+        "localizer": LOCALIZER,
+    },
 }
 
 
