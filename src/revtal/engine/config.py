@@ -191,8 +191,9 @@ class BackboneConfig:
     alpha: float = 0.3  # fixed coefficients of `hard` mode
     beta: float = 0.7
     beta_bits: int = 8
-    # Video Swin: compute window attention this many windows at a time (one chunk's attention matrices in memory,
-    # not all of them; revtal.reversible.video_swin); null: the library's attention. Converted modes only.
+    # Video Swin: compute window attention this many windows at a time, and the MLP as many windows' tokens at a
+    # time (one chunk's attention matrices and MLP activations in memory, not all of them; revtal.reversible.
+    # video_swin); null: the library's attention and MLP. Every mode (conventional: chunks without recompute).
     window_chunk: int | None = None
     # float reversible modes: verify one stage's reconstruction every N steps (0: off) and fall back if it fails
     monitor_every: int = 50

@@ -84,8 +84,9 @@ def convert(
     lossless fixed point; β rounded to a dyadic p/2^k with k ≤ ``beta_bits``), ``"vanilla"`` (plain autograd) or
     ``"checkpoint"`` (plain autograd, each block under ``torch.utils.checkpoint``: with ``method="original"`` this
     is the conventional checkpointing baseline). ``window_chunk``: Video Swin (torchvision) blocks compute their
-    window attention this many windows at a time, holding one chunk's attention matrices instead of all of them
-    (:mod:`revtal.reversible.video_swin`); ``None`` keeps the library's attention.
+    window attention this many windows at a time and their MLP as many windows' tokens at a time, holding one
+    chunk's attention matrices and MLP activations instead of all of them (:mod:`revtal.reversible.video_swin`);
+    ``None`` keeps the library's attention and MLP.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")

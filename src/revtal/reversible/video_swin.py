@@ -6,14 +6,16 @@ stochastic_depth(mlp(norm2(x)))``. By default the converted branch calls the lib
 
 torchvision's attention materialises every window's attention matrix at once: at 512×224² the first stage holds
 2048 windows × 3 heads × 392² scores (fp32 under autocast, plus the bf16 copy the product with V reads), gigabytes in
-one block, while the rest of the block holds a few hundred MB. With ``window_chunk`` (an option of
-:func:`revtal.convert`) a converted block runs the same computation ``window_chunk`` windows at a time: under
-``no_grad`` (the reversible forward) only one chunk's scores exist at a time, and with grad each chunk runs under
-non-reentrant checkpointing, so backward recomputes one chunk's scores at a time too. The ops are the library's
-own in its order (pad, cyclic shift, window partition, scaled q, q·kᵀ + relative-position bias + shift mask,
-softmax, ·v, projection, reverse), so the forward equals the library's bitwise wherever a batched matrix product
-over a chunk of windows equals the one over all windows (on CPU it does, float32 and bf16:
-tests/test_convert_swin.py). The gradient of the relative-position bias table sums over windows chunk by chunk, a
+one block, and the MLP's hidden activations (4·C per token) come next. With ``window_chunk`` (an option of
+:func:`revtal.convert`) a converted block runs the same computation ``window_chunk`` windows at a time (each
+chunk: qkv projection, scores, output projection) and its LayerNorm + MLP as many windows' tokens at a time: under
+``no_grad`` (the reversible forward) only one chunk's activations exist at a time, and with grad each chunk runs
+under non-reentrant checkpointing, so backward recomputes one chunk at a time too.
+:func:`chunk_window_attention` does the same for blocks left unconverted (frozen, adapter and conventional
+backbones; conventional without recompute). The ops are the library's own in its order (pad, cyclic shift, window
+partition, qkv, scaled q, q·kᵀ + relative-position bias + shift mask, softmax, ·v, projection, reverse), so the
+forward equals the library's bitwise wherever a matrix product over a chunk of windows or rows equals the one over
+all of them (on CPU it does, float32 and bf16: tests/test_convert_swin.py). The gradient of the relative-position bias table sums over windows chunk by chunk, a
 different summation order, so it agrees to round-off only (measured in docs/SCALE.md). The library is not patched:
 :func:`chunked_window_attention_3d` is revtal's own implementation of the module's forward, installed as the branch
 function of converted blocks only.
