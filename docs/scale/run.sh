@@ -4,7 +4,7 @@
 set -euo pipefail
 plan() { local name=$1; shift; echo "== $name"; python -m revtal plan "$@" --json "docs/scale/$name.json"; }
 ANET=configs/anet_swin3d_t_dr2net.yaml
-ALL=(anet_swin3d_t_b1 dr2net_ar_vit_s losa_slowfast_r101 losa_vit_b losa_vit_g re2tal_slowfast_r50 re2tal_slowfast_r101
+ALL=(anet_swin3d_t_b1 swin_issue25_b1 swin_issue25_b2 dr2net_ar_vit_s losa_slowfast_r101 losa_vit_b losa_vit_g re2tal_slowfast_r50 re2tal_slowfast_r101
      re2tal_swin3d_s re2tal_swin3d_b re2tal_thumos_swin3d_t recipe_tiny_cpu_dr2net recipe_anet_swin3d_t_dr2net
      recipe_anet_slowfast_r50_re2 recipe_thumos_losa recipe_thumos_re2tal recipe_thumos_vitg_dr2net
 )  # the task: classification recipes (k400_swin3d_t_re2_repretrain, tiny_cpu_classification) are not planned
@@ -12,6 +12,10 @@ SF="--set data.batch_size=1 --set data.num_frames=512 --set data.img_size=224"  
 for name in "${@:-${ALL[@]}}"; do
   case $name in
     anet_swin3d_t_b1) plan $name $ANET --set data.batch_size=1 ;;
+    swin_issue25_b1) plan $name $ANET --set data.batch_size=1 --modes frozen conventional checkpoint re2 hard \
+        dr2net:reversible dr2net:exact scratch losa unipt --jobs 1 ;;
+    swin_issue25_b2) plan $name $ANET --modes frozen conventional checkpoint re2 hard dr2net:reversible dr2net:exact \
+        scratch losa unipt --jobs 1 ;;
     dr2net_ar_vit_s) plan $name configs/tiny_cpu_dr2net.yaml --set backbone.name=vit_s_video --set 'backbone.options={}' \
         --set data.num_frames=16 --set data.img_size=224 --set data.batch_size=12 --set optim.amp=fp16 \
         --set backbone.losa.clip_frames=16 --classes 174 --modes frozen conventional dr2net:exact ;;
