@@ -4,7 +4,8 @@
 set -euo pipefail
 plan() { local name=$1; shift; echo "== $name"; python -m revtal plan "$@" --json "docs/scale/$name.json"; }
 ANET=configs/anet_swin3d_t_dr2net.yaml
-ALL=(anet_swin3d_t_b1 dr2net_ar_vit_s losa_slowfast_r101 losa_vit_b losa_vit_g re2tal_slowfast_r50 re2tal_slowfast_r101
+ALL=(anet_swin3d_t_b1 dr2net_ar_vit_s losa_slowfast_r101 losa_vit_b losa_vit_g losa_vit_g14 vitg_dr2net_exact_48
+     re2tal_slowfast_r50 re2tal_slowfast_r101
      re2tal_swin3d_s re2tal_swin3d_b re2tal_thumos_swin3d_t recipe_tiny_cpu_dr2net recipe_anet_swin3d_t_dr2net
      recipe_anet_slowfast_r50_re2 recipe_thumos_losa recipe_thumos_re2tal recipe_thumos_vitg_dr2net
 )  # the task: classification recipes (k400_swin3d_t_re2_repretrain, tiny_cpu_classification) are not planned
@@ -20,6 +21,9 @@ for name in "${@:-${ALL[@]}}"; do
     losa_vit_b) plan $name configs/thumos_losa.yaml --set data.batch_size=1 --classes 20 --modes frozen conventional losa ;;
     losa_vit_g) plan $name configs/thumos_losa.yaml --set data.batch_size=1 --set backbone.name=vit_g_video --classes 20 \
         --modes frozen conventional losa ;;
+    losa_vit_g14) plan $name configs/thumos_losa.yaml --set data.batch_size=1 --set backbone.name=vit_g_video \
+        --set backbone.options.patch_size=14 --classes 20 --modes losa ;;  # VideoMAEv2's ViT-g is ViT-g/14
+    vitg_dr2net_exact_48) plan $name configs/thumos_vitg_dr2net.yaml --modes dr2net:exact --jobs 1 ;;  # 48 clips
     re2tal_slowfast_r50) plan $name configs/anet_slowfast_r50_re2.yaml $SF --modes conventional re2 ;;
     re2tal_slowfast_r101) plan $name configs/anet_slowfast_r50_re2.yaml $SF --set backbone.name=slowfast_r101 \
         --modes conventional re2 ;;
