@@ -228,3 +228,72 @@ def test_plan_command_prints_the_table_and_writes_json(tmp_path, capsys):
     assert record["peak_bytes"] == record["params_bytes"] + record["grads_bytes"] + record["optimizer_bytes"] \
         + record["activation_bytes"]
     assert {"machine", "config"} <= set(result)
+
+
+# ------------------------------------------------------------------------------------------ which modes apply
+# the plan modes that do not apply to each recipe in configs/ (every other one does): in-block adapters need a video
+# ViT; the adapter modes cut frames into clips themselves, so a snippets recipe (clips already) has none of them
+NOT_APPLICABLE = {
+    "anet_slowfast_r50_re2": {"st_adapter", "aim"},
+    "anet_swin3d_t_dr2net": {"st_adapter", "aim"},
+    "thumos_losa": set(),
+    "thumos_re2tal": {"st_adapter", "aim"},
+    "thumos_vitg_dr2net": {"losa", "unipt", "st_adapter", "aim"},
+    "tiny_cpu_dr2net": set(),
+}
+
+
+@pytest.mark.parametrize("recipe", sorted(NOT_APPLICABLE))
+def test_every_plan_mode_is_checked_against_every_recipe_before_any_simulation(recipe):
+    from revtal.bench.plan import PLAN_MODES, mode_not_applicable
+    from revtal.engine.config import load_config
+
+    config = load_config(f"configs/{recipe}.yaml")
+    reasons = {mode: mode_not_applicable(config, mode) for mode in PLAN_MODES}
+    assert {mode for mode, reason in reasons.items() if reason is not None} == NOT_APPLICABLE[recipe]
+    assert all("\n" not in reason for reason in reasons.values() if reason is not None)
+
+
+def test_the_recipes_in_configs_are_the_ones_whose_modes_are_checked():
+    from pathlib import Path
+
+    assert {p.stem for p in Path("configs").glob("*.yaml")} - {"k400_swin3d_t_re2_repretrain",
+                                                                "tiny_cpu_classification"} == set(NOT_APPLICABLE)
+
+
+SWIN_TINY = ["configs/tiny_cpu_dr2net.yaml", "--set", "backbone.name=swin3d_t", "--set", "backbone.options={}",
+             "--set", "data.num_frames=8", "--set", "data.batch_size=1", "--steps", "1", "--jobs", "1"]
+
+
+def test_plan_skips_the_default_modes_that_do_not_apply_and_says_why(tmp_path, capsys, monkeypatch):
+    import json
+
+    from revtal.bench import plan as plan_module
+    from revtal.cli import main
+
+    # the default list, cut to one mode that applies to Video Swin and one that does not (the rest take minutes)
+    monkeypatch.setattr(plan_module, "PLAN_MODES", {m: plan_module.PLAN_MODES[m] for m in ("frozen", "st_adapter")})
+    out = tmp_path / "plan.json"
+    assert main(["plan", *SWIN_TINY, "--json", str(out)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    skipped_row = next(line for line in table if line.startswith("st_adapter"))
+    assert "not applicable: " in skipped_row and "video ViT" in skipped_row
+    records = json.loads(out.read_text())["records"]
+    assert [r["mode"] for r in records] == ["frozen", "st_adapter"]
+    assert records[0]["peak_bytes"] > 0 and set(records[1]) == {"mode", "skipped"}
+    assert "video ViT" in records[1]["skipped"]
+
+
+def test_plan_refuses_a_mode_asked_for_by_name_that_does_not_apply_before_simulating(capsys, monkeypatch):
+    from revtal.bench import plan as plan_module
+    from revtal.cli import main
+
+    def no_simulation(*args, **kwargs):
+        raise AssertionError("simulated before the modes were checked")
+
+    monkeypatch.setattr(plan_module, "_plan_mode", no_simulation)
+    assert main(["plan", *SWIN_TINY, "--modes", "frozen", "aim"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("revtal plan: error: mode aim does not apply")
+    assert "swin3d_t" in err[0]
+

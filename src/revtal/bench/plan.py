@@ -348,16 +348,34 @@ MODE_ALIASES = {"dr2net_float": "dr2net:reversible", "dr2net_exact": "dr2net:exa
 DEFAULT_CLASSES = 200  # ActivityNet's, the largest of the papers' datasets: the classifier head's size is not read
 
 
-def mode_config(config, mode: str):
-    """``config`` put in plan mode ``mode`` (a key of :data:`PLAN_MODES` or any registered training mode)."""
+def _mode_values(mode: str) -> dict[str, str]:
+    """The config values of plan mode ``mode``; an unknown name is a ValueError listing the modes."""
     mode = MODE_ALIASES.get(mode, mode)
     if mode in PLAN_MODES:
-        values = PLAN_MODES[mode]
-    elif mode in mode_names():
-        values = {"backbone.mode": mode}
-    else:
-        raise ValueError(f"unknown plan mode {mode!r}; modes: {', '.join(dict.fromkeys([*PLAN_MODES, *mode_names()]))}")
-    return config.with_values(values, source=f"plan mode {mode}")
+        return PLAN_MODES[mode]
+    if mode in mode_names():
+        return {"backbone.mode": mode}
+    raise ValueError(f"unknown plan mode {mode!r}; modes: {', '.join(dict.fromkeys([*PLAN_MODES, *mode_names()]))}")
+
+
+def mode_config(config, mode: str):
+    """``config`` put in plan mode ``mode`` (a key of :data:`PLAN_MODES` or any registered training mode)."""
+    return config.with_values(_mode_values(mode), source=f"plan mode {MODE_ALIASES.get(mode, mode)}")
+
+
+def mode_not_applicable(config, mode: str, classes: int = DEFAULT_CLASSES) -> str | None:
+    """Why plan mode ``mode`` does not apply to ``config``, or None when it does: the recipe in that mode must pass
+    the config checks and its model must build on the meta device (seconds, no simulation), which is where a mode
+    refuses a backbone it has no form for (the in-block adapters of ``st_adapter`` and ``aim`` need a video ViT).
+    An unknown mode name raises ValueError instead: it is a typo, not a property of the recipe."""
+    _mode_values(mode)
+    try:
+        with torch.device("meta"):
+            build_recipe_model(mode_config(config, mode), classes, meta=True)
+    except ValueError as err:  # ConfigError included
+        text = str(err).strip()
+        return text.splitlines()[0] if text else type(err).__name__
+    return None
 
 
 def _materialize(model: nn.Module, device: str = "cpu") -> None:
@@ -377,12 +395,13 @@ def _materialize(model: nn.Module, device: str = "cpu") -> None:
                 table[name] = made[id(t)]
 
 
-def build_recipe_model(config, classes: int, fake_mode=None) -> nn.Module:
+def build_recipe_model(config, classes: int, fake_mode=None, meta: bool = False) -> nn.Module:
     """The recipe's TAL model (backbone in its mode, localizer). With ``fake_mode`` it is built on the meta device
     (no weight file is read: ``backbone.pretrained`` is ignored) and its tensors become fake CPU tensors of that
-    mode; without, it is built for real with random weights (the CPU reference of the validation tests)."""
+    mode; ``meta``: left on the meta device (the caller's ``torch.device("meta")``); without either, it is built
+    for real with random weights (the CPU reference of the validation tests)."""
     config = config.with_values({"backbone.pretrained": ""}, source="plan (no weight files)")
-    if fake_mode is None:
+    if fake_mode is None or meta:
         return build_model(config, classes)
     with torch.device("meta"):
         model = build_model(config, classes)
@@ -568,40 +587,61 @@ def _plan_mode(config_dict: dict, mode: str, steps: int, classes: int) -> dict:
     return {"mode": MODE_ALIASES.get(mode, mode), **result.to_dict()}
 
 
-def plan(config, modes: Iterable[str] = tuple(PLAN_MODES), steps: int = 2, gpus: Iterable[float] = DEFAULT_GPUS,
+def plan(config, modes: Iterable[str] | None = None, steps: int = 2, gpus: Iterable[float] = DEFAULT_GPUS,
          classes: int = DEFAULT_CLASSES, jobs: int = 1, progress: bool = False) -> dict:
     """``revtal plan``: each mode's simulated GPU step of ``config`` as a record (see :class:`StepPlan`), with the
-    GPU sizes it fits; ``jobs`` modes at a time in worker processes. Raises ValueError naming the mode for a mode
-    or model that cannot be planned."""
-    modes, gpus = list(modes), [float(g) for g in gpus]
+    GPU sizes it fits; ``jobs`` modes at a time in worker processes.
+
+    Every mode is checked against the recipe before anything is simulated (:func:`mode_not_applicable`). Modes
+    asked for by name (``modes``) must apply: one that does not raises ValueError naming it and the reason. With the
+    default list (``modes=None``: every plan mode) the ones that do not apply are skipped, each as a record
+    ``{"mode", "skipped": reason}`` in its place; if none applies, that is an error. A mode whose model then
+    cannot be simulated raises ValueError naming the mode."""
+    explicit = modes is not None
+    modes, gpus = list(modes if explicit else PLAN_MODES), [float(g) for g in gpus]
     check_plan_arguments(steps, gpus)
     if config.task != "tal":
         raise ValueError(f"revtal plan plans temporal action localization recipes; task: {config.task} is not "
                          "supported yet")
     if jobs < 1:
         raise ValueError(f"--jobs must be at least 1, got {jobs}")
-    for mode in modes:
-        mode_config(config, mode)  # unknown modes and invalid combinations fail before any work
-    args = [(config.to_dict(), mode, steps, classes) for mode in modes]
-    with progress_bar(total=len(modes), desc="revtal plan", unit="mode", disable=not progress, leave=False) as bar:
+    skipped: dict[str, str] = {}
+    with progress_bar(modes, desc="revtal plan: checking modes", unit="mode", disable=not progress,
+                      leave=False) as checking:
+        for mode in checking:
+            reason = mode_not_applicable(config, mode, classes)
+            if reason is not None and explicit:
+                raise ValueError(f"mode {mode} does not apply to this recipe: {reason}")
+            if reason is not None:
+                skipped[mode] = reason
+    if len(skipped) == len(modes):
+        mode, reason = next(iter(skipped.items()))
+        raise ValueError(f"no plan mode applies to this recipe (mode {mode}: {reason})")
+    planned = [mode for mode in modes if mode not in skipped]
+    args = [(config.to_dict(), mode, steps, classes) for mode in planned]
+    with progress_bar(total=len(planned), desc="revtal plan", unit="mode", disable=not progress, leave=False) as bar:
         if jobs == 1:
-            records = []
+            done = []
             for a in args:
                 bar.set_postfix_str(a[1])
-                records.append(_plan_mode(*a))
+                done.append(_plan_mode(*a))
                 bar.update()
         else:
             context = multiprocessing.get_context("spawn")  # no forked torch state in the workers
-            with concurrent.futures.ProcessPoolExecutor(min(jobs, len(modes)), mp_context=context) as pool:
+            with concurrent.futures.ProcessPoolExecutor(min(jobs, len(planned)), mp_context=context) as pool:
                 futures = [pool.submit(_plan_mode, *a) for a in args]
                 for _ in concurrent.futures.as_completed(futures):
                     bar.update()
-                records = [f.result() for f in futures]
-    for record in records:
+                done = [f.result() for f in futures]
+    for record in done:
         record["fits"] = {_gpu_key(g): fits(record["reserved_bytes"], g) for g in gpus}
+    by_mode = dict(zip(planned, done))
+    records = [by_mode[mode] if mode in by_mode else {"mode": MODE_ALIASES.get(mode, mode), "skipped": skipped[mode]}
+               for mode in modes]
     return {
         "records": records,
         "steps": steps,
+        "gpu_gib": [_gpu_key(g) for g in gpus],
         "margin_bytes": {"cuda_context": CONTEXT_BYTES, "workspaces": WORKSPACE_BYTES},
         "rules": "cuda",
         "classes": classes,
@@ -611,20 +651,27 @@ def plan(config, modes: Iterable[str] = tuple(PLAN_MODES), steps: int = 2, gpus:
 
 
 def plan_table(result: dict) -> str:
-    """The records as a text table (GiB, or MiB when every peak is below 1 GiB)."""
-    gpus = list(result["records"][0]["fits"]) if result["records"] else []
-    small = all(r["peak_bytes"] < GiB for r in result["records"])
+    """The records as a text table (GiB, or MiB when every peak is below 1 GiB); a skipped mode is a row saying why
+    it does not apply."""
+    planned = [r for r in result["records"] if "skipped" not in r]
+    gpus = result.get("gpu_gib") or (list(planned[0]["fits"]) if planned else [])
+    small = all(r["peak_bytes"] < GiB for r in planned)
     unit, scale = ("MiB", 1 << 20) if small else ("GiB", GiB)
     head = ["mode", "peak", "params", "grads", "optim", "activ.", "phase", "reserved", *[f"{g} GiB" for g in gpus]]
-    rows = [head]
+    rows, notes = [head], {}
     for r in result["records"]:
+        if "skipped" in r:
+            notes[len(rows)] = f"{r['mode']}  not applicable: {r['skipped']}"
+            rows.append(None)
+            continue
         rows.append([r["mode"], *(f"{r[k] / scale:.2f}" for k in ("peak_bytes", "params_bytes", "grads_bytes",
                                                                 "optimizer_bytes", "activation_bytes")),
                      r["phase"], f"{r['reserved_bytes'] / scale:.2f}",
                      *("fits" if r["fits"][g] else "-" for g in gpus)])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-             for row in rows]
+    widths = [max(len(row[i]) for row in rows if row is not None) for i in range(len(head))]
+    lines = [notes[i] if row is None else
+             "  ".join(cell.ljust(w) if j == 0 else cell.rjust(w) for j, (cell, w) in enumerate(zip(row, widths)))
+             for i, row in enumerate(rows)]
     margin = result["margin_bytes"]
     lines.append(f"{unit}; peak = allocated tensors at the step's peak (params + grads + optimizer state + activations "
                  f"and temporaries); reserved = modelled CUDA caching allocator; fits = reserved + "
