@@ -204,8 +204,6 @@ def test_plan_command_reports_bad_input_in_one_line(capsys):
     assert main(["plan", "configs/tiny_cpu_dr2net.yaml", "--gpu-gib", "0"]) == 2
     assert "--gpu-gib" in capsys.readouterr().err
     assert main(["plan", "configs/tiny_cpu_dr2net.yaml", "--steps", "0"]) == 2
-    assert main(["plan", "configs/tiny_cpu_classification.yaml"]) == 2
-    assert "task: classification is not supported" in capsys.readouterr().err
     assert main(["plan", "configs/tiny_cpu_dr2net.yaml", "--set", "data.img_size=33", "--modes", "conventional",
                  "--jobs", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
@@ -236,9 +234,11 @@ def test_plan_command_prints_the_table_and_writes_json(tmp_path, capsys):
 NOT_APPLICABLE = {
     "anet_slowfast_r50_re2": {"st_adapter", "aim"},
     "anet_swin3d_t_dr2net": {"st_adapter", "aim"},
+    "k400_swin3d_t_re2_repretrain": {"st_adapter", "aim"},
     "thumos_losa": set(),
     "thumos_re2tal": {"st_adapter", "aim"},
     "thumos_vitg_dr2net": {"losa", "unipt", "st_adapter", "aim"},
+    "tiny_cpu_classification": {"losa", "unipt", "st_adapter", "aim"},  # its 8-frame clips are not 16-frame clips
     "tiny_cpu_dr2net": set(),
 }
 
@@ -257,8 +257,7 @@ def test_every_plan_mode_is_checked_against_every_recipe_before_any_simulation(r
 def test_the_recipes_in_configs_are_the_ones_whose_modes_are_checked():
     from pathlib import Path
 
-    assert {p.stem for p in Path("configs").glob("*.yaml")} - {"k400_swin3d_t_re2_repretrain",
-                                                                "tiny_cpu_classification"} == set(NOT_APPLICABLE)
+    assert {p.stem for p in Path("configs").glob("*.yaml")} == set(NOT_APPLICABLE)
 
 
 SWIN_TINY = ["configs/tiny_cpu_dr2net.yaml", "--set", "backbone.name=swin3d_t", "--set", "backbone.options={}",
@@ -297,3 +296,22 @@ def test_plan_refuses_a_mode_asked_for_by_name_that_does_not_apply_before_simula
     assert len(err) == 1 and err[0].startswith("revtal plan: error: mode aim does not apply")
     assert "swin3d_t" in err[0]
 
+
+def test_plan_plans_a_classification_recipe_with_its_own_classes(tmp_path, capsys):
+    import json
+
+    from revtal.cli import main
+
+    out = tmp_path / "plan.json"
+    assert main(["plan", "configs/tiny_cpu_classification.yaml", "--modes", "conventional", "--steps", "1",
+                 "--jobs", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["classes"] == 4  # the recipe's synthetic clips
+    record = result["records"][0]
+    # the classifier: the ViT's parameters and a 4-class head, all trained, so the gradients are the parameters' size
+    assert record["mode"] == "conventional" and record["peak_bytes"] > record["params_bytes"] > 0
+    capsys.readouterr()
+    # Kinetics' classes are in its clip lists, which plan does not read
+    assert main(["plan", "configs/k400_swin3d_t_re2_repretrain.yaml", "--modes", "re2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "give --classes N" in err[0]

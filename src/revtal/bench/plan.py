@@ -32,12 +32,15 @@ from typing import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from revtal.bench.cuda_emulation import CudaAutocast
 from revtal.bench.runner import machine_info
+from revtal.data.cliplists import read_classes
+from revtal.data.mixup import MixupCutmix, soft_target_cross_entropy
+from revtal.engine.classification import build_classifier, mixing_generator
 from revtal.engine.config import config_from_dict, load_config
 from revtal.engine.model import build_model
 from revtal.engine.modes import get_mode, mode_names
@@ -358,6 +361,23 @@ def _mode_values(mode: str) -> dict[str, str]:
     raise ValueError(f"unknown plan mode {mode!r}; modes: {', '.join(dict.fromkeys([*PLAN_MODES, *mode_names()]))}")
 
 
+def recipe_classes(config) -> int:
+    """The classes of the recipe's head, read without data where the recipe states them: a classification recipe's
+    synthetic clips (``classification.synthetic.classes``) or its class list file (``classification.classes``);
+    a TAL recipe's localizer is sized :data:`DEFAULT_CLASSES` (its classes come from the annotations). A
+    classification recipe whose classes are only in clip lists that are not here needs them given (``--classes``)."""
+    if config.task != "classification":
+        return DEFAULT_CLASSES
+    c = config.classification
+    if not c.train_list:
+        return c.synthetic.classes
+    if c.classes and Path(c.classes).is_file():
+        return len(read_classes(c.classes))
+    raise ValueError(f"the classes of this recipe come from classification.train_list={c.train_list!r}"
+                     + (f" or classification.classes={c.classes!r}" if c.classes else "")
+                     + ", which revtal plan does not read: give --classes N")
+
+
 def mode_config(config, mode: str):
     """``config`` put in plan mode ``mode`` (a key of :data:`PLAN_MODES` or any registered training mode)."""
     return config.with_values(_mode_values(mode), source=f"plan mode {MODE_ALIASES.get(mode, mode)}")
@@ -396,15 +416,18 @@ def _materialize(model: nn.Module, device: str = "cpu") -> None:
 
 
 def build_recipe_model(config, classes: int, fake_mode=None, meta: bool = False) -> nn.Module:
-    """The recipe's TAL model (backbone in its mode, localizer). With ``fake_mode`` it is built on the meta device
+    """The recipe's model: for TAL the backbone in its mode and the localizer, for classification the backbone in
+    its mode and the classifier head (the classification trainer's :func:`~revtal.engine.classification.
+    build_classifier`). With ``fake_mode`` it is built on the meta device
     (no weight file is read: ``backbone.pretrained`` is ignored) and its tensors become fake CPU tensors of that
     mode; ``meta``: left on the meta device (the caller's ``torch.device("meta")``); without either, it is built
     for real with random weights (the CPU reference of the validation tests)."""
     config = config.with_values({"backbone.pretrained": ""}, source="plan (no weight files)")
+    build = build_classifier if config.task == "classification" else build_model
     if fake_mode is None or meta:
-        return build_model(config, classes)
+        return build(config, classes)
     with torch.device("meta"):
-        model = build_model(config, classes)
+        model = build(config, classes)
     with fake_mode:
         _materialize(model)
     return model
@@ -445,7 +468,10 @@ def plan_recipe(config, mode: str, steps: int = 2, classes: int = DEFAULT_CLASSE
 
     The step is the trainer's: the mode's hooks before the forward (coefficient schedule, first-step verification
     of exact stages, the float-reconstruction monitor) and after the backward, the forward and loss under the
-    recipe's autocast, backward, gradient clipping, AdamW over the backbone and head groups, ``zero_grad``.
+    recipe's autocast, backward, gradient clipping, AdamW over the backbone and head groups, ``zero_grad``. A TAL
+    recipe (``task: tal``) trains its localizer on the backbone's features (:func:`dense_loss`); a classification
+    recipe (``task: classification``) its clip classifier, on the batch the classification trainer feeds it
+    (:func:`classification_step`).
     ``fake=False`` runs the same on real tensors of ``device`` (random weights): on the CPU, the reference a
     simulation must equal; on CUDA (``scripts/gpu_check.sh``), the step whose ``torch.cuda.max_memory_allocated``
     the CUDA-rules simulation predicts.
@@ -479,11 +505,23 @@ def plan_recipe(config, mode: str, steps: int = 2, classes: int = DEFAULT_CLASSE
     with scope, (CudaAutocast() if emulate_cuda else contextlib.nullcontext()):
         model.train()
         # the multi-tensor (foreach) AdamW and clipping: torch's default for CUDA tensors, on both sides
-        optimizer = build_optimizer(model.trainable_backbone(), model.localizer, ocfg.backbone_lr, ocfg.head_lr,
-                                    ocfg.weight_decay, foreach=True, fused=ocfg.fused)
+        if config.task == "classification":
+            optimizer = build_optimizer(model.trainable_backbone(), model.head, ocfg.backbone_lr, ocfg.head_lr,
+                                        ocfg.weight_decay, layer_decay=ocfg.layer_decay, foreach=True,
+                                        fused=ocfg.fused)
+        else:
+            optimizer = build_optimizer(model.trainable_backbone(), model.localizer, ocfg.backbone_lr, ocfg.head_lr,
+                                        ocfg.weight_decay, foreach=True, fused=ocfg.fused)
         trainable = [p for p in model.parameters() if p.requires_grad]
+        step_index = [0]  # the trainer's optimizer step counter (the classification batch's mixup draws)
+
+        def before_step(step: int) -> None:
+            step_index[0] = step - 1
+            hooks.before_step(0, step - 1, step - 1)
 
         def step_loss() -> Tensor:
+            if config.task == "classification":
+                return classification_step(model, config, classes, step_index[0], device, fake_mode)
             video, mask = (t.to(device) for t in recipe_inputs(config))
             with _autocast(ocfg.amp, torch.device(device).type):
                 output = model(video, mask)
@@ -495,12 +533,37 @@ def plan_recipe(config, mode: str, steps: int = 2, classes: int = DEFAULT_CLASSE
             optimizer.step()
 
         result = simulate_steps(
-            model, optimizer, step_loss, steps=steps,
-            before_step=lambda step: hooks.before_step(0, step - 1, step - 1),
+            model, optimizer, step_loss, steps=steps, before_step=before_step,
             after_backward=hooks.after_backward, optimizer_step=optimizer_step, progress=progress)
     stored = [s.exact_arithmetic.last_storage for s in exact_stages]
     result.exact_stream_bits = [tuple(s.stream_bits) for s in stored if s is not None]
     return result
+
+
+def classification_step(model: nn.Module, config, classes: int, step: int, device: str = "cpu",
+                        fake_mode: FakeTensorMode | None = None) -> Tensor:
+    """The classification trainer's forward and loss on a batch of ``config``'s shape (``data.batch_size`` clips of
+    ``data.num_frames`` × ``img_size``²): its mixup/cutmix with label smoothing, drawn for optimizer step ``step``
+    as the trainer draws them (:func:`~revtal.engine.classification.mixing_generator`), the model under the
+    recipe's autocast and the soft-target cross entropy outside it. The draws are host values: on fake tensors
+    they (and the labels, B integers) are made as real tensors, so the simulation mixes exactly as the real step
+    does (mixup or cutmix, and the same box)."""
+    d, c = config.data, config.classification
+    mixup = MixupCutmix(classes, c.mixup_alpha, c.cutmix_alpha, c.mixup_prob, c.mixup_switch_prob, c.label_smoothing)
+    video = torch.zeros(d.batch_size, 3, d.num_frames, d.img_size, d.img_size, device=device)
+    with unset_fake_temporarily() if fake_mode is not None else contextlib.nullcontext():
+        labels = torch.zeros(d.batch_size, dtype=torch.long, device=device)
+        video, targets, _ = mixup(video, labels, mixing_generator(config.train.seed, step))
+    # on fake tensors the loss takes a fake copy of the real targets; the real ones stay alive (and counted) until
+    # the loss is made, as the targets of a real step do
+    real_targets = targets
+    if fake_mode is not None:
+        targets = fake_mode.from_tensor(real_targets)
+    with _autocast(config.optim.amp, torch.device(device).type):
+        logits = model(video)
+    loss = soft_target_cross_entropy(logits, targets)
+    del real_targets
+    return loss
 
 
 def _autocast(amp: str, device_type: str = "cpu"):
@@ -588,9 +651,10 @@ def _plan_mode(config_dict: dict, mode: str, steps: int, classes: int) -> dict:
 
 
 def plan(config, modes: Iterable[str] | None = None, steps: int = 2, gpus: Iterable[float] = DEFAULT_GPUS,
-         classes: int = DEFAULT_CLASSES, jobs: int = 1, progress: bool = False) -> dict:
+         classes: int | None = None, jobs: int = 1, progress: bool = False) -> dict:
     """``revtal plan``: each mode's simulated GPU step of ``config`` as a record (see :class:`StepPlan`), with the
-    GPU sizes it fits; ``jobs`` modes at a time in worker processes.
+    GPU sizes it fits; ``jobs`` modes at a time in worker processes; ``classes`` of the head (None: the recipe's,
+    :func:`recipe_classes`).
 
     Every mode is checked against the recipe before anything is simulated (:func:`mode_not_applicable`). Modes
     asked for by name (``modes``) must apply: one that does not raises ValueError naming it and the reason. With the
@@ -600,9 +664,9 @@ def plan(config, modes: Iterable[str] | None = None, steps: int = 2, gpus: Itera
     explicit = modes is not None
     modes, gpus = list(modes if explicit else PLAN_MODES), [float(g) for g in gpus]
     check_plan_arguments(steps, gpus)
-    if config.task != "tal":
-        raise ValueError(f"revtal plan plans temporal action localization recipes; task: {config.task} is not "
-                         "supported yet")
+    classes = recipe_classes(config) if classes is None else classes
+    if classes < 1:
+        raise ValueError(f"--classes must be at least 1, got {classes}")
     if jobs < 1:
         raise ValueError(f"--jobs must be at least 1, got {jobs}")
     skipped: dict[str, str] = {}
@@ -661,7 +725,7 @@ def plan_table(result: dict) -> str:
     rows, notes = [head], {}
     for r in result["records"]:
         if "skipped" in r:
-            notes[len(rows)] = f"{r['mode']}  not applicable: {r['skipped']}"
+            notes[len(rows)] = (r["mode"], f"not applicable: {r['skipped']}")
             rows.append(None)
             continue
         rows.append([r["mode"], *(f"{r[k] / scale:.2f}" for k in ("peak_bytes", "params_bytes", "grads_bytes",
@@ -669,7 +733,7 @@ def plan_table(result: dict) -> str:
                      r["phase"], f"{r['reserved_bytes'] / scale:.2f}",
                      *("fits" if r["fits"][g] else "-" for g in gpus)])
     widths = [max(len(row[i]) for row in rows if row is not None) for i in range(len(head))]
-    lines = [notes[i] if row is None else
+    lines = [f"{notes[i][0].ljust(widths[0])}  {notes[i][1]}" if row is None else
              "  ".join(cell.ljust(w) if j == 0 else cell.rjust(w) for j, (cell, w) in enumerate(zip(row, widths)))
              for i, row in enumerate(rows)]
     margin = result["margin_bytes"]

@@ -26,8 +26,9 @@ def add_arguments(parser) -> None:
                         help="GPU memory sizes to check, GiB (default: 11 24 40 80)")
     parser.add_argument("--steps", type=int, default=2, help="training steps to simulate (default 2: the optimizer "
                         "state exists from the second on)")
-    parser.add_argument("--classes", type=int, default=DEFAULT_CLASSES,
-                        help=f"action classes of the localizer head (not read from data; default {DEFAULT_CLASSES})")
+    parser.add_argument("--classes", type=int, default=None,
+                        help=f"classes of the head (not read from data): default {DEFAULT_CLASSES} for a TAL "
+                             "recipe's localizer, a classification recipe's own (its synthetic clips or class file)")
     parser.add_argument("--jobs", type=int, default=None,
                         help="modes simulated at a time, each in its own process (default: the available cores, "
                              "at most 4)")
@@ -35,8 +36,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    if args.classes < 1:
-        raise ValueError(f"--classes must be at least 1, got {args.classes}")
     config = load_config(args.config, args.overrides)
     jobs = args.jobs if args.jobs is not None else min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                                       else (os.cpu_count() or 1))
