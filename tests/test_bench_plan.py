@@ -165,6 +165,31 @@ def test_cuda_autocast_runs_norms_and_softmax_in_float32_and_leaves_pooling_in_b
         assert F.layer_norm(torch.randn(2, 16).bfloat16(), (16,)).dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("affine", [torch.bfloat16, torch.float32, None])
+def test_fake_normalisation_statistics_take_the_real_cpu_kernels_dtypes(affine):
+    from revtal.bench.cuda_emulation import NormStatistics
+
+    def norms():
+        x = torch.randn(2, 8, 4, 4, dtype=torch.bfloat16)
+        w, b = (None, None) if affine is None else (torch.ones(8, dtype=affine), torch.zeros(8, dtype=affine))
+        outputs = [torch.ops.aten.native_layer_norm(x, [4], None if w is None else w[:4], None if b is None else b[:4],
+                                                    1e-5),
+                   torch.ops.aten.native_group_norm(x, w, b, 2, 8, 16, 2, 1e-5)]
+        if affine is not None:
+            stats = torch.zeros(8, dtype=affine), torch.ones(8, dtype=affine)
+            outputs.append(torch.ops.aten.native_batch_norm(x, w, b, *stats, True, 0.1, 1e-5))
+        return [[(t.dtype, tuple(t.shape)) for t in out] for out in outputs]
+
+    real = norms()
+    with FakeTensorMode(), NormStatistics("cpu"):
+        simulated = norms()
+    assert simulated == real
+    if affine == torch.float32:  # a bf16 input with float32 parameters: the statistics are float32
+        assert all(out[1][0] == torch.float32 for out in real)
+        with FakeTensorMode():  # which torch's fake kernels get wrong
+            assert norms() != real
+
+
 def test_cuda_attention_saves_the_logsumexp_not_the_attention_matrix():
     import torch.nn.functional as F
 

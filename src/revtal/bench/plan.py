@@ -36,7 +36,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from revtal.bench.cuda_emulation import CudaAutocast
+from revtal.bench.cuda_emulation import CudaAutocast, NormStatistics
 from revtal.bench.runner import machine_info
 from revtal.data.cliplists import read_classes
 from revtal.data.mixup import MixupCutmix, soft_target_cross_entropy
@@ -502,7 +502,9 @@ def plan_recipe(config, mode: str, steps: int = 2, classes: int = DEFAULT_CLASSE
     hooks = training_mode.hooks(model, config.backbone, iters_per_epoch=1)
     ocfg = config.optim
     scope = fake_mode if fake_mode is not None else torch.enable_grad()
-    with scope, (CudaAutocast() if emulate_cuda else contextlib.nullcontext()):
+    # the fake kernels' normalisation statistics in the real kernels' dtype (CUDA's or the CPU's)
+    statistics = NormStatistics("cuda" if emulate_cuda else "cpu") if fake else contextlib.nullcontext()
+    with scope, statistics, (CudaAutocast() if emulate_cuda else contextlib.nullcontext()):
         model.train()
         # the multi-tensor (foreach) AdamW and clipping: torch's default for CUDA tensors, on both sides
         if config.task == "classification":
