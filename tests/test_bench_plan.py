@@ -285,6 +285,15 @@ def test_the_recipes_in_configs_are_the_ones_whose_modes_are_checked():
     assert {p.stem for p in Path("configs").glob("*.yaml")} == set(NOT_APPLICABLE)
 
 
+def test_docs_scale_run_sh_has_a_recipe_row_for_every_recipe_in_configs():
+    import re
+    from pathlib import Path
+
+    script = Path("docs/scale/run.sh").read_text()
+    runs = set(re.search(r"ALL=\((.*?)\)", script, re.S).group(1).split())
+    assert {f"recipe_{p.stem}" for p in Path("configs").glob("*.yaml")} <= runs
+
+
 SWIN_TINY = ["configs/tiny_cpu_dr2net.yaml", "--set", "backbone.name=swin3d_t", "--set", "backbone.options={}",
              "--set", "data.num_frames=8", "--set", "data.batch_size=1", "--steps", "1", "--jobs", "1"]
 

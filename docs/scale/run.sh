@@ -19,8 +19,9 @@ for name in "${@:-${ALL[@]}}"; do
     losa_slowfast_r101) plan $name configs/thumos_losa.yaml --set data.batch_size=1 --set backbone.name=slowfast_r101 \
         --set 'backbone.options={}' --classes 20 --modes frozen conventional losa ;;
     losa_vit_b) plan $name configs/thumos_losa.yaml --set data.batch_size=1 --classes 20 --modes frozen conventional losa ;;
-    losa_vit_g) plan $name configs/thumos_losa.yaml --set data.batch_size=1 --set backbone.name=vit_g_video --classes 20 \
-        --modes frozen conventional losa ;;
+    # LoSA's backbone is VideoMAEv2 ViT-g/14 (14×14 patches, as configs/thumos_vitg_dr2net.yaml)
+    losa_vit_g) plan $name configs/thumos_losa.yaml --set data.batch_size=1 --set backbone.name=vit_g_video \
+        --set backbone.options.patch_size=14 --classes 20 --modes frozen conventional losa ;;
     re2tal_slowfast_r50) plan $name configs/anet_slowfast_r50_re2.yaml $SF --modes conventional re2 ;;
     re2tal_slowfast_r101) plan $name configs/anet_slowfast_r50_re2.yaml $SF --set backbone.name=slowfast_r101 \
         --modes conventional re2 ;;
