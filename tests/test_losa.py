@@ -148,7 +148,7 @@ def test_saved_bytes_do_not_depend_on_backbone_depth():
 def test_reduction_keeps_only_its_layer_map_for_backward():
     """The reduction's conv/LayerNorm/GELU are recomputed in backward: what it saves is the layer map (which the
     convolution's weight gradient needs anyway) and the pooled sequence the projection reads; without recomputing
-    it keeps the convolution's output, the LayerNorm's and the GELU's inputs too (three more maps)."""
+    it keeps the LayerNorm's and the GELU's inputs too (two more maps of the convolution output's size)."""
     torch.manual_seed(0)
     layer_map = torch.randn(6, 32, 2, 8, 8)
     for kind, conv_width in (("separable", 32), ("full", 8)):

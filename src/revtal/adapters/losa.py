@@ -101,7 +101,7 @@ class LoSAConfig(AdapterConfig):
     dropout: float = 0.0  # on each adapter's output
     clip_batch: int | None = None  # clips per backbone call (bounds the no-grad peak); None: all at once
     # the reduction's convolution, LayerNorm and GELU are recomputed in backward from the layer map it keeps anyway
-    # (the same values and gradients, bitwise); False keeps their full-size outputs (three maps per layer) instead
+    # (the same values and gradients, bitwise); False keeps their full-size inputs (two more maps per layer) instead
     recompute_reduction: bool = True
     probe_size: int = 64  # spatial size of the one probe clip used to discover layer shapes (non-ViT backbones)
     in_channels: int = 3  # video channels of the probe clip
