@@ -25,6 +25,7 @@ import torch
 from revtal.bench.configs import PEER_MODES, RESULT_PREFIX, BenchConfig, record_label
 from revtal.bench.peers import INSTALL_HINT
 from revtal.utils.progress import progress as progress_bar
+from revtal.utils.provenance import source_commit
 
 MMAP_THRESHOLD = "65536"
 # measured quantities that get ratios, and the prefix of their ratio fields
@@ -161,6 +162,7 @@ def machine_info(device: str) -> dict:
         "torch_threads": torch.get_num_threads(),
         "device": device,
         "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "revtal_source": source_commit(),
     }
     for package in ("timm", "revlib", "memcnn"):
         info[f"{package}_version"] = _version(package)
