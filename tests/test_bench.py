@@ -225,3 +225,15 @@ def test_memory_runs_return_freed_memory_and_speed_runs_keep_the_default_allocat
     assert timed["peak_bytes"] is None and timed["backward_peak_bytes"] is None and timed["step_time_s"] > 0
     with pytest.raises(ValueError, match="allocator"):
         BenchConfig(model="vit_tiny_video", mode="re2", depth=2, frames=8, img_size=96, batch=1, allocator="jemalloc")
+
+
+def test_bench_window_chunk_reaches_the_backbone_section_the_mode_builds_from():
+    from revtal.bench.targets import training_settings
+
+    for mode in ("conventional", "checkpoint", "re2"):
+        config = BenchConfig(model="swin3d_t", mode=mode, depth=None, frames=8, img_size=64, batch=1, window_chunk=4)
+        assert training_settings(config).window_chunk == 4
+    assert training_settings(BenchConfig(model="swin3d_t", mode="re2", depth=None, frames=8, img_size=64,
+                                         batch=1)).window_chunk is None
+    with pytest.raises(ValueError, match="window_chunk"):
+        BenchConfig(model="swin3d_t", mode="re2", depth=None, frames=8, img_size=64, batch=1, window_chunk=0)

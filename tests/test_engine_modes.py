@@ -113,3 +113,33 @@ def test_checkpoint_layout_reads_ema_weights_and_trained_coefficients(tmp_path):
     torch.save({"model": weights}, tmp_path / "bare.pt")
     with pytest.raises(ValueError, match="bare.pt: not a revtal training checkpoint \\(no 'config' entry\\)"):
         TrainingCheckpoint(tmp_path / "bare.pt")
+
+
+SWIN_MODES = [m for m in mode_names() if m not in ("st_adapter", "aim")]  # those two adapt ViT blocks only
+
+
+@pytest.mark.parametrize("mode", SWIN_MODES)
+def test_every_mode_computes_video_swin_attention_by_window_chunks(mode):
+    # backbone.window_chunk is an option of the attention, not of the conversion: frozen, adapter and conventional
+    # backbones (left unconverted) chunk too, so a no-grad forward holds one chunk's scores in every mode
+    import copy
+
+    from torchvision.models.video.swin_transformer import SwinTransformer3d
+
+    from tests.helpers import live_peak_bytes
+
+    torch.manual_seed(0)
+    ref = SwinTransformer3d(patch_size=[2, 4, 4], embed_dim=16, depths=[2], num_heads=[2], window_size=[2, 8, 8],
+                            stochastic_depth_prob=0.0).eval()
+    video = torch.randn(1, 3, 8, 64, 64, generator=torch.Generator().manual_seed(4))
+    peaks = []
+    for window_chunk in (None, 1):
+        settings = config_from_dict({"backbone": {"name": "swin3d_t", "mode": mode,
+                                                  "window_chunk": window_chunk}}).backbone
+        model = copy.deepcopy(ref)
+        get_mode(mode).convert(model, settings)
+        model.eval()
+        with torch.no_grad():
+            peaks.append(live_peak_bytes(lambda m=model: m(video)))
+    scores = 8 * 2 * 128 * 128 * 4  # one block's fp32 scores over its 8 windows
+    assert peaks[0] - peaks[1] >= 1.5 * scores, peaks

@@ -138,3 +138,39 @@ def test_backward_overwrites_the_streams_it_owns_and_never_the_stage_outputs(mon
 
 def _tensors(out):
     return [t for t in (out if isinstance(out, (tuple, list)) else [out]) if isinstance(t, torch.Tensor)]
+
+
+class _TanhScale(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, x):
+        return torch.tanh(x) * self.w
+
+
+@pytest.mark.parametrize("coupling,streams", [
+    (("re2", 0.0, 1.0, "duplicate", "mean"), 8),  # output (x_n + y_n)/2: y_n's own output is unused
+    (("dr2net", 1.0, 0.5, "scaled", "last"), 8),  # output x_n: y_n unused
+])
+def test_an_unused_stream_output_gets_no_zero_gradient_in_backward(coupling, streams):
+    from revtal.reversible.coupling import Coupling
+    from revtal.reversible.function import Branch
+    from revtal.reversible.stage import ReversibleStage
+    from tests.helpers import live_peak_bytes
+
+    # autograd used to materialise a stream-sized zero gradient for the unused output and hold it through the top
+    # node's backward, plus a sum with it (measured: 10 streams for re2, 9 for dr2net; now 8 for both)
+    _, alpha, beta, input_mode, output_mode = coupling
+    torch.manual_seed(0)
+    stage = ReversibleStage([_TanhScale() for _ in range(2)], lambda b, c: [Branch(b, b)],
+                            Coupling(alpha, beta, input_mode, output_mode), backprop="reversible")
+    n = 1 << 18
+    x = torch.randn(n, requires_grad=True)
+    loss = stage(x).sum()
+    assert live_peak_bytes(lambda: loss.backward()) <= (streams + 0.1) * 4 * n
+    reference = ReversibleStage(copy.deepcopy(list(stage.children())), lambda b, c: [Branch(b, b)],
+                                Coupling(alpha, beta, input_mode, output_mode), backprop="vanilla")
+    x_ref = x.detach().clone().requires_grad_(True)
+    reference(x_ref).sum().backward()
+    assert max_relative_gap([x.grad, *grads(stage)], [x_ref.grad, *grads(reference)]) < 1e-6

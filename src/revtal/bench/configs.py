@@ -98,6 +98,7 @@ class BenchConfig:
     # costs page faults, which slowed allocation-heavy modes such as exact arithmetic by up to 1.3x)
     allocator: str = "mmap"
     backprop: str | None = None  # modes of BACKPROP_CHOICES: which memory-free backprop (None: the mode's default)
+    window_chunk: int | None = None  # Video Swin: backbone.window_chunk (None: the library's attention and MLP)
 
     def __post_init__(self) -> None:
         choices = BACKPROP_CHOICES.get(self.mode, ())
@@ -105,6 +106,8 @@ class BenchConfig:
             object.__setattr__(self, "backprop", choices[0])
         if self.label not in MODE_DESCRIPTIONS:
             raise ValueError(f"unknown benchmark mode {self.label!r}; modes: {', '.join(MODES)}")
+        if self.window_chunk is not None and self.window_chunk < 1:
+            raise ValueError(f"benchmark config field 'window_chunk' must be ≥ 1 or None, got {self.window_chunk}")
         for name in ("frames", "img_size", "batch", "clips", "clip_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"benchmark config field {name!r} must be ≥ 1, got {getattr(self, name)}")

@@ -74,7 +74,7 @@ def training_settings(config: BenchConfig):
     ``config``'s mode measures."""
     options = {"depth": config.depth} if config.depth is not None and is_vit(config.model) else {}
     mode = "conventional" if config.mode in PEER_MODES else config.mode
-    section = {"name": config.model, "options": options, "mode": mode,
+    section = {"name": config.model, "options": options, "mode": mode, "window_chunk": config.window_chunk,
                **RECIPE_SETTINGS.get(config.mode, lambda c: {})(config)}
     return config_from_dict({"backbone": section}, source=f"benchmark mode {config.label}").backbone
 

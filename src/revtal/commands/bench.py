@@ -76,6 +76,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "avoids OpenMP threads spinning on each other, which can slow a step by an order of magnitude",
     )
     parser.add_argument(
+        "--window-chunk", type=int, default=None, metavar="N",
+        help="Video Swin backbones: window attention N windows at a time and the MLP by as many windows' tokens "
+        "(backbone.window_chunk; default: the library's attention and MLP)",
+    )
+    parser.add_argument(
         "--rounds", type=int, default=1,
         help="measure every configuration this many times, in alternating order, pooling the step times (on a "
         "shared machine: spreads load drifts over all modes)",
@@ -144,6 +149,7 @@ def build_grid(args: argparse.Namespace) -> Grid:
         "exact_coefficients": tuple(args.dr2net_exact),
         "clip_batch": args.clip_batch,
         "allocator": allocator,
+        "window_chunk": args.window_chunk,
     }
     return Grid(
         models=_choice(args, "models"),

@@ -98,7 +98,15 @@ class TrainingMode:
         return self.wrap(backbone, settings)
 
     def convert(self, backbone: nn.Module, settings: "BackboneConfig") -> None:
-        """Rewire ``backbone`` in place for this mode (default: leave it as built)."""
+        """Rewire ``backbone`` in place for this mode (default: leave its blocks as built). ``backbone.window_chunk``
+        is an option of Video Swin's attention, not of the conversion: unconverted blocks compute it chunk by chunk
+        too, without recompute (conventional finetuning keeps every chunk's scores for backward, as the library
+        does; a backbone without gradients, frozen or under adapters, holds one chunk's scores at a time)."""
+        if settings.window_chunk:
+            # a converter family's module imports its library (torchvision): loaded when the option is set
+            from revtal.reversible.video_swin import chunk_window_attention
+
+            chunk_window_attention(backbone, settings.window_chunk, recompute=False)
 
     def features(self, extractor: nn.Module, video):
         """Run the extractor as this mode trains it (a frozen backbone under ``no_grad``)."""

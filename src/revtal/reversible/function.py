@@ -179,6 +179,9 @@ class ReversibleBranchFunction(torch.autograd.Function):
                 # the y output of an inner node is only a link for its gradient: nothing reads its values
                 out_y = y if not arith.exact else torch.empty_like(out_x)
         run.streams = None if last else (x, y)
+        # an unused output (the top node's y_n, or x_n beside a combined output) gets the gradient None, not a
+        # stream-sized tensor of zeros that autograd would make and hold through this node's backward
+        ctx.set_materialize_grads(False)
         ctx.run, ctx.i, ctx.like = run, i, (x_in.dtype, x_in.device)
         extra = [run.verified_input] if last and run.verified_input is not None else []
         ctx.n_stored = len(stored)
@@ -212,11 +215,8 @@ class ReversibleBranchFunction(torch.autograd.Function):
         run.streams = None
         dtype, device = ctx.like
         like = torch.empty((), dtype=dtype, device=device)
-        if grad_x is None or grad_y is None:
-            shape_src = arith.view(x, like, tape)
-            grad_x = torch.zeros_like(shape_src) if grad_x is None else grad_x
-            grad_y = torch.zeros_like(shape_src) if grad_y is None else grad_y
-            del shape_src
+        if grad_x is None:  # grad_y None stays None: a zero gradient adds nothing below
+            grad_x = torch.zeros_like(arith.view(x, like, tape))
 
         # a stream may be one of the stage's output tensors (float x_n, y_n; for β = 1, x_{n-1} is y_n), which
         # layers above can still hold: those are never overwritten (weak references: they keep nothing alive)
@@ -238,7 +238,9 @@ class ReversibleBranchFunction(torch.autograd.Function):
         if grad_v is None:
             grad_v = torch.zeros_like(v)
         del v
-        grad_x, grad_y = grad_v + (grad_y if c.beta == 1.0 else c.beta * grad_y), grad_x
+        if grad_y is not None:
+            grad_v = grad_v + (grad_y if c.beta == 1.0 else c.beta * grad_y)
+        grad_x, grad_y = grad_v, grad_x
         del grad_v
         ctx.run = None
 

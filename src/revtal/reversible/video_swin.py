@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torchvision.models.video.swin_transformer import ShiftedWindowAttention3d
 
 from revtal.reversible.function import Branch
+from revtal.reversible.replay import replaying_function_modes
 
 
 def _window_and_shift(attn: nn.Module, size: tuple[int, int, int]) -> tuple[list[int], list[int]]:
@@ -56,9 +57,15 @@ def _region_labels(x: Tensor, padded: tuple[int, ...], window: list[int], shift:
     return labels.permute(0, 2, 4, 1, 3, 5).reshape(grid[0] * grid[1] * grid[2], -1)
 
 
-def _attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, labels: Tensor | None, dropout: float,
-            training: bool) -> Tensor:
-    """softmax(q·kᵀ + bias + shift mask)·v for a chunk of windows (``labels``: the chunk's region labels)."""
+def _attend_windows(attn: nn.Module, x: Tensor, bias: Tensor, labels: Tensor | None, dropout: float,
+                    training: bool) -> Tensor:
+    """The attention of a chunk of windows ``x`` (windows, tokens, C), in the library's order: qkv projection,
+    scaled q, softmax(q·kᵀ + bias + shift mask)·v, output projection (``labels``: the chunk's region labels)."""
+    c, heads = x.size(-1), attn.num_heads
+    qkv = nn.functional.linear(x, attn.qkv.weight, attn.qkv.bias)
+    qkv = qkv.reshape(x.size(0), x.size(1), 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    q = q * (c // heads) ** -0.5
     scores = q.matmul(k.transpose(-2, -1))
     scores = scores + bias
     if labels is not None:
@@ -67,12 +74,16 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, labels: Tensor | None
         scores = scores + mask.unsqueeze(1)
     scores = nn.functional.softmax(scores, dim=-1)
     scores = nn.functional.dropout(scores, p=dropout, training=training)
-    return scores.matmul(v)
+    out = scores.matmul(v).transpose(1, 2).reshape(x.size(0), x.size(1), c)
+    return nn.functional.linear(out, attn.proj.weight, attn.proj.bias)
 
 
-def chunked_window_attention_3d(attn: nn.Module, x: Tensor, window_chunk: int) -> Tensor:
+def chunked_window_attention_3d(attn: nn.Module, x: Tensor, window_chunk: int, recompute: bool = True) -> Tensor:
     """The forward of torchvision's ``ShiftedWindowAttention3d`` ``attn`` on ``x`` (B, T, H, W, C), its attention
-    computed ``window_chunk`` windows at a time (see the module docstring)."""
+    computed ``window_chunk`` windows at a time (see the module docstring): each chunk's qkv projection, scores
+    and output projection. ``recompute=False``: chunks are never checkpointed, so with gradients on every chunk's
+    activations are kept for backward as the library keeps them (only the forward's temporaries shrink to one
+    chunk's)."""
     b, t, h, w, c = x.shape
     window, shift = _window_and_shift(attn, (t, h, w))
     bias = attn.get_relative_position_bias(window)
@@ -87,40 +98,62 @@ def chunked_window_attention_3d(attn: nn.Module, x: Tensor, window_chunk: int) -
     x = x.view(b, grid[0], window[0], grid[1], window[1], grid[2], window[2], c)
     x = x.permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(b * n_windows, volume, c)
 
-    heads = attn.num_heads
-    qkv = nn.functional.linear(x, attn.qkv.weight, attn.qkv.bias)
-    qkv = qkv.reshape(x.size(0), x.size(1), 3, heads, c // heads).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv[0], qkv[1], qkv[2]
-    q = q * (c // heads) ** -0.5
     labels = _region_labels(x, (tp, hp, wp), window, shift) if shifted else None
     dropout = attn.attention_dropout if attn.training else 0.0
     # attention dropout draws one mask over all windows, which chunks would draw differently: it runs unchunked
     step = x.size(0) if dropout > 0 else max(1, int(window_chunk))
     # one chunk holding every window gains nothing from checkpointing: it runs as the library's attention does
-    checkpointed = step < x.size(0) and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, bias))
+    checkpointed = recompute and step < x.size(0) and torch.is_grad_enabled() and (
+        x.requires_grad or bias.requires_grad or any(p.requires_grad for p in attn.parameters()))
     outputs = []
-    for start in range(0, x.size(0), step):
-        stop = min(start + step, x.size(0))
+    # split, not slices: backward gathers the chunks' gradients once (a slice's gradient is a zero-filled tensor
+    # of the whole input, one per chunk)
+    for start, chunk in zip(range(0, x.size(0), step), x.split(step)):
         chunk_labels = None
         if labels is not None:
+            stop = start + chunk.size(0)
             chunk_labels = labels.index_select(0, torch.arange(start, stop, device=labels.device) % n_windows)
-        args = (q[start:stop], k[start:stop], v[start:stop], bias, chunk_labels, dropout, attn.training)
+        args = (attn, chunk, bias, chunk_labels, dropout, attn.training)
         if checkpointed:
-            # a chunk draws no random numbers (attention dropout runs unchunked): its recompute needs no RNG state
-            outputs.append(torch.utils.checkpoint.checkpoint(_attend, *args, use_reentrant=False,
-                                                             preserve_rng_state=False))
+            # a chunk draws no random numbers (attention dropout runs unchunked): its recompute needs no RNG state;
+            # it runs under the forward's torch-function modes (revtal plan's CUDA emulation)
+            outputs.append(torch.utils.checkpoint.checkpoint(_attend_windows, *args, use_reentrant=False,
+                                                             preserve_rng_state=False,
+                                                             context_fn=replaying_function_modes))
         else:
-            outputs.append(_attend(*args))
-    attended = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+            outputs.append(_attend_windows(*args))
+    x = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
     del outputs
-    x = attended.transpose(1, 2).reshape(x.size(0), x.size(1), c)
-    x = nn.functional.linear(x, attn.proj.weight, attn.proj.bias)
     x = nn.functional.dropout(x, p=attn.dropout, training=attn.training)
     x = x.view(b, grid[0], grid[1], grid[2], window[0], window[1], window[2], c)
     x = x.permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, tp, hp, wp, c)
     if shifted:
         x = torch.roll(x, shifts=(shift[0], shift[1], shift[2]), dims=(1, 2, 3))
     return x[:, :t, :h, :w, :].contiguous()
+
+
+def chunk_window_attention(model: nn.Module, window_chunk: int | None, *, recompute: bool = False) -> int:
+    """Make every torchvision Video Swin block of ``model`` compute its window attention ``window_chunk`` windows
+    at a time and its MLP as many tokens at a time as those windows hold, in place (the attention's and the MLP's
+    ``forward`` are replaced on the instance; parameters, state-dict keys and outputs stay the library's); ``None``
+    restores the library's forwards. For blocks that :func:`revtal.convert` has not converted (a frozen or
+    adapter-wrapped backbone, conventional finetuning): without gradients one chunk's scores and MLP activations
+    are live at a time, at no cost; with gradients and ``recompute=False`` nothing is recomputed and backward keeps
+    every chunk's activations, as the library does. Returns the number of blocks changed."""
+    if window_chunk is not None and not (isinstance(window_chunk, int) and window_chunk > 0):
+        raise ValueError(f"window_chunk must be a positive number of windows or None, got {window_chunk!r}")
+    changed = 0
+    for block in model.modules():
+        if not is_video_swin_block(block):
+            continue
+        for part in (block.attn, block.mlp):
+            part.__dict__.pop("forward", None)
+        if window_chunk is not None:
+            block.attn.forward = partial(chunked_window_attention_3d, block.attn, window_chunk=window_chunk,
+                                         recompute=recompute)
+            block.mlp.forward = partial(_chunked_mlp_forward, block.mlp, _mlp_tokens(block, window_chunk), recompute)
+        changed += 1
+    return changed
 
 
 def _attention_branch(block: nn.Module, window_chunk: int | None, x: Tensor) -> Tensor:
@@ -130,7 +163,68 @@ def _attention_branch(block: nn.Module, window_chunk: int | None, x: Tensor) -> 
     return block.stochastic_depth(block.attn(normed))
 
 
-def _mlp_branch(block: nn.Module, x: Tensor) -> Tensor:
+def _norm_mlp(block: nn.Module, x: Tensor) -> Tensor:
+    return block.mlp(block.norm2(x))
+
+
+def _by_token_chunks(fn, x: Tensor, tokens: int, checkpointed: bool) -> Tensor:
+    """``fn(x)`` for a function ``fn`` that acts on each token (row of ``x`` (..., C)) alone, computed ``tokens``
+    rows at a time, each chunk under non-reentrant checkpointing when ``checkpointed``."""
+    outputs = []
+    for chunk in x.reshape(-1, x.size(-1)).split(tokens):  # split, not slices (see chunked_window_attention_3d)
+        if checkpointed:
+            # no dropout runs in a chunk (the callers check): its recompute needs no RNG state; it runs under the
+            # forward's torch-function modes (revtal plan's CUDA emulation)
+            outputs.append(torch.utils.checkpoint.checkpoint(fn, chunk, use_reentrant=False, preserve_rng_state=False,
+                                                             context_fn=replaying_function_modes))
+        else:
+            outputs.append(fn(chunk))
+    out = torch.cat(outputs)
+    del outputs
+    return out.view(*x.shape[:-1], out.size(-1))
+
+
+def _draws_dropout(module: nn.Module) -> bool:
+    return module.training and any(isinstance(m, nn.Dropout) and m.p > 0 for m in module.modules())
+
+
+def _needs_grad(x: Tensor, module: nn.Module) -> bool:
+    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters()))
+
+
+def chunked_token_mlp(block: nn.Module, x: Tensor, tokens: int, recompute: bool = True) -> Tensor:
+    """``block.mlp(block.norm2(x))`` for ``x`` (..., C), computed ``tokens`` tokens at a time: both act on each
+    token alone, so a chunk of tokens is the same computation on fewer rows. Under ``no_grad`` one chunk's hidden
+    activations (4·C per token) exist at a time; with grad and ``recompute`` each chunk runs under non-reentrant
+    checkpointing, so backward holds one chunk's hidden activations instead of every token's (in a memory-free
+    stage's recompute of a stage-1 block at 512×224²: 802816 tokens × 384, fc1's output and GELU's, 1.1 GiB in
+    fp16). Forward: bitwise the unchunked MLP wherever a matrix product over a block of rows equals the one over
+    all rows (on CPU it does, tests/test_convert_swin.py)."""
+    if _draws_dropout(block.mlp) or x.numel() <= tokens * x.size(-1):  # a mask drawn per chunk would differ
+        return _norm_mlp(block, x)
+    return _by_token_chunks(partial(_norm_mlp, block), x, tokens, recompute and _needs_grad(x, block))
+
+
+def _chunked_mlp_forward(mlp: nn.Module, tokens: int, recompute: bool, x: Tensor) -> Tensor:
+    """The forward of an unconverted block's MLP, ``tokens`` tokens at a time (installed by
+    :func:`chunk_window_attention`)."""
+    library = partial(type(mlp).forward, mlp)
+    if _draws_dropout(mlp) or x.numel() <= tokens * x.size(-1):
+        return library(x)
+    return _by_token_chunks(library, x, tokens, recompute and _needs_grad(x, mlp))
+
+
+def _mlp_tokens(block: nn.Module, window_chunk: int) -> int:
+    """Tokens per MLP chunk: as many as ``window_chunk`` attention windows hold."""
+    volume = 1
+    for size in block.attn.window_size:
+        volume *= size
+    return window_chunk * volume
+
+
+def _mlp_branch(block: nn.Module, window_chunk: int | None, x: Tensor) -> Tensor:
+    if window_chunk:
+        return block.stochastic_depth(chunked_token_mlp(block, x, _mlp_tokens(block, window_chunk)))
     return block.stochastic_depth(block.mlp(block.norm2(x)))
 
 
@@ -142,5 +236,5 @@ def video_swin_branches(block: nn.Module, context: dict) -> list[Branch]:
     window_chunk = block.__dict__.get("_revtal_options", {}).get("window_chunk")
     return [
         Branch(block, partial(_attention_branch, block, window_chunk)),
-        Branch(block, partial(_mlp_branch, block)),
+        Branch(block, partial(_mlp_branch, block, window_chunk)),
     ]
