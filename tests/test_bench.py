@@ -161,7 +161,7 @@ def test_report_merges_runs_recomputing_ratios_and_keeping_the_last_measurement(
     assert main(["bench", "report", "--inputs", str(tmp_path / "bad.json")]) == 2
 
 
-def test_rounds_alternate_the_order_and_pool_step_times():
+def test_rounds_alternate_the_order_and_pool_step_times_phases_and_cpu_times():
     from revtal.bench.runner import run_configs
 
     configs = [BenchConfig(**TINY, mode=mode) for mode in ("conventional", "re2", "checkpoint")]
@@ -173,7 +173,8 @@ def test_rounds_alternate_the_order_and_pool_step_times():
         if config.mode == "checkpoint" and n == 2:
             return {"status": "error", "reason": "boom"}
         return {**json.loads(config.to_json()), "status": "ok", "saved_bytes": 10 * n, "peak_bytes": 100 * n,
-                "step_times_s": [float(n), float(n) + 0.5], "step_time_s": 0.0}
+                "step_times_s": [float(n), float(n) + 0.5], "step_time_s": 0.0,
+                "step_phases_s": [[n, 0.0, 0.0], [n, 0.5, 0.0]], "step_cpu_times_s": [n / 2, n / 2 + 0.25]}
 
     result = run_configs(configs, rounds=3, progress=False, measure=fake_measure)
     # forward, backward, forward; a configuration that failed once is not run again
@@ -182,6 +183,8 @@ def test_rounds_alternate_the_order_and_pool_step_times():
     assert set(by) == {"conventional", "re2"} and [s["mode"] for s in result.skipped] == ["checkpoint"]
     assert by["re2"]["step_times_s"] == [1.0, 1.5, 2.0, 2.5, 3.0, 3.5]
     assert by["re2"]["step_time_s"] == 2.25 and by["re2"]["step_time_min_s"] == 1.0
+    assert len(by["re2"]["step_phases_s"]) == 6 and by["re2"]["step_phases_s"][-1] == [3, 0.5, 0.0]
+    assert by["re2"]["step_cpu_time_s"] == 1.125
     assert by["re2"]["saved_bytes"] == 10 and by["re2"]["peak_bytes_rounds"] == [100, 200, 300]
     assert by["re2"]["rounds"] == 3
 

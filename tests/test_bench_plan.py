@@ -165,6 +165,31 @@ def test_cuda_autocast_runs_norms_and_softmax_in_float32_and_leaves_pooling_in_b
         assert F.layer_norm(torch.randn(2, 16).bfloat16(), (16,)).dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("affine", [torch.bfloat16, torch.float32, None])
+def test_fake_normalisation_statistics_take_the_real_cpu_kernels_dtypes(affine):
+    from revtal.bench.cuda_emulation import NormStatistics
+
+    def norms():
+        x = torch.randn(2, 8, 4, 4, dtype=torch.bfloat16)
+        w, b = (None, None) if affine is None else (torch.ones(8, dtype=affine), torch.zeros(8, dtype=affine))
+        outputs = [torch.ops.aten.native_layer_norm(x, [4], None if w is None else w[:4], None if b is None else b[:4],
+                                                    1e-5),
+                   torch.ops.aten.native_group_norm(x, w, b, 2, 8, 16, 2, 1e-5)]
+        if affine is not None:
+            stats = torch.zeros(8, dtype=affine), torch.ones(8, dtype=affine)
+            outputs.append(torch.ops.aten.native_batch_norm(x, w, b, *stats, True, 0.1, 1e-5))
+        return [[(t.dtype, tuple(t.shape)) for t in out] for out in outputs]
+
+    real = norms()
+    with FakeTensorMode(), NormStatistics("cpu"):
+        simulated = norms()
+    assert simulated == real
+    if affine == torch.float32:  # a bf16 input with float32 parameters: the statistics are float32
+        assert all(out[1][0] == torch.float32 for out in real)
+        with FakeTensorMode():  # which torch's fake kernels get wrong
+            assert norms() != real
+
+
 def test_cuda_attention_saves_the_logsumexp_not_the_attention_matrix():
     import torch.nn.functional as F
 
@@ -204,8 +229,6 @@ def test_plan_command_reports_bad_input_in_one_line(capsys):
     assert main(["plan", "configs/tiny_cpu_dr2net.yaml", "--gpu-gib", "0"]) == 2
     assert "--gpu-gib" in capsys.readouterr().err
     assert main(["plan", "configs/tiny_cpu_dr2net.yaml", "--steps", "0"]) == 2
-    assert main(["plan", "configs/tiny_cpu_classification.yaml"]) == 2
-    assert "task: classification is not supported" in capsys.readouterr().err
     assert main(["plan", "configs/tiny_cpu_dr2net.yaml", "--set", "data.img_size=33", "--modes", "conventional",
                  "--jobs", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
@@ -228,3 +251,101 @@ def test_plan_command_prints_the_table_and_writes_json(tmp_path, capsys):
     assert record["peak_bytes"] == record["params_bytes"] + record["grads_bytes"] + record["optimizer_bytes"] \
         + record["activation_bytes"]
     assert {"machine", "config"} <= set(result)
+
+
+# ------------------------------------------------------------------------------------------ which modes apply
+# the plan modes that do not apply to each recipe in configs/ (every other one does): in-block adapters need a video
+# ViT; the adapter modes cut frames into clips themselves, so a snippets recipe (clips already) has none of them
+NOT_APPLICABLE = {
+    "anet_slowfast_r50_re2": {"st_adapter", "aim"},
+    "anet_swin3d_t_dr2net": {"st_adapter", "aim"},
+    "k400_swin3d_t_re2_repretrain": {"st_adapter", "aim"},
+    "thumos_losa": set(),
+    "thumos_re2tal": {"st_adapter", "aim"},
+    "thumos_vitg_dr2net": {"losa", "unipt", "st_adapter", "aim"},
+    "tiny_cpu_classification": {"losa", "unipt", "st_adapter", "aim"},  # its 8-frame clips are not 16-frame clips
+    "tiny_cpu_dr2net": set(),
+}
+
+
+@pytest.mark.parametrize("recipe", sorted(NOT_APPLICABLE))
+def test_every_plan_mode_is_checked_against_every_recipe_before_any_simulation(recipe):
+    from revtal.bench.plan import PLAN_MODES, mode_not_applicable
+    from revtal.engine.config import load_config
+
+    config = load_config(f"configs/{recipe}.yaml")
+    reasons = {mode: mode_not_applicable(config, mode) for mode in PLAN_MODES}
+    assert {mode for mode, reason in reasons.items() if reason is not None} == NOT_APPLICABLE[recipe]
+    assert all("\n" not in reason for reason in reasons.values() if reason is not None)
+
+
+def test_the_recipes_in_configs_are_the_ones_whose_modes_are_checked():
+    from pathlib import Path
+
+    assert {p.stem for p in Path("configs").glob("*.yaml")} == set(NOT_APPLICABLE)
+
+
+def test_docs_scale_run_sh_has_a_recipe_row_for_every_recipe_in_configs():
+    import re
+    from pathlib import Path
+
+    script = Path("docs/scale/run.sh").read_text()
+    runs = set(re.search(r"ALL=\((.*?)\)", script, re.S).group(1).split())
+    assert {f"recipe_{p.stem}" for p in Path("configs").glob("*.yaml")} <= runs
+
+
+SWIN_TINY = ["configs/tiny_cpu_dr2net.yaml", "--set", "backbone.name=swin3d_t", "--set", "backbone.options={}",
+             "--set", "data.num_frames=8", "--set", "data.batch_size=1", "--steps", "1", "--jobs", "1"]
+
+
+def test_plan_skips_the_default_modes_that_do_not_apply_and_says_why(tmp_path, capsys, monkeypatch):
+    import json
+
+    from revtal.bench import plan as plan_module
+    from revtal.cli import main
+
+    # the default list, cut to one mode that applies to Video Swin and one that does not (the rest take minutes)
+    monkeypatch.setattr(plan_module, "PLAN_MODES", {m: plan_module.PLAN_MODES[m] for m in ("frozen", "st_adapter")})
+    out = tmp_path / "plan.json"
+    assert main(["plan", *SWIN_TINY, "--json", str(out)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    skipped_row = next(line for line in table if line.startswith("st_adapter"))
+    assert "not applicable: " in skipped_row and "video ViT" in skipped_row
+    records = json.loads(out.read_text())["records"]
+    assert [r["mode"] for r in records] == ["frozen", "st_adapter"]
+    assert records[0]["peak_bytes"] > 0 and set(records[1]) == {"mode", "skipped"}
+    assert "video ViT" in records[1]["skipped"]
+
+
+def test_plan_refuses_a_mode_asked_for_by_name_that_does_not_apply_before_simulating(capsys, monkeypatch):
+    from revtal.bench import plan as plan_module
+    from revtal.cli import main
+
+    def no_simulation(*args, **kwargs):
+        raise AssertionError("simulated before the modes were checked")
+
+    monkeypatch.setattr(plan_module, "_plan_mode", no_simulation)
+    assert main(["plan", *SWIN_TINY, "--modes", "frozen", "aim"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("revtal plan: error: mode aim does not apply")
+    assert "swin3d_t" in err[0]
+
+
+def test_plan_plans_a_classification_recipe_with_its_own_classes(tmp_path, capsys):
+    import json
+
+    from revtal.cli import main
+
+    out = tmp_path / "plan.json"
+    assert main(["plan", "configs/tiny_cpu_classification.yaml", "--modes", "conventional", "--steps", "1",
+                 "--jobs", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["classes"] == 4  # the recipe's synthetic clips
+    record = result["records"][0]
+    # the classifier: the ViT's parameters and a 4-class head, all trained, so the gradients are the parameters' size
+    assert record["mode"] == "conventional" and record["peak_bytes"] > record["params_bytes"] > 0
+    capsys.readouterr()
+    # Kinetics' classes are in its clip lists, which plan does not read
+    assert main(["plan", "configs/k400_swin3d_t_re2_repretrain.yaml", "--modes", "re2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "give --classes N" in err[0]

@@ -1,13 +1,20 @@
 """data.mode: snippets — the backbone runs clip by clip in every mode that trains it, one feature per clip, and each
 mode's memory guarantee holds over all the clips of a video."""
 
+import json
+
 import pytest
 import torch
 
+from revtal.data.annotations import load_annotations
+from revtal.data.decoding import probe_video
 from revtal.engine.config import ConfigError
+from revtal.engine.datasets import evaluation_dataset
+from revtal.engine.inference import Predictor
 from revtal.engine.model import build_model
 from revtal.engine.trainer import Trainer
 from revtal.utils.memory import saved_bytes
+from tests.data_fixtures import counter_video
 from tests.test_engine_trainer import _config, dataset_root, tiny_config  # noqa: F401 (fixture)
 
 SNIPPETS = {"data__mode": "snippets", "data__clip_frames": 4, "data__clip_stride": 4}
@@ -64,3 +71,28 @@ def test_a_memory_free_backbone_keeps_only_each_clips_stage_outputs(tmp_path, mo
     # the final norm's inputs, and the pooled feature: a few KiB, far below what checkpointing keeps per clip
     assert per_clip <= 6 * 1024 + 1024, per_clip
     assert per_clip < 0.6 * checkpoint < conventional
+
+
+def test_detect_on_a_video_file_runs_a_snippets_model_on_the_clips_evaluation_gives_it(tmp_path):
+    """``revtal detect`` on one file slices it as the evaluation dataset slices the same video (all its clips, the
+    last ones repeating the final frame), so a snippets model detects the same segments either way."""
+    video = counter_video(tmp_path / "videos" / "clip.mp4", num_frames=26, fps=8.0, size=32)
+    duration = probe_video(video).duration
+    annotations = tmp_path / "gt.json"
+    annotations.write_text(json.dumps({"classes": ["a", "b"], "database": {"clip": {
+        "subset": "validation", "duration": duration, "annotations": [{"segment": [0.5, 1.5], "label": "a"}]}}}))
+    config = tiny_config(tmp_path, data__annotations=str(annotations), data__video_dir=str(video.parent),
+                         data__val_subset="validation", **SNIPPETS)
+    torch.manual_seed(0)
+    predictor = Predictor.from_config(config, ["a", "b"])
+    seen = []
+    predictor.model.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+
+    detected = predictor.detect_file(video)
+    evaluated = predictor.predict(evaluation_dataset(config, load_annotations(annotations)))
+
+    # 26 frames at 8 fps in clips of 4 every 4 frames: 7 clips, the last holding frames 24, 25, 25, 25
+    assert seen[0].shape == (1, 7, 3, 4, 16, 16)
+    assert torch.equal(seen[0], seen[1])
+    assert detected["duration"] == duration and detected["detections"]
+    assert detected["detections"] == evaluated["clip"]

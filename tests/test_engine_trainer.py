@@ -164,9 +164,11 @@ def test_ddp_two_processes(dataset_root, tmp_path):
     assert (tmp_path / "last.pt").exists() and (tmp_path / "eval.json").exists()
 
 
-def test_detect_writes_json_and_png(dataset_root, tmp_path):
+@pytest.mark.parametrize("data_mode", [{}, {"data__mode": "snippets", "data__clip_frames": 4, "data__clip_stride": 4}],
+                         ids=["frames", "snippets"])
+def test_detect_writes_json_and_png(dataset_root, tmp_path, data_mode):
     root, annotations, video_dir = dataset_root
-    config = _config(dataset_root, tmp_path / "run")
+    config = _config(dataset_root, tmp_path / "run", **data_mode)
     Trainer(config, progress=False).fit()
     video = sorted(p for p in os.listdir(video_dir) if p.endswith(".mp4"))[0]
     code = cli_main(["detect", os.path.join(video_dir, video), "--checkpoint", str(tmp_path / "run" / "last.pt"),

@@ -9,8 +9,9 @@ import torch.nn.functional as F
 
 import revtal.backbones as backbones
 from revtal.adapters import LoSA, LoSAConfig
-from revtal.adapters.losa import area_weights, clip_time_positions, frame_time_encoding, resolve_layers
+from revtal.adapters.losa import SpatialReducer, area_weights, clip_time_positions, frame_time_encoding, resolve_layers
 from revtal.utils.memory import saved_bytes
+from tests.helpers import live_peak_bytes
 
 CLIP = 4  # frames per clip of the tiny ViT
 SIZE = 16  # pixels
@@ -142,6 +143,49 @@ def test_saved_bytes_do_not_depend_on_backbone_depth():
         finetune.append(saved_bytes(lambda: backbone(clips_of(video, CLIP)), backbone))
     assert finetune[1] > finetune[0] > 0
 
+
+
+def test_reduction_keeps_only_its_layer_map_for_backward():
+    """The reduction's conv/LayerNorm/GELU are recomputed in backward: what it saves is the layer map (which the
+    convolution's weight gradient needs anyway) and the pooled sequence the projection reads; without recomputing
+    it keeps the LayerNorm's and the GELU's inputs too (two more maps of the convolution output's size)."""
+    torch.manual_seed(0)
+    layer_map = torch.randn(6, 32, 2, 8, 8)
+    for kind, conv_width in (("separable", 32), ("full", 8)):
+        recomputed = SpatialReducer(32, 8, kind, 3, recompute=True)
+        kept = SpatialReducer(32, 8, kind, 3, recompute=False)
+        kept.load_state_dict(recomputed.state_dict())
+        projection_input = 6 * 2 * 32 * 4 if kind == "separable" else 0  # (N, T, C_i) float32
+        assert saved_bytes(lambda: recomputed(layer_map), recomputed) == layer_map.nbytes + projection_input
+        conv_output = 6 * conv_width * 2 * 8 * 8 * 4
+        assert saved_bytes(lambda: kept(layer_map), kept) >= layer_map.nbytes + projection_input + 2 * conv_output
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_recomputed_reduction_gives_bitwise_the_same_features_and_gradients(vit, autocast):
+    """Recomputing the reduction changes memory only: output and every adapter gradient are bitwise those of the
+    model that keeps the reduction's activations (float32, and under bfloat16 autocast); and a training step's
+    peak of live bytes is lower with several adapted layers."""
+    video = torch.randn(2, 3, 2 * CLIP, SIZE, SIZE)
+    outputs, gradients, peaks = [], [], []
+    for recompute in (False, True):
+        torch.manual_seed(1)  # the same adapter weights; gates open so the reductions get gradient
+        model = LoSA(vit, LoSAConfig(clip_frames=CLIP, gate_init="one", recompute_reduction=recompute)).train()
+
+        def step():
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                out = model(video)
+            out.float().square().mean().backward()
+            return out
+
+        outputs.append(step().detach())
+        gradients.append([p.grad.clone() for p in model.trainable_parameters()])
+        model.zero_grad(set_to_none=True)
+        peaks.append(live_peak_bytes(step))
+    assert torch.equal(outputs[0], outputs[1])
+    assert all(g.abs().max() > 0 for g in gradients[1][:2])  # the first reducer's conv learns
+    assert all(torch.equal(a, b) for a, b in zip(*gradients))
+    assert peaks[1] < peaks[0]
 
 # -------------------------------------------------------------------------------------------- other backbones
 @pytest.mark.parametrize("name, clip_frames, size", [("vit_s", CLIP, SIZE), ("swin", 4, 32), ("r3d", 8, 32)])

@@ -138,3 +138,35 @@ def test_reconstruction_check_holds_no_float64_copy_of_the_activation(monkeypatc
     assert abs(relative - (d.norm() / truth.double().norm()).item()) < 1e-12 * relative
     assert gap == d.abs().max().item()
     assert coupling.relative_error(torch.tensor([float("nan")]), torch.ones(1)) == float("inf")
+
+
+def _convolution_runs(backbone, video):
+    """How many times each convolution of ``backbone`` runs in one training step (forward and backward)."""
+    runs = {}
+
+    def count(module, inputs, output):
+        runs[module] = runs.get(module, 0) + 1
+
+    handles = [m.register_forward_hook(count) for m in backbone.modules() if isinstance(m, nn.Conv3d)]
+    backbone(video).square().sum().backward()
+    for handle in handles:
+        handle.remove()
+    return [runs.get(m, 0) for m in backbone.modules() if isinstance(m, nn.Conv3d)]
+
+
+def test_memory_free_slowfast_runs_every_convolution_once_in_forward_and_once_in_recompute():
+    # the lateral fusion changes only the slow pathway: the fast pathway's region must not run it again (it ran each
+    # lateral convolution four times per step)
+    from revtal.backbones import build
+
+    torch.manual_seed(0)
+    backbone = revtal.convert(build("slowfast_r50", stem_dim_outs=(8, 1)).train(), "re2")
+    assert _convolution_runs(backbone, torch.randn(1, 3, 8, 32, 32)) == [2] * 110
+
+
+def test_memory_free_video_resnet_runs_every_convolution_once_in_forward_and_once_in_recompute():
+    from revtal.backbones import build
+
+    torch.manual_seed(0)
+    backbone = revtal.convert(build("r3d_18").train(), "re2")
+    assert _convolution_runs(backbone, torch.randn(1, 3, 4, 32, 32)) == [2] * 20

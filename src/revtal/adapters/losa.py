@@ -68,6 +68,7 @@ from revtal.adapters.frozen_backbone import (  # noqa: F401 — LAYER_SETS re-ex
 )
 from revtal.adapters.frozen_backbone import resolve_layers as _resolve_layers
 from revtal.backbones.backbone import VideoBackbone
+from revtal.reversible.replay import checkpoint_layer
 
 FUSIONS = ("gated", "sum")
 GATE_INITS = ("zero", "one", "random", "cosine")
@@ -99,6 +100,9 @@ class LoSAConfig(AdapterConfig):
     attn_dropout: float = 0.0
     dropout: float = 0.0  # on each adapter's output
     clip_batch: int | None = None  # clips per backbone call (bounds the no-grad peak); None: all at once
+    # the reduction's convolution, LayerNorm and GELU are recomputed in backward from the layer map it keeps anyway
+    # (the same values and gradients, bitwise); False keeps their full-size inputs (two more maps per layer) instead
+    recompute_reduction: bool = True
     probe_size: int = 64  # spatial size of the one probe clip used to discover layer shapes (non-ViT backbones)
     in_channels: int = 3  # video channels of the probe clip
 
@@ -161,7 +165,8 @@ class LoSA(FrozenBackboneAdapter):
         for index in self.layer_indices:
             channels, length = layer_channels[index], layer_lengths[index]
             self.layer_lengths.append(length)
-            self.reducers.append(SpatialReducer(channels, adapter_dim, config.reduce, config.reduce_kernel))
+            self.reducers.append(SpatialReducer(channels, adapter_dim, config.reduce, config.reduce_kernel,
+                                                config.recompute_reduction))
             for enabled, adapters in ((config.use_short, self.short_adapters), (config.use_long, self.long_adapters)):
                 if enabled:
                     adapters.append(CrossRangeAdapter(adapter_dim, dim, config.heads, length, last_length, config))
@@ -226,11 +231,17 @@ class LoSA(FrozenBackboneAdapter):
 
 # -------------------------------------------------------------------------------------------------- components
 class SpatialReducer(nn.Module):
-    """Layer map (N, C_i, T_i, H_i, W_i) → sequence (N, T_i, C): space is convolved, then averaged away."""
+    """Layer map (N, C_i, T_i, H_i, W_i) → sequence (N, T_i, C): space is convolved, then averaged away.
 
-    def __init__(self, in_channels: int, dim: int, kind: str, kernel: int):
+    ``recompute``: the convolution's weight gradient needs the layer map, so backward keeps that map in any case;
+    the LayerNorm and GELU would keep two more maps of the same size (float32 under CUDA autocast, where the map is
+    16-bit: 4× its bytes; 30 GiB for ViT-g/14 over a THUMOS video). With ``recompute`` they run under checkpointing
+    and backward recomputes them one layer at a time from the map: the same ops on the same values."""
+
+    def __init__(self, in_channels: int, dim: int, kind: str, kernel: int, recompute: bool = True):
         super().__init__()
         self.kind = kind
+        self.recompute = recompute
         pad = (0, kernel // 2, kernel // 2)
         size = (1, kernel, kernel)
         if kind == "separable":
@@ -246,13 +257,18 @@ class SpatialReducer(nn.Module):
             self.project = nn.Linear(in_channels, dim)
 
     def forward(self, layer_map: Tensor) -> Tensor:
-        x = layer_map
-        if self.conv is not None:
-            x = F.gelu(self.norm(self.conv(x).permute(0, 2, 3, 4, 1)))  # channels last (N, T, H, W, C)
-            x = x.mean((2, 3))
+        if self.conv is None:
+            x = layer_map.mean((-2, -1)).transpose(1, 2)
+        elif self.recompute and torch.is_grad_enabled() and self.conv.weight.requires_grad:
+            x = checkpoint_layer(self.convolve, layer_map, modules=[self.conv, self.norm])
         else:
-            x = x.mean((-2, -1)).transpose(1, 2)
+            x = self.convolve(layer_map)
         return self.project(x) if self.project is not None else x
+
+    def convolve(self, layer_map: Tensor) -> Tensor:
+        """Convolution, LayerNorm, GELU, spatial mean: (N, C_i, T, H, W) → (N, T, C)."""
+        x = F.gelu(self.norm(self.conv(layer_map).permute(0, 2, 3, 4, 1)))  # channels last (N, T, H, W, C)
+        return x.mean((2, 3))
 
 
 class CrossRangeAdapter(nn.Module):

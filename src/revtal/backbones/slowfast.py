@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from revtal.backbones.backbone import Features, VideoBackbone, run_sequence
-from revtal.reversible.replay import batchnorm_modules, statistics_unchanged
-from revtal.reversible.stage import ReversibleStage, between_stages, runs_memory_free
+from revtal.reversible.replay import batchnorm_modules, checkpoint_layer, statistics_unchanged
+from revtal.reversible.stage import ReversibleStage, runs_memory_free
 
 Clips = Tensor | list[Tensor] | tuple[Tensor, Tensor]
 
@@ -88,28 +88,33 @@ class SlowFastBackbone(VideoBackbone):
 
     def _memory_free_features(self, pair: list[Tensor]) -> list[Tensor]:
         """The pathways' last feature maps, with the ordinary layers between reversible runs as checkpointed
-        regions. A region's recompute in backward is what a step holds at its peak, so each is kept small: the
-        stems with the first fusion (from the clip; their outputs, 1/16 of a stage's streams, are kept), then per
-        pathway the lateral fusion after stage k (run in each pathway's region: one small convolution of the fast
-        pathway) and that pathway's entry blocks of stage k+1, from the two stage outputs the reversible runs keep
-        anyway."""
-        net, blocks = self.net, self.net.blocks
-        pair = between_stages(net, _multipathway(blocks[0]), *pair, modules=[blocks[0]])
+        regions (the caller has checked that the stages run memory-free, so each region is checkpointed without
+        asking again: that question walks the whole network). A region's recompute in backward is what a step
+        holds at its peak, so each is kept small: the stems with the first fusion (from the clip; their outputs,
+        1/16 of a stage's streams, are kept), then per pathway the lateral fusion after stage k (run in each
+        pathway's region that it changes) and that pathway's entry blocks of stage k+1, from the two stage outputs
+        the reversible runs keep anyway."""
+        blocks = self.net.blocks
+        pair = checkpoint_layer(_multipathway(blocks[0]), *pair, modules=[blocks[0]])
         fusion = None  # the lateral fusion still to apply to `pair`
         for k in range(1, 5):
             stages = blocks[k].multipathway_blocks
+            # pathways the fusion returns as it was given them (pytorchvideo's fusion passes the fast one through):
+            # their regions need not run the fusion, which would compute its convolution once more for nothing
+            unchanged: set[int] = set()
             entered = []
             for p, stage in enumerate(stages):
                 entries = _entry_blocks(stage)
-                if fusion is None:
-                    x = between_stages(net, partial(run_sequence, entries), pair[p], modules=entries)
+                if fusion is None or p in unchanged:
+                    x = checkpoint_layer(partial(run_sequence, entries), pair[p], modules=entries) if entries \
+                        else pair[p]
                 else:
-                    x = between_stages(net, partial(_fused_entry, fusion, p, entries), *pair,
-                                       modules=[fusion, *entries])
+                    x = checkpoint_layer(partial(_fused_entry, fusion, p, entries, unchanged), *pair,
+                                         modules=[fusion, *entries])
                 entered.append(x)
             pair = [_after_entry(stage, x) for stage, x in zip(stages, entered)]
             fusion = blocks[k].multipathway_fusion
-        return between_stages(net, _multipathway(fusion), *pair, modules=[fusion])
+        return checkpoint_layer(_multipathway(fusion), *pair, modules=[fusion])
 
 
 def _multipathway(module: nn.Module):
@@ -119,13 +124,17 @@ def _multipathway(module: nn.Module):
     return run
 
 
-def _fused_entry(fusion: nn.Module, pathway: int, entries: list[nn.Module], *pair: Tensor) -> Tensor:
-    """One pathway after the lateral fusion, through the next stage's entry blocks. The first pathway's region
-    runs the fusion first; the others run it again, leaving its BatchNorm statistics as the first run left them."""
+def _fused_entry(fusion: nn.Module, pathway: int, entries: list[nn.Module], unchanged: set[int],
+                 *pair: Tensor) -> Tensor:
+    """One pathway after the lateral fusion, through the next stage's entry blocks; adds to ``unchanged`` the
+    pathways the fusion passed through as given (the same tensors), whose regions then skip it. The first
+    pathway's region runs the fusion first; the others that need it run it again, leaving its BatchNorm statistics
+    as the first run left them."""
     repeat = statistics_unchanged(batchnorm_modules(fusion)) if pathway else contextlib.nullcontext()
     with repeat:
-        x = fusion(list(pair))[pathway]
-    return run_sequence(entries, x)
+        fused = fusion(list(pair))
+    unchanged.update(q for q, (after, before) in enumerate(zip(fused, pair)) if after is before)
+    return run_sequence(entries, fused[pathway])
 
 
 def _entry_blocks(res_stage: nn.Module) -> list[nn.Module]:

@@ -10,6 +10,10 @@
   its replay by reversible and checkpointed recomputes, and the cached casts of parameters (one low-precision copy
   per weight per region, freed when the region ends) stay torch's CPU autocast, whose lower-precision list is the
   same as CUDA's for every op the backbones here call (conv, linear, matmul, bmm, baddbmm, addmm).
+* **Normalisation statistics.** The fake (meta) kernels of layer, group and batch norm return the mean and
+  inverse standard deviation they save for backward in the input's dtype on a CPU tensor, while the real kernels
+  keep them in float32 for a bf16/fp16 input in some cases. :class:`NormStatistics` gives them the real kernels'
+  dtype, per device (see there).
 * **Attention kernels.** ``F.scaled_dot_product_attention`` on a GPU runs FlashAttention-2 (bf16/fp16, no mask,
   head dim ≤ 256) or the memory-efficient kernel (a mask, or float32), which save q, k, v, the output and the
   float32 log-sum-exp instead of the N×N matrix the CPU's math path builds. :class:`CudaAttention` allocates what
@@ -31,8 +35,10 @@ from torch import Tensor
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
 
-from revtal.reversible.simulation import simulating
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+
+from revtal.reversible.simulation import simulating
 
 # CUDA autocast (AutocastTestLists: torch_fp16, nn_fp16, linalg_fp16, methods_fp16 as "matmul")
 CUDA_LOWER_PRECISION = frozenset({
@@ -212,3 +218,59 @@ def cuda_attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor 
             attn = torch.nn.functional.dropout(attn, dropout_p)
         return attn @ value
     return CudaAttention.apply(query, key, value, attn_mask, backend)
+
+
+# ------------------------------------------------------------------------------------- normalisation statistics
+def _norm_operands(name: str, args: tuple) -> tuple[Tensor, list]:
+    """The input and the affine parameters (weight, bias) of a normalisation op's arguments."""
+    if name == "native_layer_norm":  # (input, normalized_shape, weight, bias, eps)
+        return args[0], [args[2], args[3]]
+    return args[0], [args[1], args[2]]  # group / batch norm: (input, weight, bias, ...)
+
+
+_NORM_OPS = {"native_layer_norm": "layer", "native_group_norm": "group", "native_batch_norm": "batch",
+             "_native_batch_norm_legit": "batch", "_native_batch_norm_legit_functional": "batch",
+             "_native_batch_norm_legit_no_training": "batch"}
+
+
+class NormStatistics(TorchDispatchMode):
+    """Give the statistics that layer, group and batch norm save for backward (outputs 1 and 2: mean and inverse
+    standard deviation) the dtype the real kernels of ``device`` give them; torch's fake kernels give them the
+    input's dtype on a CPU tensor. For a bf16/fp16 input:
+
+    * ``device="cpu"`` (checked against the real CPU kernels in ``tests/test_bench_plan.py``): float32 when the
+      weight or bias is float32 ("mixed type": ``param_scalar_type`` in ATen's ``layer_norm.cpp``,
+      ``group_norm.cpp`` and ``Normalization.cpp``), else the input's dtype. A bf16 token stream through a float32
+      LayerNorm (the in-block adapters under bf16 autocast) saves float32 statistics.
+    * ``device="cuda"``: float32 for layer and batch norm (the CUDA kernels keep them in the accumulation type:
+      torch's reference implementations ``torch._refs.native_layer_norm`` and ``torch._decomp``'s batch norm
+      cast them to the input's dtype on CPU only); group norm as on the CPU (its mixed-type rule is in the
+      device-independent ``group_norm.cpp``). Not checked on a GPU in this session.
+
+    Acts on fake tensors only: a real kernel already allocates what it allocates."""
+
+    def __init__(self, device: str = "cpu"):
+        super().__init__()
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        self.device = device
+
+    def statistics_dtype(self, name: str, x: Tensor, affine: list) -> torch.dtype | None:
+        if x.dtype not in _LOW:
+            return None
+        mixed = any(isinstance(p, Tensor) and p.dtype == torch.float32 for p in affine)
+        if mixed or (self.device == "cuda" and _NORM_OPS[name] in ("layer", "batch")):
+            return torch.float32
+        return None
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        if name not in _NORM_OPS or not simulating(args[0]):
+            return out
+        x, affine = _norm_operands(name, args)
+        dtype = self.statistics_dtype(name, x, affine)
+        if dtype is None or all(t.dtype == dtype for t in out[1:3]):
+            return out
+        stats = [torch.empty_strided(t.shape, t.stride(), dtype=dtype, device=t.device) for t in out[1:3]]
+        return (out[0], *stats, *out[3:])

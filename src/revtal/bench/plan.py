@@ -32,12 +32,15 @@ from typing import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from revtal.bench.cuda_emulation import CudaAutocast
+from revtal.bench.cuda_emulation import CudaAutocast, NormStatistics
 from revtal.bench.runner import machine_info
+from revtal.data.cliplists import read_classes
+from revtal.data.mixup import MixupCutmix, soft_target_cross_entropy
+from revtal.engine.classification import build_classifier, mixing_generator
 from revtal.engine.config import config_from_dict, load_config
 from revtal.engine.model import build_model
 from revtal.engine.modes import get_mode, mode_names
@@ -348,16 +351,51 @@ MODE_ALIASES = {"dr2net_float": "dr2net:reversible", "dr2net_exact": "dr2net:exa
 DEFAULT_CLASSES = 200  # ActivityNet's, the largest of the papers' datasets: the classifier head's size is not read
 
 
-def mode_config(config, mode: str):
-    """``config`` put in plan mode ``mode`` (a key of :data:`PLAN_MODES` or any registered training mode)."""
+def _mode_values(mode: str) -> dict[str, str]:
+    """The config values of plan mode ``mode``; an unknown name is a ValueError listing the modes."""
     mode = MODE_ALIASES.get(mode, mode)
     if mode in PLAN_MODES:
-        values = PLAN_MODES[mode]
-    elif mode in mode_names():
-        values = {"backbone.mode": mode}
-    else:
-        raise ValueError(f"unknown plan mode {mode!r}; modes: {', '.join(dict.fromkeys([*PLAN_MODES, *mode_names()]))}")
-    return config.with_values(values, source=f"plan mode {mode}")
+        return PLAN_MODES[mode]
+    if mode in mode_names():
+        return {"backbone.mode": mode}
+    raise ValueError(f"unknown plan mode {mode!r}; modes: {', '.join(dict.fromkeys([*PLAN_MODES, *mode_names()]))}")
+
+
+def recipe_classes(config) -> int:
+    """The classes of the recipe's head, read without data where the recipe states them: a classification recipe's
+    synthetic clips (``classification.synthetic.classes``) or its class list file (``classification.classes``);
+    a TAL recipe's localizer is sized :data:`DEFAULT_CLASSES` (its classes come from the annotations). A
+    classification recipe whose classes are only in clip lists that are not here needs them given (``--classes``)."""
+    if config.task != "classification":
+        return DEFAULT_CLASSES
+    c = config.classification
+    if not c.train_list:
+        return c.synthetic.classes
+    if c.classes and Path(c.classes).is_file():
+        return len(read_classes(c.classes))
+    raise ValueError(f"the classes of this recipe come from classification.train_list={c.train_list!r}"
+                     + (f" or classification.classes={c.classes!r}" if c.classes else "")
+                     + ", which revtal plan does not read: give --classes N")
+
+
+def mode_config(config, mode: str):
+    """``config`` put in plan mode ``mode`` (a key of :data:`PLAN_MODES` or any registered training mode)."""
+    return config.with_values(_mode_values(mode), source=f"plan mode {MODE_ALIASES.get(mode, mode)}")
+
+
+def mode_not_applicable(config, mode: str, classes: int = DEFAULT_CLASSES) -> str | None:
+    """Why plan mode ``mode`` does not apply to ``config``, or None when it does: the recipe in that mode must pass
+    the config checks and its model must build on the meta device (seconds, no simulation), which is where a mode
+    refuses a backbone it has no form for (the in-block adapters of ``st_adapter`` and ``aim`` need a video ViT).
+    An unknown mode name raises ValueError instead: it is a typo, not a property of the recipe."""
+    _mode_values(mode)
+    try:
+        with torch.device("meta"):
+            build_recipe_model(mode_config(config, mode), classes, meta=True)
+    except ValueError as err:  # ConfigError included
+        text = str(err).strip()
+        return text.splitlines()[0] if text else type(err).__name__
+    return None
 
 
 def _materialize(model: nn.Module, device: str = "cpu") -> None:
@@ -377,15 +415,19 @@ def _materialize(model: nn.Module, device: str = "cpu") -> None:
                 table[name] = made[id(t)]
 
 
-def build_recipe_model(config, classes: int, fake_mode=None) -> nn.Module:
-    """The recipe's TAL model (backbone in its mode, localizer). With ``fake_mode`` it is built on the meta device
+def build_recipe_model(config, classes: int, fake_mode=None, meta: bool = False) -> nn.Module:
+    """The recipe's model: for TAL the backbone in its mode and the localizer, for classification the backbone in
+    its mode and the classifier head (the classification trainer's :func:`~revtal.engine.classification.
+    build_classifier`). With ``fake_mode`` it is built on the meta device
     (no weight file is read: ``backbone.pretrained`` is ignored) and its tensors become fake CPU tensors of that
-    mode; without, it is built for real with random weights (the CPU reference of the validation tests)."""
+    mode; ``meta``: left on the meta device (the caller's ``torch.device("meta")``); without either, it is built
+    for real with random weights (the CPU reference of the validation tests)."""
     config = config.with_values({"backbone.pretrained": ""}, source="plan (no weight files)")
-    if fake_mode is None:
-        return build_model(config, classes)
+    build = build_classifier if config.task == "classification" else build_model
+    if fake_mode is None or meta:
+        return build(config, classes)
     with torch.device("meta"):
-        model = build_model(config, classes)
+        model = build(config, classes)
     with fake_mode:
         _materialize(model)
     return model
@@ -426,7 +468,10 @@ def plan_recipe(config, mode: str, steps: int = 2, classes: int = DEFAULT_CLASSE
 
     The step is the trainer's: the mode's hooks before the forward (coefficient schedule, first-step verification
     of exact stages, the float-reconstruction monitor) and after the backward, the forward and loss under the
-    recipe's autocast, backward, gradient clipping, AdamW over the backbone and head groups, ``zero_grad``.
+    recipe's autocast, backward, gradient clipping, AdamW over the backbone and head groups, ``zero_grad``. A TAL
+    recipe (``task: tal``) trains its localizer on the backbone's features (:func:`dense_loss`); a classification
+    recipe (``task: classification``) its clip classifier, on the batch the classification trainer feeds it
+    (:func:`classification_step`).
     ``fake=False`` runs the same on real tensors of ``device`` (random weights): on the CPU, the reference a
     simulation must equal; on CUDA (``scripts/gpu_check.sh``), the step whose ``torch.cuda.max_memory_allocated``
     the CUDA-rules simulation predicts.
@@ -457,14 +502,28 @@ def plan_recipe(config, mode: str, steps: int = 2, classes: int = DEFAULT_CLASSE
     hooks = training_mode.hooks(model, config.backbone, iters_per_epoch=1)
     ocfg = config.optim
     scope = fake_mode if fake_mode is not None else torch.enable_grad()
-    with scope, (CudaAutocast() if emulate_cuda else contextlib.nullcontext()):
+    # the fake kernels' normalisation statistics in the real kernels' dtype (CUDA's or the CPU's)
+    statistics = NormStatistics("cuda" if emulate_cuda else "cpu") if fake else contextlib.nullcontext()
+    with scope, statistics, (CudaAutocast() if emulate_cuda else contextlib.nullcontext()):
         model.train()
         # the multi-tensor (foreach) AdamW and clipping: torch's default for CUDA tensors, on both sides
-        optimizer = build_optimizer(model.trainable_backbone(), model.localizer, ocfg.backbone_lr, ocfg.head_lr,
-                                    ocfg.weight_decay, foreach=True, fused=ocfg.fused)
+        if config.task == "classification":
+            optimizer = build_optimizer(model.trainable_backbone(), model.head, ocfg.backbone_lr, ocfg.head_lr,
+                                        ocfg.weight_decay, layer_decay=ocfg.layer_decay, foreach=True,
+                                        fused=ocfg.fused)
+        else:
+            optimizer = build_optimizer(model.trainable_backbone(), model.localizer, ocfg.backbone_lr, ocfg.head_lr,
+                                        ocfg.weight_decay, foreach=True, fused=ocfg.fused)
         trainable = [p for p in model.parameters() if p.requires_grad]
+        step_index = [0]  # the trainer's optimizer step counter (the classification batch's mixup draws)
+
+        def before_step(step: int) -> None:
+            step_index[0] = step - 1
+            hooks.before_step(0, step - 1, step - 1)
 
         def step_loss() -> Tensor:
+            if config.task == "classification":
+                return classification_step(model, config, classes, step_index[0], device, fake_mode)
             video, mask = (t.to(device) for t in recipe_inputs(config))
             with _autocast(ocfg.amp, torch.device(device).type):
                 output = model(video, mask)
@@ -476,12 +535,37 @@ def plan_recipe(config, mode: str, steps: int = 2, classes: int = DEFAULT_CLASSE
             optimizer.step()
 
         result = simulate_steps(
-            model, optimizer, step_loss, steps=steps,
-            before_step=lambda step: hooks.before_step(0, step - 1, step - 1),
+            model, optimizer, step_loss, steps=steps, before_step=before_step,
             after_backward=hooks.after_backward, optimizer_step=optimizer_step, progress=progress)
     stored = [s.exact_arithmetic.last_storage for s in exact_stages]
     result.exact_stream_bits = [tuple(s.stream_bits) for s in stored if s is not None]
     return result
+
+
+def classification_step(model: nn.Module, config, classes: int, step: int, device: str = "cpu",
+                        fake_mode: FakeTensorMode | None = None) -> Tensor:
+    """The classification trainer's forward and loss on a batch of ``config``'s shape (``data.batch_size`` clips of
+    ``data.num_frames`` × ``img_size``²): its mixup/cutmix with label smoothing, drawn for optimizer step ``step``
+    as the trainer draws them (:func:`~revtal.engine.classification.mixing_generator`), the model under the
+    recipe's autocast and the soft-target cross entropy outside it. The draws are host values: on fake tensors
+    they (and the labels, B integers) are made as real tensors, so the simulation mixes exactly as the real step
+    does (mixup or cutmix, and the same box)."""
+    d, c = config.data, config.classification
+    mixup = MixupCutmix(classes, c.mixup_alpha, c.cutmix_alpha, c.mixup_prob, c.mixup_switch_prob, c.label_smoothing)
+    video = torch.zeros(d.batch_size, 3, d.num_frames, d.img_size, d.img_size, device=device)
+    with unset_fake_temporarily() if fake_mode is not None else contextlib.nullcontext():
+        labels = torch.zeros(d.batch_size, dtype=torch.long, device=device)
+        video, targets, _ = mixup(video, labels, mixing_generator(config.train.seed, step))
+    # on fake tensors the loss takes a fake copy of the real targets; the real ones stay alive (and counted) until
+    # the loss is made, as the targets of a real step do
+    real_targets = targets
+    if fake_mode is not None:
+        targets = fake_mode.from_tensor(real_targets)
+    with _autocast(config.optim.amp, torch.device(device).type):
+        logits = model(video)
+    loss = soft_target_cross_entropy(logits, targets)
+    del real_targets
+    return loss
 
 
 def _autocast(amp: str, device_type: str = "cpu"):
@@ -568,40 +652,62 @@ def _plan_mode(config_dict: dict, mode: str, steps: int, classes: int) -> dict:
     return {"mode": MODE_ALIASES.get(mode, mode), **result.to_dict()}
 
 
-def plan(config, modes: Iterable[str] = tuple(PLAN_MODES), steps: int = 2, gpus: Iterable[float] = DEFAULT_GPUS,
-         classes: int = DEFAULT_CLASSES, jobs: int = 1, progress: bool = False) -> dict:
+def plan(config, modes: Iterable[str] | None = None, steps: int = 2, gpus: Iterable[float] = DEFAULT_GPUS,
+         classes: int | None = None, jobs: int = 1, progress: bool = False) -> dict:
     """``revtal plan``: each mode's simulated GPU step of ``config`` as a record (see :class:`StepPlan`), with the
-    GPU sizes it fits; ``jobs`` modes at a time in worker processes. Raises ValueError naming the mode for a mode
-    or model that cannot be planned."""
-    modes, gpus = list(modes), [float(g) for g in gpus]
+    GPU sizes it fits; ``jobs`` modes at a time in worker processes; ``classes`` of the head (None: the recipe's,
+    :func:`recipe_classes`).
+
+    Every mode is checked against the recipe before anything is simulated (:func:`mode_not_applicable`). Modes
+    asked for by name (``modes``) must apply: one that does not raises ValueError naming it and the reason. With the
+    default list (``modes=None``: every plan mode) the ones that do not apply are skipped, each as a record
+    ``{"mode", "skipped": reason}`` in its place; if none applies, that is an error. A mode whose model then
+    cannot be simulated raises ValueError naming the mode."""
+    explicit = modes is not None
+    modes, gpus = list(modes if explicit else PLAN_MODES), [float(g) for g in gpus]
     check_plan_arguments(steps, gpus)
-    if config.task != "tal":
-        raise ValueError(f"revtal plan plans temporal action localization recipes; task: {config.task} is not "
-                         "supported yet")
+    classes = recipe_classes(config) if classes is None else classes
+    if classes < 1:
+        raise ValueError(f"--classes must be at least 1, got {classes}")
     if jobs < 1:
         raise ValueError(f"--jobs must be at least 1, got {jobs}")
-    for mode in modes:
-        mode_config(config, mode)  # unknown modes and invalid combinations fail before any work
-    args = [(config.to_dict(), mode, steps, classes) for mode in modes]
-    with progress_bar(total=len(modes), desc="revtal plan", unit="mode", disable=not progress, leave=False) as bar:
+    skipped: dict[str, str] = {}
+    with progress_bar(modes, desc="revtal plan: checking modes", unit="mode", disable=not progress,
+                      leave=False) as checking:
+        for mode in checking:
+            reason = mode_not_applicable(config, mode, classes)
+            if reason is not None and explicit:
+                raise ValueError(f"mode {mode} does not apply to this recipe: {reason}")
+            if reason is not None:
+                skipped[mode] = reason
+    if len(skipped) == len(modes):
+        mode, reason = next(iter(skipped.items()))
+        raise ValueError(f"no plan mode applies to this recipe (mode {mode}: {reason})")
+    planned = [mode for mode in modes if mode not in skipped]
+    args = [(config.to_dict(), mode, steps, classes) for mode in planned]
+    with progress_bar(total=len(planned), desc="revtal plan", unit="mode", disable=not progress, leave=False) as bar:
         if jobs == 1:
-            records = []
+            done = []
             for a in args:
                 bar.set_postfix_str(a[1])
-                records.append(_plan_mode(*a))
+                done.append(_plan_mode(*a))
                 bar.update()
         else:
             context = multiprocessing.get_context("spawn")  # no forked torch state in the workers
-            with concurrent.futures.ProcessPoolExecutor(min(jobs, len(modes)), mp_context=context) as pool:
+            with concurrent.futures.ProcessPoolExecutor(min(jobs, len(planned)), mp_context=context) as pool:
                 futures = [pool.submit(_plan_mode, *a) for a in args]
                 for _ in concurrent.futures.as_completed(futures):
                     bar.update()
-                records = [f.result() for f in futures]
-    for record in records:
+                done = [f.result() for f in futures]
+    for record in done:
         record["fits"] = {_gpu_key(g): fits(record["reserved_bytes"], g) for g in gpus}
+    by_mode = dict(zip(planned, done))
+    records = [by_mode[mode] if mode in by_mode else {"mode": MODE_ALIASES.get(mode, mode), "skipped": skipped[mode]}
+               for mode in modes]
     return {
         "records": records,
         "steps": steps,
+        "gpu_gib": [_gpu_key(g) for g in gpus],
         "margin_bytes": {"cuda_context": CONTEXT_BYTES, "workspaces": WORKSPACE_BYTES},
         "rules": "cuda",
         "classes": classes,
@@ -611,20 +717,27 @@ def plan(config, modes: Iterable[str] = tuple(PLAN_MODES), steps: int = 2, gpus:
 
 
 def plan_table(result: dict) -> str:
-    """The records as a text table (GiB, or MiB when every peak is below 1 GiB)."""
-    gpus = list(result["records"][0]["fits"]) if result["records"] else []
-    small = all(r["peak_bytes"] < GiB for r in result["records"])
+    """The records as a text table (GiB, or MiB when every peak is below 1 GiB); a skipped mode is a row saying why
+    it does not apply."""
+    planned = [r for r in result["records"] if "skipped" not in r]
+    gpus = result.get("gpu_gib") or (list(planned[0]["fits"]) if planned else [])
+    small = all(r["peak_bytes"] < GiB for r in planned)
     unit, scale = ("MiB", 1 << 20) if small else ("GiB", GiB)
     head = ["mode", "peak", "params", "grads", "optim", "activ.", "phase", "reserved", *[f"{g} GiB" for g in gpus]]
-    rows = [head]
+    rows, notes = [head], {}
     for r in result["records"]:
+        if "skipped" in r:
+            notes[len(rows)] = (r["mode"], f"not applicable: {r['skipped']}")
+            rows.append(None)
+            continue
         rows.append([r["mode"], *(f"{r[k] / scale:.2f}" for k in ("peak_bytes", "params_bytes", "grads_bytes",
                                                                 "optimizer_bytes", "activation_bytes")),
                      r["phase"], f"{r['reserved_bytes'] / scale:.2f}",
                      *("fits" if r["fits"][g] else "-" for g in gpus)])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-             for row in rows]
+    widths = [max(len(row[i]) for row in rows if row is not None) for i in range(len(head))]
+    lines = [f"{notes[i][0].ljust(widths[0])}  {notes[i][1]}" if row is None else
+             "  ".join(cell.ljust(w) if j == 0 else cell.rjust(w) for j, (cell, w) in enumerate(zip(row, widths)))
+             for i, row in enumerate(rows)]
     margin = result["margin_bytes"]
     lines.append(f"{unit}; peak = allocated tensors at the step's peak (params + grads + optimizer state + activations "
                  f"and temporaries); reserved = modelled CUDA caching allocator; fits = reserved + "

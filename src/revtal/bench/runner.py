@@ -25,6 +25,7 @@ import torch
 from revtal.bench.configs import PEER_MODES, RESULT_PREFIX, BenchConfig, record_label
 from revtal.bench.peers import INSTALL_HINT
 from revtal.utils.progress import progress as progress_bar
+from revtal.utils.provenance import source_commit
 
 MMAP_THRESHOLD = "65536"
 # measured quantities that get ratios, and the prefix of their ratio fields
@@ -77,7 +78,7 @@ def run_configs(
     """Measure every configuration, ``rounds`` times over, alternating the order (forward, backward, ...) so that a
     slow drift in what else runs on the machine spreads over all modes instead of landing on whichever ran first.
     Memory is taken from a configuration's first round (``peak_bytes_rounds`` lists every round's); the step times of
-    all rounds are pooled (``step_times_s``) and ``step_time_s`` is their median. ``on_progress`` receives the result
+    all rounds are pooled (``step_times_s``, with their phases and CPU times) and ``step_time_s`` is their median. ``on_progress`` receives the result
     so far after every measurement (a long run can be written out as it goes)."""
     if rounds < 1:
         raise ValueError(f"rounds must be ≥ 1, got {rounds}")
@@ -107,7 +108,8 @@ def run_configs(
             pooled = measured[config]
             pooled["rounds"] += 1
             pooled["peak_bytes_rounds"].append(record["peak_bytes"])
-            pooled["step_times_s"] = pooled["step_times_s"] + record["step_times_s"]
+            for field in ("step_times_s", "step_phases_s", "step_cpu_times_s"):
+                pooled[field] = pooled.get(field, []) + record.get(field, [])
         if on_progress is not None:
             on_progress(_collect(configs, measured, failed))
     return _collect(configs, measured, failed)
@@ -122,6 +124,8 @@ def _collect(configs: list[BenchConfig], measured: dict, failed: dict) -> RunRes
             record = dict(measured[config])
             record["step_time_s"] = statistics.median(record["step_times_s"])
             record["step_time_min_s"] = min(record["step_times_s"])
+            if record.get("step_cpu_times_s"):
+                record["step_cpu_time_s"] = statistics.median(record["step_cpu_times_s"])
             result.records.append(record)
     add_ratios(result.records)
     return result
@@ -161,6 +165,7 @@ def machine_info(device: str) -> dict:
         "torch_threads": torch.get_num_threads(),
         "device": device,
         "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "revtal_source": source_commit(),
     }
     for package in ("timm", "revlib", "memcnn"):
         info[f"{package}_version"] = _version(package)

@@ -27,7 +27,10 @@ Measured, in this order:
 3. **CUDA** (on a GPU): ``torch.cuda.max_memory_allocated`` over the same stretch, absolute (parameters, gradients
    and optimizer state included, as papers report GPU memory) and above the baseline;
 4. **step time**: forward + backward + optimizer step, each of ``repeats`` steps timed (the first is the one
-   measured above); the median is reported.
+   measured above); the median is reported. Each step's three phases are recorded too (``step_phases_s``: wall
+   seconds of forward, backward, optimizer step), and its CPU time (``step_cpu_times_s``, this process's user +
+   system seconds): on a shared machine a step's wall time includes the time other processes held the core, its
+   CPU time much less so.
 """
 
 from __future__ import annotations
@@ -152,6 +155,8 @@ def measure(config: BenchConfig) -> dict:
 
     rss = PeakRss()
     times: list[float] = []
+    phases_of_steps: list[list[float]] = []
+    cpu_times: list[float] = []
     peak = cuda_max = cuda_peak = None
     phases: dict = {}
     for index in range(config.repeats):
@@ -162,8 +167,9 @@ def measure(config: BenchConfig) -> dict:
             if cuda:
                 torch.cuda.reset_peak_memory_stats(device)
                 cuda_base = torch.cuda.memory_allocated(device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         loss = target(video)
+        forward_end = time.perf_counter()
         if measured:
             sync()
             phases = rss.split()  # forward's peak; what stays resident into backward; backward's peak follows
@@ -176,9 +182,13 @@ def measure(config: BenchConfig) -> dict:
             if cuda:
                 cuda_max = torch.cuda.max_memory_allocated(device)
                 cuda_peak = cuda_max - cuda_base
+        backward_end = time.perf_counter()
         optimizer_step()
         sync()
-        times.append(time.perf_counter() - start)
+        end = time.perf_counter()
+        times.append(end - start)
+        cpu_times.append(time.process_time() - cpu_start)
+        phases_of_steps.append([forward_end - start, backward_end - forward_end, end - backward_end])
 
     if config.allocator != "mmap":
         # the C library keeps freed memory mapped, so the warm-up steps' high-water mark hides in the baseline: a
@@ -197,6 +207,8 @@ def measure(config: BenchConfig) -> dict:
         cuda_peak_bytes=cuda_peak,
         step_time_s=statistics.median(times),
         step_times_s=times,
+        step_phases_s=phases_of_steps,
+        step_cpu_times_s=cpu_times,
         **phases,
         param_grad_bytes=sum(p.numel() * p.element_size() for p in trainable),
         trainable_params=sum(p.numel() for p in trainable),

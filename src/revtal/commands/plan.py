@@ -19,14 +19,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("config", help="YAML recipe (configs/...)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set data.batch_size=1 (repeatable)")
-    parser.add_argument("--modes", nargs="+", default=list(PLAN_MODES), metavar="MODE",
-                        help=f"modes to plan (default: all: {' '.join(PLAN_MODES)})")
+    parser.add_argument("--modes", nargs="+", default=None, metavar="MODE",
+                        help=f"modes to plan, each of which must apply to the recipe (default: every mode that "
+                             f"applies, the others listed as not applicable: {' '.join(PLAN_MODES)})")
     parser.add_argument("--gpu-gib", nargs="+", type=float, default=list(DEFAULT_GPUS), metavar="GIB",
                         help="GPU memory sizes to check, GiB (default: 11 24 40 80)")
     parser.add_argument("--steps", type=int, default=2, help="training steps to simulate (default 2: the optimizer "
                         "state exists from the second on)")
-    parser.add_argument("--classes", type=int, default=DEFAULT_CLASSES,
-                        help=f"action classes of the localizer head (not read from data; default {DEFAULT_CLASSES})")
+    parser.add_argument("--classes", type=int, default=None,
+                        help=f"classes of the head (not read from data): default {DEFAULT_CLASSES} for a TAL "
+                             "recipe's localizer, a classification recipe's own (its synthetic clips or class file)")
     parser.add_argument("--jobs", type=int, default=None,
                         help="modes simulated at a time, each in its own process (default: the available cores, "
                              "at most 4)")
@@ -34,14 +36,12 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    if args.classes < 1:
-        raise ValueError(f"--classes must be at least 1, got {args.classes}")
     config = load_config(args.config, args.overrides)
     jobs = args.jobs if args.jobs is not None else min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                                       else (os.cpu_count() or 1))
     result = plan(config, args.modes, steps=args.steps, gpus=args.gpu_gib, classes=args.classes, jobs=jobs,
                   progress=True)
-    result["command"] = {"config": args.config, "overrides": list(args.overrides), "modes": list(args.modes),
+    result["command"] = {"config": args.config, "overrides": list(args.overrides), "modes": None if args.modes is None else list(args.modes),
                          "steps": args.steps, "gpu_gib": list(args.gpu_gib), "classes": args.classes}
     print(plan_table(result))
     if args.json:

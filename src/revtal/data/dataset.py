@@ -40,7 +40,8 @@ import logging
 import math
 import os
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -252,6 +253,39 @@ class _TALDatasetBase(torch.utils.data.Dataset):
         raise NotImplementedError
 
 
+@dataclass(frozen=True)
+class SnippetSampling:
+    """How ``snippets`` mode slices a video: clips of ``clip_frames`` frames starting every ``clip_stride`` frames
+    of an ``fps`` re-sampling, covering the whole video (frames past the end repeat the last one). The datasets and
+    ``revtal detect`` on a single file both slice through it."""
+
+    fps: float
+    clip_frames: int
+    clip_stride: int
+
+    def num_clips(self, duration: float) -> int:
+        total = num_frames_at_fps(duration, self.fps)
+        return 1 + max(0, math.ceil((total - self.clip_frames) / self.clip_stride))
+
+    def grid(self) -> TemporalGrid:
+        return grid_for_snippets(self.fps, self.clip_stride, self.clip_frames)
+
+    def clips(self, duration: float, decode: Callable[[np.ndarray], torch.Tensor], start: int = 0,
+              count: int | None = None) -> torch.Tensor:
+        """Clips ``start`` to ``start + count`` (default: to the end) as (count, C, clip_frames, H, W).
+        ``decode(times)`` returns the frames at ``times`` seconds as (C, len(times), H, W); each distinct frame
+        is decoded (and transformed) once, also where clips overlap."""
+        total = num_frames_at_fps(duration, self.fps)
+        count = self.num_clips(duration) - start if count is None else count
+        clip_starts = (start + np.arange(count)) * self.clip_stride
+        frame_index = np.minimum(clip_starts[:, None] + np.arange(self.clip_frames), total - 1)
+        needed, inverse = np.unique(frame_index, return_inverse=True)
+        decoded = decode((needed + 0.5) / self.fps)  # (C, U, H, W)
+        channels, _, height, width = decoded.shape
+        clips = decoded[:, torch.as_tensor(inverse.reshape(-1))].view(channels, count, self.clip_frames, height, width)
+        return clips.permute(1, 0, 2, 3, 4).contiguous()
+
+
 class VideoTALDataset(_TALDatasetBase):
     """Videos decoded on the fly; see the module docstring for the modes, windows and skipping.
 
@@ -357,18 +391,12 @@ class VideoTALDataset(_TALDatasetBase):
             video = self._decode(path, times[start : start + count], rng)  # (C, count, H, W)
             video = _pad_time(video, 1, padded)
         else:
-            fps = self._snippet_fps(ann, path)
-            total_frames = num_frames_at_fps(ann.duration, fps)
-            num_clips = 1 + max(0, math.ceil((total_frames - self.clip_frames) / self.clip_stride))
-            grid = grid_for_snippets(fps, self.clip_stride, self.clip_frames)
-            start, count, padded, item_grid, segments, labels = self._select(num_clips, grid, ann, rng)
-            clip_starts = (start + np.arange(count)) * self.clip_stride
-            frame_index = np.minimum(clip_starts[:, None] + np.arange(self.clip_frames), total_frames - 1)
-            needed, inverse = np.unique(frame_index, return_inverse=True)
-            decoded = self._decode(path, (needed + 0.5) / fps, rng)  # (C, U, H, W), one transform for all clips
-            channels, _, height, width = decoded.shape
-            clips = decoded[:, torch.as_tensor(inverse.reshape(-1))].view(channels, count, self.clip_frames, height, width)
-            video = _pad_time(clips.permute(1, 0, 2, 3, 4).contiguous(), 0, padded)
+            sampling = SnippetSampling(self._snippet_fps(ann, path), self.clip_frames, self.clip_stride)
+            start, count, padded, item_grid, segments, labels = self._select(
+                sampling.num_clips(ann.duration), sampling.grid(), ann, rng)
+            # one transform for all the clips' frames
+            clips = sampling.clips(ann.duration, lambda times: self._decode(path, times, rng), start, count)
+            video = _pad_time(clips, 0, padded)
         mask = torch.zeros(padded, dtype=torch.bool)
         mask[:count] = True
         return {"video": video, "frame_mask": mask, **self._common_fields(ann, item_grid, segments, labels)}

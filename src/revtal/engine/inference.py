@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from revtal.data.annotations import AnnotationSet, write_predictions
-from revtal.data.dataset import collate_tal
+from revtal.data.dataset import SnippetSampling, collate_tal
 from revtal.data.decoding import decode_frames, probe_video, sample_timestamps_evenly
 from revtal.data.timeline import grid_for_frames
 from revtal.data.transforms import build_transforms, to_float_video
@@ -74,9 +74,7 @@ class Predictor:
         loader = make_loader(torch.utils.data.Subset(dataset, indices), self.config, train=False)
         for batch in progress(loader, desc="evaluate", disable=not self.progress, leave=False):
             video, frame_mask = model_inputs(batch, self.device)
-            with autocast(self.device, self.config.optim.amp):
-                output = self.model(video, frame_mask)
-            for det, vid, grid, duration in zip(self.model.localizer.predict(output, self.postprocess),
+            for det, vid, grid, duration in zip(self._localize(video, frame_mask),
                                                 batch["video_id"], batch["grid"], batch["duration"]):
                 results[vid] = self._detections(det, grid, duration)
         merged: dict[str, list[dict]] = {}
@@ -127,20 +125,34 @@ class Predictor:
     # --------------------------------------------------------------------------------------------- video files
     @torch.no_grad()
     def detect_file(self, path: str | Path, duration: float | None = None) -> dict:
-        """Decode ``num_frames`` frames spread over the video, localize, and return ActivityNet-style detections."""
+        """Decode the video as the model's datasets do, localize, and return ActivityNet-style detections: in
+        ``frames`` mode ``num_frames`` frames spread over it, in ``snippets`` mode all its clips
+        (:class:`~revtal.data.dataset.SnippetSampling` at ``data.fps``, else the file's rate)."""
         d = self.config.data
+        info = probe_video(path)
+        duration = duration or info.duration
+        transform = build_transforms(False, d.img_size, list(d.mean), list(d.std))
+
+        def decode(times) -> torch.Tensor:  # (C, len(times), H, W)
+            return transform(to_float_video(decode_frames(path, times, size=d.img_size)[0]), None)
+
         if self.model.clips:
-            raise ValueError(f"{path}: detection on a single file samples frames (data.mode: frames); this model "
-                             "runs clips (data.mode: snippets): evaluate it on an annotated dataset instead")
-        duration = duration or probe_video(path).duration
-        frames, _ = decode_frames(path, sample_timestamps_evenly(duration, d.num_frames), size=d.img_size)
-        video = build_transforms(False, d.img_size, list(d.mean), list(d.std))(to_float_video(frames), None)[None]
-        mask = torch.ones(1, video.shape[2], dtype=torch.bool)
+            sampling = SnippetSampling(d.fps or info.fps, d.clip_frames, d.clip_stride)
+            video, grid = sampling.clips(duration, decode), sampling.grid()  # (n, C, f, H, W)
+            length = video.shape[0]
+        else:
+            video, grid = decode(sample_timestamps_evenly(duration, d.num_frames)), grid_for_frames(duration, d.num_frames)
+            length = video.shape[1]
+        mask = torch.ones(1, length, dtype=torch.bool, device=self.device)
+        det = self._localize(video[None].to(self.device), mask)[0]
+        return {"video": str(path), "duration": float(duration), "detections": self._detections(det, grid, duration)}
+
+    def _localize(self, video: torch.Tensor, frame_mask: torch.Tensor) -> list[dict]:
+        """The model in eval mode under the recipe's autocast on a batch, post-processed: one dict per video."""
         self.model.eval()
-        output = self.model(video.to(self.device), mask.to(self.device))
-        det = self.model.localizer.predict(output, self.postprocess)[0]
-        detections = self._detections(det, grid_for_frames(duration, d.num_frames), duration)
-        return {"video": str(path), "duration": float(duration), "detections": detections}
+        with autocast(self.device, self.config.optim.amp):
+            output = self.model(video, frame_mask)
+        return self.model.localizer.predict(output, self.postprocess)
 
     def _detections(self, det: dict, grid, duration: float) -> list[dict]:
         det = detections_to_seconds(det, grid.coarsened(self.model.temporal_stride), duration)
