@@ -211,6 +211,11 @@ CHUNK_VIDEO = torch.randn(1, 3, 4, 48, 48, generator=torch.Generator().manual_se
 def test_video_swin_chunked_window_attention_is_bitwise_the_library_at_the_original_point(precision, train):
     ref = tiny_video_swin().train(train)
     model = revtal.convert(copy.deepcopy(ref), "original", window_chunk=2).train(train)
+    _assert_same_forward(model, ref, precision)
+
+
+def _assert_same_forward(model, ref, precision: str) -> None:
+    """``model`` computes bitwise ``ref``'s output on CHUNK_VIDEO (same drop-path draws), in float32 or bf16."""
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
         torch.manual_seed(5)
         expected = ref(CHUNK_VIDEO)
@@ -267,30 +272,17 @@ def test_chunked_attention_on_unconverted_video_swin_is_bitwise_the_library(prec
     model = copy.deepcopy(ref)
     assert chunk_window_attention(model, 2) == 4
     model.train(train)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-        torch.manual_seed(5)
-        expected = ref(CHUNK_VIDEO)
-        torch.manual_seed(5)
-        got = model(CHUNK_VIDEO)
-    assert torch.equal(got, expected)
+    _assert_same_forward(model, ref, precision)
     assert model.state_dict().keys() == ref.state_dict().keys()
     chunk_window_attention(model, None)  # the library's forward again
     assert all("forward" not in m.__dict__ for m in model.modules())
 
 
 def test_chunked_attention_on_unconverted_video_swin_lowers_the_no_grad_forward_peak():
-    from revtal.reversible.video_swin import chunk_window_attention
-    from tests.helpers import live_peak_bytes
-
     # 4×16×16 tokens in 8 windows of 2×8×8: one block's fp32 scores (1 MiB) outweigh the rest of the block
     ref = tiny_video_swin(depths=(2,), stochastic_depth_prob=0.0, embed_dim=16, window_size=[2, 8, 8]).eval()
     video = torch.randn(1, 3, 8, 64, 64, generator=torch.Generator().manual_seed(4))
-    chunked = copy.deepcopy(ref)
-    chunk_window_attention(chunked, 1)
-    peaks = []
-    for model in (ref, chunked):
-        with torch.no_grad():
-            peaks.append(live_peak_bytes(lambda m=model: m(video)))
+    peaks = _no_grad_peaks_without_and_with_chunks(ref, 1, video)
     scores = 8 * 2 * 128 * 128 * 4
     assert peaks[0] - peaks[1] >= 1.5 * scores, peaks
 
@@ -320,51 +312,59 @@ SMALL_WINDOW_VIDEO = torch.randn(1, 3, 8, 64, 64, generator=torch.Generator().ma
 STREAM_BYTES = 4 * 16 * 16 * 16 * 4  # one fp32 stream of the stage (embed_dim 16)
 
 
-@pytest.mark.parametrize("backprop", ["reversible", "checkpoint"])
-def test_video_swin_window_chunks_run_the_mlp_by_token_chunks_in_the_recompute(backprop):
+def _no_grad_peaks_without_and_with_chunks(ref, window_chunk: int, video) -> list[int]:
+    """Live-bytes peaks of ``ref``'s no-grad forward on ``video``, unconverted, as the library computes it and
+    with :func:`chunk_window_attention` at ``window_chunk``."""
+    from revtal.reversible.video_swin import chunk_window_attention
     from tests.helpers import live_peak_bytes
 
-    # MLP hidden 8·C per token: the recompute of one block held fc1's and GELU's outputs for every token (measured
-    # 39 streams of peak for reversible, 43 for checkpoint, with or without window chunks); by chunks of 4 windows'
-    # tokens under checkpointing, 18.6 and 16.3
-    ref = tiny_video_swin(depths=(2,), stochastic_depth_prob=0.0, embed_dim=16, window_size=[2, 2, 2], mlp_ratio=8.0)
+    chunked = copy.deepcopy(ref)
+    chunk_window_attention(chunked, window_chunk)
+    peaks = []
+    for model in (ref, chunked):
+        with torch.no_grad():
+            peaks.append(live_peak_bytes(lambda m=model: m(video)))
+    return peaks
+
+
+def _peaks_without_and_with_window_chunks(backprop: str, mlp_ratio: float) -> list[int]:
+    """Live-bytes peaks of a training step of a one-stage tiny Video Swin (128 windows) converted for ``backprop``,
+    with the library's attention and MLP and with ``window_chunk=4``."""
+    from tests.helpers import live_peak_bytes
+
+    ref = tiny_video_swin(depths=(2,), stochastic_depth_prob=0.0, embed_dim=16, window_size=[2, 2, 2],
+                          mlp_ratio=mlp_ratio)
     method, options = ("original", {}) if backprop == "checkpoint" else ("dr2net", {"alpha": 1.0, "beta": 0.25})
     peaks = []
     for window_chunk in (None, 4):
         model = revtal.convert(copy.deepcopy(ref), method, backprop=backprop, window_chunk=window_chunk, **options)
         peaks.append(live_peak_bytes(lambda: _loss(model, SMALL_WINDOW_VIDEO).backward()))
+    return peaks
+
+
+@pytest.mark.parametrize("backprop", ["reversible", "checkpoint"])
+def test_video_swin_window_chunks_run_the_mlp_by_token_chunks_in_the_recompute(backprop):
+    # MLP hidden 8·C per token: the recompute of one block held fc1's and GELU's outputs for every token (measured
+    # 39 streams of peak for reversible, 43 for checkpoint, with or without window chunks); by chunks of 4 windows'
+    # tokens under checkpointing, 18.6 and 16.3
+    peaks = _peaks_without_and_with_window_chunks(backprop, mlp_ratio=8.0)
     assert peaks[1] <= 0.6 * peaks[0], [p / STREAM_BYTES for p in peaks]
 
 
 @pytest.mark.parametrize("backprop", ["reversible", "checkpoint"])
 def test_video_swin_window_chunks_project_qkv_and_output_inside_each_chunk(backprop):
-    from tests.helpers import live_peak_bytes
-
     # qkv for every window (3 streams) and the per-chunk gradients of q, k and v gathered into full-size buffers
     # were held in the attention's backward (measured: chunks computing only the scores kept 0.95 of the
     # unchunked peak for reversible, 0.90 for checkpoint; with the projections inside each chunk 0.71 and 0.65;
     # with the chunks split off the input rather than sliced, so that their gradients are gathered once, 0.64 and
     # 0.61)
-    ref = tiny_video_swin(depths=(2,), stochastic_depth_prob=0.0, embed_dim=16, window_size=[2, 2, 2], mlp_ratio=1.0)
-    method, options = ("original", {}) if backprop == "checkpoint" else ("dr2net", {"alpha": 1.0, "beta": 0.25})
-    peaks = []
-    for window_chunk in (None, 4):
-        model = revtal.convert(copy.deepcopy(ref), method, backprop=backprop, window_chunk=window_chunk, **options)
-        peaks.append(live_peak_bytes(lambda: _loss(model, SMALL_WINDOW_VIDEO).backward()))
+    peaks = _peaks_without_and_with_window_chunks(backprop, mlp_ratio=1.0)
     assert peaks[1] <= {"reversible": 0.68, "checkpoint": 0.63}[backprop] * peaks[0], [p / STREAM_BYTES for p in peaks]
 
 
 def test_chunked_mlp_on_unconverted_video_swin_lowers_the_no_grad_forward_peak():
-    from revtal.reversible.video_swin import chunk_window_attention
-    from tests.helpers import live_peak_bytes
-
     ref = tiny_video_swin(depths=(2,), stochastic_depth_prob=0.0, embed_dim=16, window_size=[2, 2, 2],
                           mlp_ratio=8.0).eval()
-    chunked = copy.deepcopy(ref)
-    chunk_window_attention(chunked, 4)
-    peaks = []
-    for model in (ref, chunked):
-        with torch.no_grad():
-            peaks.append(live_peak_bytes(lambda m=model: m(SMALL_WINDOW_VIDEO)))
+    peaks = _no_grad_peaks_without_and_with_chunks(ref, 4, SMALL_WINDOW_VIDEO)
     hidden = 8 * STREAM_BYTES  # fc1's output for every token
     assert peaks[0] - peaks[1] >= 0.9 * hidden, [p / STREAM_BYTES for p in peaks]
