@@ -100,3 +100,18 @@ def test_fused_adamw_step_holds_no_temporary_the_size_of_all_parameters():
         peaks.append(peak)
     fused, foreach = peaks
     assert foreach >= total and fused <= 0.1 * total, (fused, foreach, total)
+
+
+def test_recipe_optimizer_honours_every_optim_option_layer_decay_and_fused_included():
+    # the TAL trainer ignored optim.layer_decay and the classification trainer optim.fused (revtal plan honoured
+    # both, so it simulated another optimizer than the trainer ran); both now go through recipe_optimizer
+    from revtal.engine.config import config_from_dict
+    from revtal.engine.optim import recipe_optimizer
+
+    optim = config_from_dict({"optim": {"layer_decay": 0.5, "fused": True, "backbone_lr": 1.0, "head_lr": 5.0}},
+                             source="test").optim
+    backbone, head = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4)), nn.Linear(4, 2)
+    optimizer = recipe_optimizer(backbone, head, optim)
+    assert optimizer.defaults["fused"] is True
+    assert any(g["name"].startswith("backbone_layer") for g in optimizer.param_groups)
+    assert {g["lr"] for g in optimizer.param_groups if g["name"].startswith("head")} == {5.0}

@@ -44,7 +44,7 @@ from revtal.engine.classification import build_classifier, mixing_generator
 from revtal.engine.config import config_from_dict, load_config
 from revtal.engine.model import build_model
 from revtal.engine.modes import get_mode, mode_names
-from revtal.engine.optim import build_optimizer
+from revtal.engine.optim import recipe_optimizer
 from revtal.localizers.losses import diou_loss_1d, sigmoid_focal_loss
 from revtal.reversible import reversible_stages
 from revtal.utils.progress import progress as progress_bar
@@ -507,13 +507,8 @@ def plan_recipe(config, mode: str, steps: int = 2, classes: int = DEFAULT_CLASSE
     with scope, statistics, (CudaAutocast() if emulate_cuda else contextlib.nullcontext()):
         model.train()
         # the multi-tensor (foreach) AdamW and clipping: torch's default for CUDA tensors, on both sides
-        if config.task == "classification":
-            optimizer = build_optimizer(model.trainable_backbone(), model.head, ocfg.backbone_lr, ocfg.head_lr,
-                                        ocfg.weight_decay, layer_decay=ocfg.layer_decay, foreach=True,
-                                        fused=ocfg.fused)
-        else:
-            optimizer = build_optimizer(model.trainable_backbone(), model.localizer, ocfg.backbone_lr, ocfg.head_lr,
-                                        ocfg.weight_decay, foreach=True, fused=ocfg.fused)
+        head = model.head if config.task == "classification" else model.localizer
+        optimizer = recipe_optimizer(model.trainable_backbone(), head, ocfg, foreach=True)
         trainable = [p for p in model.parameters() if p.requires_grad]
         step_index = [0]  # the trainer's optimizer step counter (the classification batch's mixup draws)
 

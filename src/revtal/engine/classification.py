@@ -41,7 +41,7 @@ from revtal.data.mixup import MixupCutmix, soft_target_cross_entropy
 from revtal.data.synthetic import generate_clip_dataset
 from revtal.engine.config import Config, dump_config
 from revtal.engine.modes import TrainingMode, get_mode
-from revtal.engine.optim import ModelEMA, build_optimizer, optimizer_step, warmup_cosine
+from revtal.engine.optim import ModelEMA, optimizer_step, recipe_optimizer, warmup_cosine
 from revtal.engine.resume import check_resume_changes, config_changes
 from revtal.engine.run_state import TrainingCheckpoint, epoch_line, save_epoch_end, training_state
 from revtal.engine.rundir import claim_run_dir
@@ -201,8 +201,7 @@ class ClassificationTrainer:
         torch.manual_seed(config.train.seed)  # model init independent of data preparation
         self.model = build_classifier(config, len(self.classes)).to(self.device)
         o = config.optim
-        self.optimizer = build_optimizer(self.model.trainable_backbone(), self.model.head, o.backbone_lr, o.head_lr,
-                                         o.weight_decay, layer_decay=o.layer_decay)
+        self.optimizer = recipe_optimizer(self.model.trainable_backbone(), self.model.head, o)
         self.iters_per_epoch = max(1, math.ceil(len(self.train_loader) / o.accumulate))
         self.lr_schedule = warmup_cosine(self.optimizer, warmup_steps=int(round(o.warmup_epochs * self.iters_per_epoch)),
                                          total_steps=o.epochs * self.iters_per_epoch, min_ratio=o.min_lr_ratio)

@@ -64,6 +64,16 @@ def layer_ids(module: nn.Module) -> tuple[dict[int, int], int]:
     return depth, len(blocks)
 
 
+def recipe_optimizer(backbone: nn.Module | None, head: nn.Module, optim, foreach: bool | None = None
+                     ) -> torch.optim.AdamW:
+    """AdamW as a recipe's ``optim`` section sets it (learning rates, weight decay, ``layer_decay``, ``fused``),
+    over ``backbone`` and ``head`` (a localizer or a classifier). The TAL and classification trainers and ``revtal
+    plan`` build their optimizer here, so every option reaches every task and a plan simulates the trainer's
+    optimizer; ``foreach`` as in :func:`build_optimizer`."""
+    return build_optimizer(backbone, head, optim.backbone_lr, optim.head_lr, optim.weight_decay,
+                           layer_decay=optim.layer_decay, foreach=foreach, fused=optim.fused)
+
+
 def build_optimizer(
     backbone: nn.Module | None, head: nn.Module, backbone_lr: float, head_lr: float, weight_decay: float,
     layer_decay: float = 1.0, foreach: bool | None = None, fused: bool = False,

@@ -31,7 +31,7 @@ from revtal.engine.datasets import TrainingData, check_located
 from revtal.engine.model import TALModel, build_model
 from revtal.engine.inference import Predictor
 from revtal.engine.runtime import autocast, model_inputs, resolve_device
-from revtal.engine.optim import ModelEMA, build_optimizer, optimizer_step, warmup_cosine
+from revtal.engine.optim import ModelEMA, optimizer_step, recipe_optimizer, warmup_cosine
 from revtal.engine.resume import check_resume_changes, config_changes
 from revtal.engine.rundir import claim_run_dir
 from revtal.utils.progress import progress
@@ -143,10 +143,7 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         ocfg = config.optim
-        self.optimizer = build_optimizer(
-            self.model.trainable_backbone(), self.model.localizer, ocfg.backbone_lr, ocfg.head_lr, ocfg.weight_decay,
-            fused=ocfg.fused,
-        )
+        self.optimizer = recipe_optimizer(self.model.trainable_backbone(), self.model.localizer, ocfg)
         self.iters_per_epoch = max(1, math.ceil(len(self.train_loader) / ocfg.accumulate))  # optimizer steps
         self.lr_schedule = warmup_cosine(
             self.optimizer,
