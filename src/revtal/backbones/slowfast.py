@@ -16,7 +16,7 @@ When the stages run memory-free, the ordinary layers between two stages' reversi
 after stage k and the entry blocks of stage k+1 of both pathways (for k = 0: the stems and the first fusion) — run
 as one checkpointed region whose inputs are the stage outputs the reversible runs keep anyway: a step then stores
 only the two streams of each run (and the clip), not the fusions' convolutions, the concatenated slow input or the
-entry blocks' activations (:func:`revtal.reversible.stage.between_stages`).
+entry blocks' activations (:func:`revtal.reversible.replay.checkpoint_layer`).
 """
 
 from __future__ import annotations

@@ -169,13 +169,18 @@ def _norm_mlp(block: nn.Module, x: Tensor) -> Tensor:
     return block.mlp(block.norm2(x))
 
 
-def _by_token_chunks(fn, x: Tensor, tokens: int, checkpointed: bool) -> Tensor:
-    """``fn(x)`` for a function ``fn`` that acts on each token (row of ``x`` (..., C)) alone, computed ``tokens``
-    rows at a time, each chunk under non-reentrant checkpointing when ``checkpointed``."""
+def _by_token_chunks(fn, x: Tensor, tokens: int, module: nn.Module, recompute: bool) -> Tensor:
+    """``fn(x)`` for a function ``fn`` of ``module`` that acts on each token (row of ``x`` (..., C)) alone, computed
+    ``tokens`` rows at a time, each chunk under non-reentrant checkpointing when ``recompute`` and gradients are
+    needed. Runs ``fn(x)`` whole when ``module`` draws dropout (a mask drawn per chunk would differ) or ``x`` fits
+    in one chunk."""
+    if _draws_dropout(module) or x.numel() <= tokens * x.size(-1):
+        return fn(x)
+    checkpointed = recompute and _needs_grad(x, module)
     outputs = []
     for chunk in x.reshape(-1, x.size(-1)).split(tokens):  # split, not slices (see chunked_window_attention_3d)
         if checkpointed:
-            # no dropout runs in a chunk (the callers check): its recompute needs no RNG state; it runs under the
+            # no dropout runs in a chunk (checked above): its recompute needs no RNG state; it runs under the
             # forward's torch-function modes (revtal plan's CUDA emulation)
             outputs.append(torch.utils.checkpoint.checkpoint(fn, chunk, use_reentrant=False, preserve_rng_state=False,
                                                              context_fn=replaying_function_modes))
@@ -202,18 +207,13 @@ def chunked_token_mlp(block: nn.Module, x: Tensor, tokens: int, recompute: bool 
     stage's recompute of a stage-1 block at 512×224²: 802816 tokens × 384, fc1's output and GELU's, 1.1 GiB in
     fp16). Forward: bitwise the unchunked MLP wherever a matrix product over a block of rows equals the one over
     all rows (on CPU it does, tests/test_convert_swin.py)."""
-    if _draws_dropout(block.mlp) or x.numel() <= tokens * x.size(-1):  # a mask drawn per chunk would differ
-        return _norm_mlp(block, x)
-    return _by_token_chunks(partial(_norm_mlp, block), x, tokens, recompute and _needs_grad(x, block))
+    return _by_token_chunks(partial(_norm_mlp, block), x, tokens, block, recompute)
 
 
 def _chunked_mlp_forward(mlp: nn.Module, tokens: int, recompute: bool, x: Tensor) -> Tensor:
     """The forward of an unconverted block's MLP, ``tokens`` tokens at a time (installed by
     :func:`chunk_window_attention`)."""
-    library = partial(type(mlp).forward, mlp)
-    if _draws_dropout(mlp) or x.numel() <= tokens * x.size(-1):
-        return library(x)
-    return _by_token_chunks(library, x, tokens, recompute and _needs_grad(x, mlp))
+    return _by_token_chunks(partial(type(mlp).forward, mlp), x, tokens, mlp, recompute)
 
 
 def _mlp_tokens(block: nn.Module, window_chunk: int) -> int:
