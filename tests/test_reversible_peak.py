@@ -174,3 +174,54 @@ def test_an_unused_stream_output_gets_no_zero_gradient_in_backward(coupling, str
     x_ref = x.detach().clone().requires_grad_(True)
     reference(x_ref).sum().backward()
     assert max_relative_gap([x.grad, *grads(stage)], [x_ref.grad, *grads(reference)]) < 1e-6
+
+
+def test_the_finite_gradient_check_reads_the_gradient_piece_by_piece(monkeypatch):
+    from revtal.reversible import coupling
+    from tests.helpers import live_peak_bytes
+
+    # isfinite of a whole stage-input gradient made a float and three bool tensors of its size (1.75 streams at the
+    # end of a stage's backward in revtal plan: Video Swin-T's step peak at 512×224² with window chunks)
+    monkeypatch.setattr(coupling, "_ERROR_CHUNK", 1 << 12)
+    grad = torch.randn(1 << 18)
+    assert live_peak_bytes(lambda: coupling.all_finite(grad)) - grad.nbytes <= 4 * 4 * (1 << 12)
+    # on this CPU the whole-tensor check holds three bool tensors of its size (the plan's CUDA rules: also a float)
+    assert live_peak_bytes(lambda: torch.isfinite(grad).all()) - grad.nbytes >= 0.7 * grad.nbytes
+    assert bool(coupling.all_finite(grad))
+    for position, value in ((0, float("nan")), ((1 << 18) - 1, float("inf")), (5000, -float("inf"))):
+        bad = grad.clone()
+        bad[position] = value
+        assert not bool(coupling.all_finite(bad))
+
+
+@pytest.mark.parametrize("input_mode,beta", [("duplicate", 1.0), ("scaled", 0.5)])
+def test_the_stage_input_gradient_written_over_the_owned_gradient_is_the_same_sum(input_mode, beta):
+    from revtal.reversible.coupling import Coupling
+
+    c = Coupling(0.0, beta, input_mode)
+    grad_x, grad_y = torch.randn(1000), torch.randn(1000)
+    expected = c.input_gradient(grad_x, grad_y)
+    owned = grad_x.clone()
+    got = c.input_gradient(owned, grad_y, overwrite=True)
+    assert got.data_ptr() == owned.data_ptr() and torch.equal(got, expected)
+    assert c.input_gradient(grad_x, None) is grad_x
+
+
+def test_a_float_reconstruction_check_keeps_a_sixteenth_of_the_stage_input():
+    from revtal.utils.memory import saved_bytes
+
+    # the check kept a whole copy of the stage input beside the stage's streams (Video Swin-T at 512×224²: 294 MiB
+    # in stage 1, where the first step's check runs); float streams now keep every 16th element
+    model = revtal.convert(tiny_vit(depth=2, dim=64, img=64), "dr2net", alpha=0.5, beta=0.5)
+    stage = revtal.reversible_stages(model)[0]
+    x = torch.randn(2, 3, 64, 64)
+    stream = 2 * (1 + 64) * 64 * 4  # (cls + 8×8 patches) tokens × 64 channels, float32
+    plain = saved_bytes(lambda: (model(x) ** 2).sum(), model)
+    stage.verify_next_backward()
+    loss = (model(x) ** 2).sum()
+    stage.verify_next_backward()
+    verified = saved_bytes(lambda: (model(x) ** 2).sum(), model)
+    assert verified - plain <= stream / 16 + 64, (verified - plain) / stream
+    loss.backward()
+    check = stage.last_check
+    assert check is not None and 0 <= check.relative_error < 1e-5

@@ -77,13 +77,19 @@ class Coupling:
             return f_out
         return f_out + self.alpha * x
 
-    def input_gradient(self, grad_x0: Tensor, grad_y0: Tensor) -> Tensor:
-        """∂L/∂(stage input) from the gradients of both initial streams."""
+    def input_gradient(self, grad_x0: Tensor, grad_y0: Tensor, overwrite: bool = False) -> Tensor:
+        """∂L/∂(stage input) from the gradients of both initial streams; with ``overwrite``, written over
+        ``grad_x0`` (which the caller owns)."""
         weight = 1.0 if self.input == "duplicate" else self.beta
-        return grad_x0 + weight * grad_y0
+        if grad_y0 is None:  # y_0 reached nothing that was differentiated (a one-branch stage's unused y_n)
+            return grad_x0
+        if not overwrite:
+            return grad_x0 + weight * grad_y0
+        return grad_x0.add_(grad_y0 if weight == 1.0 else weight * grad_y0)
 
     def combine_output(self, x: Tensor, y: Tensor) -> Tensor:
-        return x if self.output == "last" else 0.5 * (x + y)
+        # halved in place: the sum is a temporary, and a second stream-sized one at a stage's end is a forward peak
+        return x if self.output == "last" else (x + y).mul_(0.5)
 
 
 class StreamArithmetic(Protocol):
@@ -138,7 +144,8 @@ class FloatArithmetic:
         return x
 
     def advance(self, x: Tensor, y: Tensor, g: Tensor, c: Coupling, tape: None) -> tuple[Tensor, Tensor]:
-        return g + y, c.beta * x
+        # y_i = x_{i-1} itself at β = 1 (Re²TAL): no stream is ever written in place in the forward
+        return g + y, (x if c.beta == 1.0 else c.beta * x)
 
     def finish(self, x: Tensor, y: Tensor, tape: None) -> tuple[Tensor, Tensor, list[Tensor]]:
         return x, y, [x, y]
@@ -168,6 +175,17 @@ def relative_error(estimate: Tensor, truth: Tensor) -> float:
 # elements per float64 piece of an error check (32 MiB): checking a reconstruction must not hold float64 copies of
 # the activation itself (SlowFast-101 at 512×224²: three copies of a stage stream, 2.3 GiB, were a step's peak)
 _ERROR_CHUNK = 1 << 22
+
+
+def all_finite(tensor: Tensor) -> Tensor:
+    """Whether every element is finite, as a 0-d bool tensor (no host synchronisation), checked one piece at a time:
+    ``isfinite`` of a whole stream-sized gradient made a float and three bool tensors of its size (SlowFast,
+    Video Swin at 512×224²: the end of a stage's backward was the step's peak)."""
+    flat = tensor.detach().reshape(-1)
+    finite = torch.ones((), dtype=torch.bool, device=tensor.device)
+    for start in range(0, flat.numel(), _ERROR_CHUNK):
+        finite = finite & torch.isfinite(flat[start:start + _ERROR_CHUNK]).all()
+    return finite
 
 
 def error_summary(estimate: Tensor, truth: Tensor) -> tuple[float, float]:

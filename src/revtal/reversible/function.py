@@ -21,13 +21,14 @@ import contextlib
 import math
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from revtal.reversible.coupling import Coupling, StreamArithmetic, error_summary
+from revtal.reversible.coupling import Coupling, StreamArithmetic, all_finite, error_summary
+from revtal.reversible.pieces import Piece, backward_by_pieces, g_by_pieces
 from revtal.reversible.replay import (
     AutocastState,
     FunctionModes,
@@ -60,9 +61,20 @@ class Branch:
     owner: nn.Module
     fn: Callable[..., Tensor]
     includes_skip: bool = False
+    # F acts on groups of tokens alone (revtal.reversible.pieces): ``pieces(x)`` lists them, or returns None where
+    # this call cannot be split (a dropout mask drawn over the whole input)
+    pieces: Callable[[Tensor], Sequence[Piece] | None] | None = None
 
     def g(self, x: Tensor, c: "Coupling") -> Tensor:
-        return self.fn(x, c.alpha) if self.includes_skip else c.g(self.fn(x), x)
+        if self.includes_skip:
+            return self.fn(x, c.alpha)
+        pieces = self.pieces_of(x) if not torch.is_grad_enabled() else None
+        if pieces is not None:
+            return g_by_pieces(pieces, x, c.g)
+        return c.g(self.fn(x), x)
+
+    def pieces_of(self, x: Tensor) -> Sequence[Piece] | None:
+        return None if self.pieces is None or self.includes_skip else self.pieces(x)
 
 
 def run_plain(
@@ -135,6 +147,7 @@ class StageRun:
     outputs: list = field(default_factory=list)  # weak references to the tensors the top node's backward began from
     # the top node returns (and saves) the stage output (x_n + y_n)/2 in place of x_n (float streams only)
     combined_output: bool = False
+    made_gradients: list = field(default_factory=list)  # weak references to the stream gradients nodes returned
 
     def branch_output(self, i: int, v: Tensor) -> Tensor:
         return self.branches[i].g(v, self.coupling)
@@ -161,7 +174,9 @@ class ReversibleBranchFunction(torch.autograd.Function):
                 run.autocast = AutocastState.capture(autocast_device_type(x_in.device))
                 run.function_modes = FunctionModes.capture()
                 x, y, run.tape = arith.begin(x_in, c)
-                run.verified_input = x.clone() if run.verify else None
+                run.verified_input = None
+                if run.verify:  # float streams: a fixed sample (see _CHECK_STRIDE); exact streams: all of it
+                    run.verified_input = x.clone() if arith.exact else _check_sample(x).clone()
                 branch_input = arith.view(x, x_in, run.tape)
             else:
                 x, y = run.streams
@@ -223,24 +238,49 @@ class ReversibleBranchFunction(torch.autograd.Function):
         owns_x = not any(ref() is x for ref in run.outputs)
         x_prev = arith.recover_input(x, y, tape, c)
         del y  # all that backward still needs of y_i is in x_{i-1} (for β = 1 the same tensor)
-        v = arith.view(x_prev, like, tape).detach().requires_grad_(True)
+        v = arith.view(x_prev, like, tape).detach()
         rng = run.rng_states[i].restored() if run.preserve_rng else contextlib.nullcontext()
         norms = run.norms.setdefault(i, batchnorm_modules(run.branches[i].owner))
-        # the recompute leaves BatchNorm's running statistics as the forward left them
-        with torch.enable_grad(), rng, run.autocast.scope(), run.function_modes.scope(), statistics_unchanged(norms):
-            g = run.branch_output(i, v)
-        # y_{i-1} = x_i − G_i(x_{i-1}) before the vector-Jacobian product allocates its gradients, written over
-        # x_i where this node owns it: the branch's backward then runs beside one stream fewer
-        y_prev = arith.recover_y(x, g.detach(), tape, overwrite=owns_x)
-        del x
-        grad_v, *param_grads = torch.autograd.grad(g, [v, *run.params[i]], grad_x, allow_unused=True)
-        del g
-        if grad_v is None:
-            grad_v = torch.zeros_like(v)
-        del v
-        if grad_y is not None:
-            grad_v = grad_v + (grad_y if c.beta == 1.0 else c.beta * grad_y)
-        grad_x, grad_y = grad_v, grad_x
+
+        def recompute():  # the forward's autocast and function modes; BatchNorm statistics left as they were
+            return _scopes(torch.enable_grad(), run.autocast.scope(), run.function_modes.scope(),
+                           statistics_unchanged(norms))
+
+        pieces = None if arith.exact else run.branches[i].pieces_of(v)
+        if pieces is not None:
+            # ∂L/∂x_{i-1} accumulates in ∂L/∂y_i's tensor where this stage made it: no new stream
+            if grad_y is None:
+                grad_v = torch.zeros_like(v)
+            elif any(ref() is grad_y for ref in run.made_gradients):
+                grad_v = grad_y if c.beta == 1.0 else grad_y.mul_(c.beta)
+            else:
+                grad_v = grad_y.clone() if c.beta == 1.0 else c.beta * grad_y
+            y_prev = x if owns_x else torch.empty_like(x)
+            with rng:
+                param_grads = backward_by_pieces(pieces, v, x, y_prev, grad_x, grad_v, c.g, run.params[i],
+                                                 recompute)
+            del x, v
+            fresh_grad_v = True
+        else:
+            v.requires_grad_(True)
+            with rng, recompute():
+                g = run.branch_output(i, v)
+            # y_{i-1} = x_i − G_i(x_{i-1}) before the vector-Jacobian product allocates its gradients, written over
+            # x_i where this node owns it: the branch's backward then runs beside one stream fewer
+            y_prev = arith.recover_y(x, g.detach(), tape, overwrite=owns_x)
+            del x
+            grad_v, *param_grads = torch.autograd.grad(g, [v, *run.params[i]], grad_x, allow_unused=True)
+            del g
+            if grad_v is None:
+                grad_v = torch.zeros_like(v)
+            del v
+            # autograd may hand back a tensor it was given (a branch that passes its gradient through)
+            fresh_grad_v = grad_y is not None
+            if grad_y is not None:
+                grad_v = grad_v + (grad_y if c.beta == 1.0 else c.beta * grad_y)
+        # the stream gradient a node returns reaches the node below as ∂L/∂x and the one below that as ∂L/∂y
+        run.made_gradients = [*run.made_gradients[-1:], weakref.ref(grad_v)]
+        grad_x, grad_y, fresh_grad_x = grad_v, grad_x, fresh_grad_v
         del grad_v
         ctx.run = None
 
@@ -253,8 +293,9 @@ class ReversibleBranchFunction(torch.autograd.Function):
             if run.on_verified is not None:
                 run.on_verified(run_check)
         run.tape = None
-        grad_input = c.input_gradient(grad_x, grad_y)
-        finite = torch.isfinite(grad_input).all() if run.check_finite else None
+        # ∂L/∂x_0 is a new tensor where the gradients came from this node's own sum; written over it (no new stream)
+        grad_input = c.input_gradient(grad_x, grad_y, overwrite=fresh_grad_x)
+        finite = all_finite(grad_input) if run.check_finite else None
         if finite is not None and not simulating(finite) and not bool(finite):
             raise NonFiniteGradientError(
                 f"non-finite gradient in reversible stage {run.name!r} (alpha={c.alpha}, beta={c.beta}, "
@@ -264,6 +305,14 @@ class ReversibleBranchFunction(torch.autograd.Function):
         if not ctx.needs_input_grad[2]:
             grad_input = None
         return (None, None, grad_input, None, *param_grads)
+
+
+@contextlib.contextmanager
+def _scopes(*managers):
+    with contextlib.ExitStack() as stack:
+        for manager in managers:
+            stack.enter_context(manager)
+        yield
 
 
 def _unsupported_backward_message(what: str) -> str:
@@ -282,7 +331,20 @@ def run_memory_free(run: StageRun, x0: Tensor) -> tuple[Tensor, Tensor]:
     return x, y
 
 
+# A float stream's reconstruction check compares every 16th element of the stage input: the monitor's relative error
+# is an estimate from 1/16 of the elements, and the check costs 1/16 of a stream instead of a whole copy beside the
+# stage's own streams (at 512×224² a Video Swin-T stage-1 input is 294 MiB). Exact streams keep the whole input:
+# their check is a bitwise comparison, and their representation is per-row scaled.
+_CHECK_STRIDE = 16
+
+
+def _check_sample(x: Tensor) -> Tensor:
+    return x.reshape(-1)[::_CHECK_STRIDE]
+
+
 def _compare(reconstructed: Any, truth: Any, arith: StreamArithmetic, like: Tensor, tape: Any) -> ReconstructionCheck:
+    if not arith.exact:
+        reconstructed = _check_sample(reconstructed)
     a, b = arith.view(reconstructed, like, tape), arith.view(truth, like, tape)
     error, gap = error_summary(a, b)
     if simulating(a):  # the same tensors, no values to read

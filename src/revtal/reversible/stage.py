@@ -284,7 +284,8 @@ class ReversibleStage(nn.Module):
 
     def verify_next_backward(self) -> None:
         """Keep the true stage input of the next forward and compare it with the reconstruction in backward; the
-        result lands in ``last_check`` (and is passed to ``on_verified`` if set). Costs one activation, once."""
+        result lands in ``last_check`` (and is passed to ``on_verified`` if set). Costs one activation once (exact
+        streams) or 1/16 of one (float streams: the check reads a fixed sample, see ``function._CHECK_STRIDE``)."""
         self._verify_next = True
 
     # Sequence access. Iterating the stage yields what a loop over the original blocks must call to run the
@@ -373,7 +374,7 @@ class ReversibleStage(nn.Module):
     def _run(self, names: list[str], x: Tensor, args: tuple, kwargs: dict) -> Tensor:
         context = {"call": (args, kwargs), "stage": self}
         branches = [
-            Branch(b.owner, partial(_inside_branch, b.fn), b.includes_skip)
+            Branch(b.owner, partial(_inside_branch, b.fn), b.includes_skip, b.pieces)
             for n in names for b in self.branches_of(self._modules[n], context)
         ]
         c = self.coupling

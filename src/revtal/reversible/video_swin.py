@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torchvision.models.video.swin_transformer import ShiftedWindowAttention3d
 
 from revtal.reversible.function import Branch
+from revtal.reversible.pieces import Piece
 from revtal.reversible.replay import replaying_function_modes
 
 
@@ -236,7 +237,121 @@ def is_video_swin_block(block: nn.Module) -> bool:
 
 def video_swin_branches(block: nn.Module, context: dict) -> list[Branch]:
     window_chunk = block.__dict__.get("_revtal_options", {}).get("window_chunk")
+    if not window_chunk:
+        return [Branch(block, partial(_attention_branch, block, None)), Branch(block, partial(_mlp_branch, block, None))]
     return [
-        Branch(block, partial(_attention_branch, block, window_chunk)),
-        Branch(block, partial(_mlp_branch, block, window_chunk)),
+        Branch(block, partial(_attention_branch, block, window_chunk),
+               pieces=partial(attention_pieces, block, window_chunk)),
+        Branch(block, partial(_mlp_branch, block, window_chunk), pieces=partial(mlp_pieces, block, window_chunk)),
     ]
+
+
+# ------------------------------------------------------------------------------------ branches as pieces of tokens
+# A memory-free stage computes and differentiates a branch piece by piece (revtal.reversible.pieces): the attention
+# branch by chunks of whole windows gathered from the stream, the MLP branch by chunks of tokens. Nothing of the
+# size of the stream is formed inside the branch: no windowed copy of the input, no output before its reverse
+# partition, no gathered gradient.
+
+
+class _DropPath:
+    """A block's stochastic depth applied to pieces of its branch output: one draw per call, as the library's
+    ``StochasticDepth`` draws it (the same shape, dtype and RNG call, made when the first piece is ready), then each
+    token scaled by the draw of its sample."""
+
+    def __init__(self, module: nn.Module, batch: int, tokens_per_sample: int):
+        self.p, self.mode, self.training = module.p, module.mode, module.training
+        self.batch, self.tokens_per_sample = batch, tokens_per_sample
+        self.noise: Tensor | None = None
+
+    def __call__(self, out: Tensor, rows: Tensor | slice) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return out
+        if self.noise is None:
+            size = [self.batch] + [1] * 4 if self.mode == "row" else [1] * 5
+            survival = 1.0 - self.p
+            noise = torch.empty(size, dtype=out.dtype, device=out.device).bernoulli_(survival)
+            if survival > 0.0:
+                noise.div_(survival)
+            self.noise = noise.reshape(-1)
+        if self.noise.numel() == 1:
+            return out * self.noise
+        if isinstance(rows, slice):
+            rows = torch.arange(rows.start, rows.stop, device=out.device)
+        return out * self.noise.index_select(0, torch.div(rows, self.tokens_per_sample, rounding_mode="floor"))[:, None]
+
+
+def _window_rows(x: Tensor, window: list[int], shift: list[int]) -> tuple[Tensor, Tensor | None]:
+    """The library's windows of ``x`` (B, T, H, W, C) after padding and cyclic shift, as rows of
+    ``x.reshape(-1, C)``: (B·windows, tokens per window) row numbers in the library's window and token order, and
+    which of them are real tokens (None: all; a padding token's row number is 0)."""
+    b, t, h, w, _ = x.shape
+    size = (t, h, w)
+    pad = [(window[i] - size[i] % window[i]) % window[i] for i in range(3)]
+    axes = []
+    for i in range(3):
+        padded = size[i] + pad[i]
+        # position p of the shifted padded axis holds padded position (p + shift) mod padded
+        axes.append(((torch.arange(padded, device=x.device) + shift[i]) % padded).view(-1, window[i]))
+    (gt, wt), (gh, wh), (gw, ww) = (a.shape for a in axes)
+    tt = axes[0].view(gt, 1, 1, wt, 1, 1)
+    hh = axes[1].view(1, gh, 1, 1, wh, 1)
+    www = axes[2].view(1, 1, gw, 1, 1, ww)
+    real = (tt < t) & (hh < h) & (www < w)
+    rows = ((tt * h + hh) * w + www).masked_fill(~real, 0).reshape(gt * gh * gw, wt * wh * ww)
+    rows = (rows.unsqueeze(0) + torch.arange(b, device=x.device).view(b, 1, 1) * (t * h * w)).reshape(-1, rows.size(1))
+    if not any(pad):
+        return rows, None
+    return rows, real.reshape(1, -1, rows.size(1)).expand(b, -1, -1).reshape(-1, rows.size(1))
+
+
+def attention_pieces(block: nn.Module, window_chunk: int, x: Tensor) -> list[Piece] | None:
+    """F_attn = stochastic_depth(attn(norm1(x))) as pieces of ``window_chunk`` whole windows (None while the block
+    draws attention dropout, whose mask spans every window)."""
+    attn = block.attn
+    if attn.training and (attn.attention_dropout > 0 or attn.dropout > 0):
+        return None
+    b, t, h, w, c = x.shape
+    window, shift = _window_and_shift(attn, (t, h, w))
+    rows, real = _window_rows(x, window, shift)
+    padded = tuple(s + (window[i] - s % window[i]) % window[i] for i, s in enumerate((t, h, w)))
+    labels = _region_labels(x, padded, window, shift) if sum(shift) > 0 else None
+    n_windows = rows.size(0) // b
+    drop_path = _DropPath(block.stochastic_depth, b, t * h * w)
+    pieces = []
+    for start in range(0, rows.size(0), window_chunk):
+        chunk = rows[start:start + window_chunk]
+        keep = None if real is None else real[start:start + window_chunk].reshape(-1)
+        chunk_labels = None
+        if labels is not None:
+            chunk_labels = labels.index_select(0, torch.arange(start, start + chunk.size(0), device=labels.device)
+                                               % n_windows)
+        flat_rows = chunk.reshape(-1)
+        pieces.append(Piece(flat_rows, partial(_attend_piece, block, window, chunk.size(1), chunk_labels, keep,
+                                               drop_path, flat_rows), keep))
+    return pieces
+
+
+def _attend_piece(block: nn.Module, window: list[int], volume: int, labels: Tensor | None, keep: Tensor | None,
+                  drop_path: _DropPath, rows: Tensor, x: Tensor) -> Tensor:
+    normed = block.norm1(x)
+    if keep is not None:  # the library pads after the norm: padding tokens are zeros
+        normed = normed.masked_fill(~keep.unsqueeze(-1), 0.0)
+    bias = block.attn.get_relative_position_bias(window)
+    out = _attend_windows(block.attn, normed.view(-1, volume, normed.size(-1)), bias, labels, 0.0, False)
+    return drop_path(out.reshape(x.size(0), -1), rows)
+
+
+def mlp_pieces(block: nn.Module, window_chunk: int, x: Tensor) -> list[Piece] | None:
+    """F_mlp = stochastic_depth(mlp(norm2(x))) as pieces of as many tokens as ``window_chunk`` windows hold (None
+    while the MLP draws dropout)."""
+    if _draws_dropout(block.mlp):
+        return None
+    tokens = x.numel() // x.size(-1)
+    drop_path = _DropPath(block.stochastic_depth, x.size(0), tokens // x.size(0))
+    step = _mlp_tokens(block, window_chunk)
+
+    def run(rows: slice, chunk: Tensor) -> Tensor:
+        return drop_path(_norm_mlp(block, chunk), rows)
+
+    return [Piece(slice(start, min(start + step, tokens)), partial(run, slice(start, min(start + step, tokens))))
+            for start in range(0, tokens, step)]
