@@ -215,13 +215,17 @@ class ReversibleBranchFunction(torch.autograd.Function):
         saved = list(ctx.saved_tensors)
         if ctx.n_stored:  # the top node: the streams begin from what the forward stored
             run.streams = arith.resume(saved[:ctx.n_stored], tape)
-            run.outputs = [weakref.ref(t) for t in saved[:ctx.n_stored]]
+            # the stored tensors layers above may hold; a stage with a combined output returns only that output, so
+            # its y_n is the stage's own
+            visible = saved[:1] if run.combined_output else saved[:ctx.n_stored]
+            run.outputs = [weakref.ref(t) for t in visible]
             if run.combined_output:  # saved (output, y_n), output = (x_n + y_n)/2; its gradient reaches both streams
                 output, y_n = run.streams
                 run.streams = (2.0 * output - y_n, y_n)
                 del output, y_n
                 if grad_x is not None:
                     grad_x = 0.5 * grad_x
+                    run.made_gradients = [weakref.ref(grad_x)]  # the node below's ∂L/∂y: a tensor of this stage's
                     grad_y = grad_x if grad_y is None else grad_x + grad_y
             if run.verify:
                 run.verified_input = saved[ctx.n_stored]
@@ -251,7 +255,7 @@ class ReversibleBranchFunction(torch.autograd.Function):
             # ∂L/∂x_{i-1} accumulates in ∂L/∂y_i's tensor where this stage made it: no new stream
             if grad_y is None:
                 grad_v = torch.zeros_like(v)
-            elif any(ref() is grad_y for ref in run.made_gradients):
+            elif grad_y is not grad_x and any(ref() is grad_y for ref in run.made_gradients):
                 grad_v = grad_y if c.beta == 1.0 else grad_y.mul_(c.beta)
             else:
                 grad_v = grad_y.clone() if c.beta == 1.0 else c.beta * grad_y
