@@ -4,7 +4,7 @@
 set -euo pipefail
 plan() { local name=$1; shift; echo "== $name"; python -m revtal plan "$@" --json "docs/scale/$name.json"; }
 ANET=configs/anet_swin3d_t_dr2net.yaml
-ALL=(anet_swin3d_t_b1 dr2net_ar_vit_s losa_slowfast_r101 losa_vit_b losa_vit_g losa_vit_g14 vitg_dr2net_exact_48
+ALL=(anet_swin3d_t_b1 anet_swin3d_t_b1_wc16 dr2net_ar_vit_s losa_slowfast_r101 losa_vit_b losa_vit_g losa_vit_g14 vitg_dr2net_exact_48
      re2tal_slowfast_r50 re2tal_slowfast_r101
      re2tal_swin3d_s re2tal_swin3d_b re2tal_thumos_swin3d_t recipe_tiny_cpu_dr2net recipe_anet_swin3d_t_dr2net
      recipe_anet_slowfast_r50_re2 recipe_thumos_losa recipe_thumos_re2tal recipe_thumos_vitg_dr2net
@@ -14,6 +14,10 @@ SF="--set data.batch_size=1 --set data.num_frames=512 --set data.img_size=224"  
 for name in "${@:-${ALL[@]}}"; do
   case $name in
     anet_swin3d_t_b1) plan $name $ANET --set data.batch_size=1 ;;
+    # 16 windows per chunk instead of the recipe's 64: stage 3 (12 heads) and 4 (24) hold 4× and 8× stage 1's
+    # scores per window
+    anet_swin3d_t_b1_wc16) plan $name $ANET --set data.batch_size=1 --set backbone.window_chunk=16 \
+        --modes checkpoint re2 ;;
     dr2net_ar_vit_s) plan $name configs/tiny_cpu_dr2net.yaml --set backbone.name=vit_s_video --set 'backbone.options={}' \
         --set data.num_frames=16 --set data.img_size=224 --set data.batch_size=12 --set optim.amp=fp16 \
         --set backbone.losa.clip_frames=16 --classes 174 --modes frozen conventional dr2net:exact ;;

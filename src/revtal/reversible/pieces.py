@@ -33,26 +33,26 @@ class Piece:
     """A group of tokens F acts on alone.
 
     ``rows``: the rows of ``x.reshape(-1, C)`` the piece reads, in the order ``fn`` takes them (a slice or an index
-    tensor). ``fn``: F's values at those rows, from those rows of x. ``keep``: which of ``fn``'s rows are F's
-    (bool, one per row); the others are padding rows the branch adds itself (a window reaching past the input),
-    whose ``rows`` entry is any valid row and whose output is dropped. None: every row is F's.
+    tensor). ``fn``: F's values at those rows, from those rows of x. ``kept``: the positions among ``fn``'s rows
+    that are F's (an index tensor); the others are padding rows the branch adds itself (a window reaching past the
+    input), whose ``rows`` entry is any valid row and whose output is dropped. None: every row is F's. (Positions,
+    not a boolean mask: selecting by a mask has a data-dependent size, which revtal plan's fake tensors cannot
+    follow.)
     """
 
     rows: slice | Tensor
     fn: Callable[[Tensor], Tensor]
-    keep: Tensor | None = None
+    kept: Tensor | None = None
 
     def read(self, flat: Tensor) -> Tensor:
         return _read_rows(flat, self.rows)
 
     def targets(self) -> slice | Tensor:
         """The rows of the output that this piece's kept rows land on."""
-        if self.keep is None:
-            return self.rows
-        return self.rows[self.keep]
+        return self.rows if self.kept is None else self.rows.index_select(0, self.kept)
 
-    def kept(self, values: Tensor) -> Tensor:
-        return values if self.keep is None else values[self.keep]
+    def keep(self, values: Tensor) -> Tensor:
+        return values if self.kept is None else values.index_select(0, self.kept)
 
 
 def write_rows(out: Tensor, rows: slice | Tensor, values: Tensor) -> None:
@@ -76,7 +76,7 @@ def g_by_pieces(pieces: Sequence[Piece], x: Tensor, g: Callable[[Tensor, Tensor]
     out = None
     for piece in pieces:
         rows = piece.read(flat)
-        values = piece.kept(g(piece.fn(rows), rows))
+        values = piece.keep(g(piece.fn(rows), rows))
         if out is None:  # G's dtype is F's under autocast, promoted by α·x: known once a piece has run
             out = values.new_empty((flat.size(0), values.size(-1)))
         write_rows(out, piece.targets(), values)
@@ -103,13 +103,13 @@ def backward_by_pieces(pieces: Sequence[Piece], v: Tensor, x: Tensor, y_out: Ten
         with recompute():
             values = g(piece.fn(rows), rows)
         targets = piece.targets()
-        write_rows(flat_y, targets, _read_rows(flat_x, targets) - piece.kept(values.detach()))
+        write_rows(flat_y, targets, _read_rows(flat_x, targets) - piece.keep(values.detach()))
         grad_rows = piece.read(flat_grad).to(values.dtype)
-        if piece.keep is not None:  # padding rows are not F's: nothing flows back from them
-            grad_rows = grad_rows.masked_fill(~piece.keep.unsqueeze(-1), 0)
+        if piece.kept is not None:  # padding rows are not F's: nothing flows back from them
+            grad_rows = torch.zeros_like(grad_rows).index_copy_(0, piece.kept, piece.keep(grad_rows))
         grads = torch.autograd.grad(values, [rows, *params], grad_rows, allow_unused=True)
         del values, grad_rows, rows
-        add_rows(flat_acc, targets, piece.kept(grads[0]))
+        add_rows(flat_acc, targets, piece.keep(grads[0]))
         for j, grad in enumerate(grads[1:]):
             if grad is not None:
                 totals[j] = grad if totals[j] is None else totals[j].add_(grad)

@@ -280,18 +280,21 @@ class _DropPath:
         return out * self.noise.index_select(0, torch.div(rows, self.tokens_per_sample, rounding_mode="floor"))[:, None]
 
 
-def _window_rows(x: Tensor, window: list[int], shift: list[int]) -> tuple[Tensor, Tensor | None]:
+def _window_rows(x: Tensor, window: list[int], shift: list[int]) -> tuple[Tensor, Tensor | None, list[int] | None]:
     """The library's windows of ``x`` (B, T, H, W, C) after padding and cyclic shift, as rows of
-    ``x.reshape(-1, C)``: (B·windows, tokens per window) row numbers in the library's window and token order, and
-    which of them are real tokens (None: all; a padding token's row number is 0)."""
+    ``x.reshape(-1, C)``: (B·windows, tokens per window) row numbers in the library's window and token order; which
+    of them are real tokens (None: all; a padding token's row number is 0); and how many real tokens each window
+    holds (None: all), counted from the geometry alone."""
     b, t, h, w, _ = x.shape
     size = (t, h, w)
     pad = [(window[i] - size[i] % window[i]) % window[i] for i in range(3)]
-    axes = []
+    axes, real_per_window = [], []
     for i in range(3):
         padded = size[i] + pad[i]
         # position p of the shifted padded axis holds padded position (p + shift) mod padded
-        axes.append(((torch.arange(padded, device=x.device) + shift[i]) % padded).view(-1, window[i]))
+        source = [(p + shift[i]) % padded for p in range(padded)]
+        axes.append(torch.tensor(source, device=x.device).view(-1, window[i]))
+        real_per_window.append([sum(q < size[i] for q in source[g:g + window[i]]) for g in range(0, padded, window[i])])
     (gt, wt), (gh, wh), (gw, ww) = (a.shape for a in axes)
     tt = axes[0].view(gt, 1, 1, wt, 1, 1)
     hh = axes[1].view(1, gh, 1, 1, wh, 1)
@@ -300,8 +303,9 @@ def _window_rows(x: Tensor, window: list[int], shift: list[int]) -> tuple[Tensor
     rows = ((tt * h + hh) * w + www).masked_fill(~real, 0).reshape(gt * gh * gw, wt * wh * ww)
     rows = (rows.unsqueeze(0) + torch.arange(b, device=x.device).view(b, 1, 1) * (t * h * w)).reshape(-1, rows.size(1))
     if not any(pad):
-        return rows, None
-    return rows, real.reshape(1, -1, rows.size(1)).expand(b, -1, -1).reshape(-1, rows.size(1))
+        return rows, None, None
+    counts = [a * c * d for a in real_per_window[0] for c in real_per_window[1] for d in real_per_window[2]]
+    return rows, real.reshape(1, -1, rows.size(1)).expand(b, -1, -1).reshape(-1, rows.size(1)), counts * b
 
 
 def attention_pieces(block: nn.Module, window_chunk: int, x: Tensor) -> list[Piece] | None:
@@ -312,7 +316,7 @@ def attention_pieces(block: nn.Module, window_chunk: int, x: Tensor) -> list[Pie
         return None
     b, t, h, w, c = x.shape
     window, shift = _window_and_shift(attn, (t, h, w))
-    rows, real = _window_rows(x, window, shift)
+    rows, real, real_counts = _window_rows(x, window, shift)
     padded = tuple(s + (window[i] - s % window[i]) % window[i] for i, s in enumerate((t, h, w)))
     labels = _region_labels(x, padded, window, shift) if sum(shift) > 0 else None
     n_windows = rows.size(0) // b
@@ -320,22 +324,27 @@ def attention_pieces(block: nn.Module, window_chunk: int, x: Tensor) -> list[Pie
     pieces = []
     for start in range(0, rows.size(0), window_chunk):
         chunk = rows[start:start + window_chunk]
-        keep = None if real is None else real[start:start + window_chunk].reshape(-1)
+        real_rows = kept = None
+        if real is not None:
+            real_rows = real[start:start + window_chunk].reshape(-1)
+            # the real rows' positions, in order: a stable sort puts them first, and their number is the geometry's
+            order = torch.argsort((~real_rows).to(torch.uint8), stable=True)
+            kept = order[:sum(real_counts[start:start + window_chunk])]
         chunk_labels = None
         if labels is not None:
             chunk_labels = labels.index_select(0, torch.arange(start, start + chunk.size(0), device=labels.device)
                                                % n_windows)
         flat_rows = chunk.reshape(-1)
-        pieces.append(Piece(flat_rows, partial(_attend_piece, block, window, chunk.size(1), chunk_labels, keep,
-                                               drop_path, flat_rows), keep))
+        pieces.append(Piece(flat_rows, partial(_attend_piece, block, window, chunk.size(1), chunk_labels, real_rows,
+                                               drop_path, flat_rows), kept))
     return pieces
 
 
-def _attend_piece(block: nn.Module, window: list[int], volume: int, labels: Tensor | None, keep: Tensor | None,
-                  drop_path: _DropPath, rows: Tensor, x: Tensor) -> Tensor:
+def _attend_piece(block: nn.Module, window: list[int], volume: int, labels: Tensor | None,
+                  real_rows: Tensor | None, drop_path: _DropPath, rows: Tensor, x: Tensor) -> Tensor:
     normed = block.norm1(x)
-    if keep is not None:  # the library pads after the norm: padding tokens are zeros
-        normed = normed.masked_fill(~keep.unsqueeze(-1), 0.0)
+    if real_rows is not None:  # the library pads after the norm: padding tokens are zeros
+        normed = normed.masked_fill(~real_rows.unsqueeze(-1), 0.0)
     bias = block.attn.get_relative_position_bias(window)
     out = _attend_windows(block.attn, normed.view(-1, volume, normed.size(-1)), bias, labels, 0.0, False)
     return drop_path(out.reshape(x.size(0), -1), rows)
