@@ -222,6 +222,8 @@ def test_a_float_reconstruction_check_keeps_a_sixteenth_of_the_stage_input():
     stage.verify_next_backward()
     verified = saved_bytes(lambda: (model(x) ** 2).sum(), model)
     assert verified - plain <= stream / 16 + 64, (verified - plain) / stream
+    stage.verify_next_backward(whole=True)  # a measurement of the error (error maps, self-check): all of it
+    assert saved_bytes(lambda: (model(x) ** 2).sum(), model) - plain >= stream
     loss.backward()
     check = stage.last_check
     assert check is not None and 0 <= check.relative_error < 1e-5

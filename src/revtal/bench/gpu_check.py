@@ -88,7 +88,7 @@ def reconstruction_checks(
 def _backward(model, video, stages, precision: str, verify: bool):
     for stage in stages:
         if verify:
-            stage.verify_next_backward()
+            stage.verify_next_backward(whole=True)
     model.zero_grad(set_to_none=True)
     torch.manual_seed(0)  # the same drop-path masks in every run
     with torch.autocast(video.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):

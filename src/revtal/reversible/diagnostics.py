@@ -188,7 +188,7 @@ def compare_gradients(
         for stage in stages:
             stage.set_backprop(backprop)
             stage.last_check = None
-            stage.verify_next_backward()
+            stage.verify_next_backward(whole=True)
         alpha_used, beta_used = stages[0].alpha, stages[0].beta
         failure = None
         try:
@@ -236,7 +236,7 @@ def first_stage_reconstruction(model: nn.Module, x: Tensor) -> ReconstructionChe
     reconstruction; an unstable float reconstruction that ends in a non-finite gradient still reports its check
     (it is recorded before the guard fires)."""
     stage = reversible_stages(model)[0]
-    stage.verify_next_backward()
+    stage.verify_next_backward(whole=True)
     try:
         (model(x) ** 2).sum().backward()
     except NonFiniteGradientError:

@@ -134,6 +134,7 @@ class StageRun:
     params: list[list[Tensor]]  # per branch: its owner's trainable parameters
     preserve_rng: bool
     verify: bool = False
+    verify_whole: bool = False  # float streams: keep the whole input for the check, not a sample
     on_verified: Callable[[ReconstructionCheck], None] | None = None
     rng_states: list[RngState] = field(default_factory=list)
     autocast: AutocastState | None = None
@@ -176,7 +177,7 @@ class ReversibleBranchFunction(torch.autograd.Function):
                 x, y, run.tape = arith.begin(x_in, c)
                 run.verified_input = None
                 if run.verify:  # float streams: a fixed sample (see _CHECK_STRIDE); exact streams: all of it
-                    run.verified_input = x.clone() if arith.exact else _check_sample(x).clone()
+                    run.verified_input = x.clone() if arith.exact or run.verify_whole else _check_sample(x).clone()
                 branch_input = arith.view(x, x_in, run.tape)
             else:
                 x, y = run.streams
@@ -292,7 +293,7 @@ class ReversibleBranchFunction(torch.autograd.Function):
             run.streams = (x_prev, y_prev)
             return (None, None, grad_x, grad_y, *param_grads)
         if run.verify and run.verified_input is not None:
-            run_check = _compare(x_prev, run.verified_input, arith, like, tape)
+            run_check = _compare(x_prev, run.verified_input, arith, like, tape, sampled=not run.verify_whole)
             run.verified_input = None
             if run.on_verified is not None:
                 run.on_verified(run_check)
@@ -346,8 +347,9 @@ def _check_sample(x: Tensor) -> Tensor:
     return x.reshape(-1)[::_CHECK_STRIDE]
 
 
-def _compare(reconstructed: Any, truth: Any, arith: StreamArithmetic, like: Tensor, tape: Any) -> ReconstructionCheck:
-    if not arith.exact:
+def _compare(reconstructed: Any, truth: Any, arith: StreamArithmetic, like: Tensor, tape: Any,
+             sampled: bool) -> ReconstructionCheck:
+    if sampled and not arith.exact:
         reconstructed = _check_sample(reconstructed)
     a, b = arith.view(reconstructed, like, tape), arith.view(truth, like, tape)
     error, gap = error_summary(a, b)

@@ -204,6 +204,7 @@ class ReversibleStage(nn.Module):
         self.on_verified: Callable[["ReversibleStage", ReconstructionCheck], None] | None = None
         self._verify_next = False
         self._verifying = False
+        self._verify_whole = False
         self._segments = self._split_segments()
         for child_name in self._reversible_names():
             prefix = f"{name}." if name else ""
@@ -282,11 +283,13 @@ class ReversibleStage(nn.Module):
             )
         return nearest_dyadic(beta, self.exact_arithmetic.beta_bits).value
 
-    def verify_next_backward(self) -> None:
+    def verify_next_backward(self, whole: bool = False) -> None:
         """Keep the true stage input of the next forward and compare it with the reconstruction in backward; the
         result lands in ``last_check`` (and is passed to ``on_verified`` if set). Costs one activation once (exact
-        streams) or 1/16 of one (float streams: the check reads a fixed sample, see ``function._CHECK_STRIDE``)."""
+        streams, or ``whole``) or 1/16 of one (float streams: by default the check reads a fixed sample of the
+        elements, see ``function._CHECK_STRIDE``; measurements of the reconstruction error pass ``whole``)."""
         self._verify_next = True
+        self._verify_whole = whole
 
     # Sequence access. Iterating the stage yields what a loop over the original blocks must call to run the
     # converted network: each ordinary block (run as the stage runs it), and each run of reversible blocks as one
@@ -360,7 +363,7 @@ class ReversibleStage(nn.Module):
                     output = self._run_ordinary(self._modules[segment], x, args, kwargs)
                     x, args = self.protocol.split(output, args)
         finally:
-            self._verifying = False
+            self._verifying = self._verify_whole = False
         return output
 
     def _run_ordinary(self, block: nn.Module, x: Tensor, args: tuple, kwargs: dict):
@@ -409,6 +412,7 @@ class ReversibleStage(nn.Module):
             params=params,
             preserve_rng=self.preserve_rng and self.training,
             verify=verify,
+            verify_whole=getattr(self, "_verify_whole", False),
             on_verified=self._record_check,
             name=self.stage_name,
             check_finite=self.check_finite,
