@@ -18,6 +18,7 @@ import traceback
 
 from revtal.errors import USER_ERRORS, debug_requested, one_line
 from revtal.utils.io import DISK_ERRNOS, disk_error_message
+from revtal.utils.provenance import source_commit
 
 # command: what it does; its module is revtal.commands.<command>
 COMMANDS: dict[str, str] = {
@@ -86,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     module = _load(args.command)
+    if args.command in ("bench", "plan"):
+        source_commit()  # the source this process imported, recorded in its JSON (read now, not when it is written)
     debug = args.debug or debug_requested()
     try:
         return int(module.run(args) or 0)

@@ -6,13 +6,21 @@ it (an installed wheel has no checkout: ``None``).
 
 from __future__ import annotations
 
+import functools
 import subprocess
 from pathlib import Path
 
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
+@functools.cache
 def source_commit() -> dict | None:
+    """:func:`read_source_commit`, read once per process: the CLI reads it when a bench or plan command starts, so
+    a commit landing during a long run is not recorded as the source that run imported."""
+    return read_source_commit()
+
+
+def read_source_commit() -> dict | None:
     """``{"commit": <full hash>, "modified": <source files differing from it>}`` of the checkout revtal is imported
     from, or ``None`` outside a git checkout (or without git)."""
     def git(*args: str) -> str:
