@@ -279,10 +279,13 @@ class ReversibleBranchFunction(torch.autograd.Function):
             if grad_v is None:
                 grad_v = torch.zeros_like(v)
             del v
-            # autograd may hand back a tensor it was given (a branch that passes its gradient through)
-            fresh_grad_v = grad_y is not None
+            # autograd may hand back a tensor it was given, or a view of one (a branch that passes its gradient
+            # through): the sum goes in place only into a tensor of its own
+            fresh_grad_v = _own_tensor(grad_v, grad_x)
             if grad_y is not None:
-                grad_v = grad_v + (grad_y if c.beta == 1.0 else c.beta * grad_y)
+                term = grad_y if c.beta == 1.0 else c.beta * grad_y
+                grad_v = grad_v.add_(term) if fresh_grad_v and _own_tensor(grad_v, grad_y) else grad_v + term
+                fresh_grad_v = True
         # the stream gradient a node returns reaches the node below as ∂L/∂x and the one below that as ∂L/∂y
         run.made_gradients = [*run.made_gradients[-1:], weakref.ref(grad_v)]
         grad_x, grad_y, fresh_grad_x = grad_v, grad_x, fresh_grad_v
@@ -310,6 +313,11 @@ class ReversibleBranchFunction(torch.autograd.Function):
         if not ctx.needs_input_grad[2]:
             grad_input = None
         return (None, None, grad_input, None, *param_grads)
+
+
+def _own_tensor(grad: Tensor, other: Tensor) -> bool:
+    """Whether ``grad`` is a dense tensor with a storage of its own (not ``other``'s, not an expanded view)."""
+    return grad.is_contiguous() and not torch._C._is_alias_of(grad, other)
 
 
 @contextlib.contextmanager
