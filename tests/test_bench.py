@@ -43,6 +43,31 @@ def test_config_validation_names_the_field_and_round_trips_json():
         BenchConfig(**TINY, mode="re2", backprop="exact")  # re2's backprop is not a choice
 
 
+def test_finetune_init_starts_the_zero_batchnorm_scales_at_one_and_only_those():
+    # pytorchvideo's bottlenecks start their last BatchNorm scale at zero: at α = 0 a Re² block outputs that
+    # BatchNorm, so every such branch would start dead; "finetune" starts them at one, as pretrained weights do
+    from torch import nn
+
+    from revtal.bench.targets import build_target
+
+    small = dict(model="slowfast_r50", depth=None, frames=8, img_size=32, batch=1, mode="re2")
+    with pytest.raises(ValueError, match="'init'.*'pretrained'"):
+        BenchConfig(**small, init="pretrained")
+
+    def scales(init):
+        built = build_target(BenchConfig(**small, init=init))
+        norms = [m for m in built.target.modules() if isinstance(m, nn.BatchNorm3d)]
+        return [m.weight.detach().clone() for m in norms], built.info
+
+    library, library_info = scales("library")
+    finetune, finetune_info = scales("finetune")
+    zero = [i for i, w in enumerate(library) if not w.any()]
+    assert zero and "norm_scales_started_at_one" not in library_info
+    assert finetune_info["norm_scales_started_at_one"] == len(zero)
+    for i, (before, after) in enumerate(zip(library, finetune)):
+        assert after.eq(1).all() if i in zero else after.equal(before)
+
+
 def test_mode_labels_name_the_training_mode_and_read_earlier_records():
     from revtal.bench.configs import canonical_label, record_label
 

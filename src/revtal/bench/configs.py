@@ -74,6 +74,7 @@ def canonical_label(text: str) -> str:
 
 
 ALLOCATORS = ("mmap", "default")
+INITS = ("library", "finetune")
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,11 @@ class BenchConfig:
     allocator: str = "mmap"
     backprop: str | None = None  # modes of BACKPROP_CHOICES: which memory-free backprop (None: the mode's default)
     window_chunk: int | None = None  # Video Swin: backbone.window_chunk (None: the library's attention and MLP)
+    # "library": the library's random init. "finetune": BatchNorm scales the library starts at zero (pytorchvideo's
+    # last BatchNorm of every bottleneck) start at one, as in the pretrained weights a finetune begins from. A Re²
+    # block (α = 0) outputs that BatchNorm, so a zero scale leaves its branch dead for the benchmark's few steps, and
+    # AdamW then takes the square root of zero second moments, several times slower on a CPU than of positive ones
+    init: str = "library"
 
     def __post_init__(self) -> None:
         choices = BACKPROP_CHOICES.get(self.mode, ())
@@ -113,6 +119,8 @@ class BenchConfig:
                 raise ValueError(f"benchmark config field {name!r} must be ≥ 1, got {getattr(self, name)}")
         if self.depth is not None and self.depth < 1:
             raise ValueError(f"benchmark config field 'depth' must be ≥ 1, got {self.depth}")
+        if self.init not in INITS:
+            raise ValueError(f"benchmark config field 'init' must be one of {INITS}, got {self.init!r}")
         if self.allocator not in ALLOCATORS:
             raise ValueError(f"benchmark config field 'allocator' must be one of {ALLOCATORS}, got {self.allocator!r}")
         if self.warmup < 1:

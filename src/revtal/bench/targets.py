@@ -90,9 +90,12 @@ def build_target(config: BenchConfig) -> BuiltMode:
     except ImportError as err:
         raise ModeUnavailable(f"{config.label}: a piece of this mode is not in this build: {err}") from err
     backbone = getattr(features, "backbone", features)  # adapter methods wrap the backbone
+    woken = start_zero_norm_scales_at_one(features) if config.init == "finetune" else 0
     # children, not len(): a reversible stage refuses len() (per-block access would bypass it)
     depth = len(list(backbone.net.blocks.children())) if is_vit(config.model) else None
     info: dict = {"label": config.label, "description": MODE_DESCRIPTIONS[config.label], "training_mode": mode.name}
+    if config.init == "finetune":
+        info["norm_scales_started_at_one"] = woken
     if config.mode in PEER_MODES:
         if not is_vit(config.model):
             raise PeerUnavailable(f"{config.mode} peer: the peer stacks wrap ViT blocks; {config.model} is not a ViT")
@@ -104,6 +107,18 @@ def build_target(config: BenchConfig) -> BuiltMode:
         if stages[0].backprop == "exact":
             info["exact_bits_per_branch"] = stages[0].storage_bits_per_branch()
     return BuiltMode(TrainingTarget(features, features.out_channels, mode), depth, info)
+
+
+def start_zero_norm_scales_at_one(model: nn.Module) -> int:
+    """Set every BatchNorm scale that is all zeros to one (``BenchConfig.init == "finetune"``); returns how many."""
+    count = 0
+    with torch.no_grad():
+        for module in model.modules():
+            weight = getattr(module, "weight", None)
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and weight is not None and not weight.any():
+                weight.fill_(1.0)
+                count += 1
+    return count
 
 
 def exact_storage(target: nn.Module) -> dict:

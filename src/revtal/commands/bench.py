@@ -17,8 +17,8 @@ import sys
 import torch
 
 from revtal.backbones import list_backbones
-from revtal.bench.configs import (DR2NET_EXACT_COEFFICIENTS, DR2NET_FLOAT_COEFFICIENTS, MODE_DESCRIPTIONS, MODES, Grid,
-                                  canonical_label, record_label)
+from revtal.bench.configs import (DR2NET_EXACT_COEFFICIENTS, DR2NET_FLOAT_COEFFICIENTS, INITS, MODE_DESCRIPTIONS,
+                                  MODES, Grid, canonical_label, record_label)
 from revtal.bench.report import markdown_table, write_plots
 from revtal.bench.runner import machine_info, merge_json, run_configs, write_json
 from revtal.experiments import reference_localizer
@@ -79,6 +79,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--window-chunk", type=int, default=None, metavar="N",
         help="Video Swin backbones: window attention N windows at a time and the MLP by as many windows' tokens "
         "(backbone.window_chunk; default: the library's attention and MLP)",
+    )
+    parser.add_argument(
+        "--init", choices=INITS, default="library",
+        help="library: each library's random init; finetune: BatchNorm scales a library starts at zero (pytorchvideo's "
+        "bottlenecks) start at one, as in the pretrained weights a finetune begins from (a Re² block with a zero "
+        "scale is dead, which slows AdamW's step on a CPU)",
     )
     parser.add_argument(
         "--rounds", type=int, default=1,
@@ -150,6 +156,7 @@ def build_grid(args: argparse.Namespace) -> Grid:
         "clip_batch": args.clip_batch,
         "allocator": allocator,
         "window_chunk": args.window_chunk,
+        "init": args.init,
     }
     return Grid(
         models=_choice(args, "models"),
