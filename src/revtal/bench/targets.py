@@ -90,12 +90,11 @@ def build_target(config: BenchConfig) -> BuiltMode:
     except ImportError as err:
         raise ModeUnavailable(f"{config.label}: a piece of this mode is not in this build: {err}") from err
     backbone = getattr(features, "backbone", features)  # adapter methods wrap the backbone
-    woken = start_zero_norm_scales_at_one(features) if config.init == "finetune" else 0
     # children, not len(): a reversible stage refuses len() (per-block access would bypass it)
     depth = len(list(backbone.net.blocks.children())) if is_vit(config.model) else None
     info: dict = {"label": config.label, "description": MODE_DESCRIPTIONS[config.label], "training_mode": mode.name}
     if config.init == "finetune":
-        info["norm_scales_started_at_one"] = woken
+        info["norm_scales_started_at_one"] = start_zero_norm_scales_at_one(features)
     if config.mode in PEER_MODES:
         if not is_vit(config.model):
             raise PeerUnavailable(f"{config.mode} peer: the peer stacks wrap ViT blocks; {config.model} is not a ViT")

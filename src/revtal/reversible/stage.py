@@ -412,7 +412,7 @@ class ReversibleStage(nn.Module):
             params=params,
             preserve_rng=self.preserve_rng and self.training,
             verify=verify,
-            verify_whole=getattr(self, "_verify_whole", False),
+            verify_whole=self._verify_whole,
             on_verified=self._record_check,
             name=self.stage_name,
             check_finite=self.check_finite,
